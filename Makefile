@@ -1,0 +1,24 @@
+# Two entry points (see README): `make run` sets up and runs the main job, `make test` sets up and runs the tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: install run test test-slow bench
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/ssr fit --config configs/dkenet.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+bench: install
+	$(PY) benchmarks/degradation.py

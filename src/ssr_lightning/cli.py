@@ -1,0 +1,121 @@
+"""The `ssr` command: LightningCLI over every stage module and the one SR DataModule.
+
+`ssr fit --config configs/dkenet.yaml` trains; `validate`, `test` and `predict` evaluate. Typed constructor
+signatures are the schema, so `ssr fit --help` and `ssr fit --model DKENetModule --help` list every option.
+
+Additions to the stock LightningCLI:
+- a run folder `runs/<name>/version_N` with TensorBoard logs, checkpoints and the resolved `config.yaml`
+  (`--name` picks `<name>`; the default is the stage's own name);
+- `--ckpt_path last` finds the newest `last.ckpt` of that run name and resumes it, logging into the same
+  version folder, so a killed run continues where it stopped;
+- `data.scale` is linked to `model.init_args.scale`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+from ssr_lightning.data import SRDataModule
+
+_TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int] | None:
+    """Newest `last*.ckpt` under `root/name/version_*/checkpoints`, with its version number."""
+    run_dir = Path(root) / name
+    found: list[tuple[float, Path, int]] = []
+    for ckpt in run_dir.glob("version_*/checkpoints/last*.ckpt"):
+        try:
+            version = int(ckpt.parent.parent.name.split("_", 1)[1])
+        except ValueError:
+            continue
+        found.append((ckpt.stat().st_mtime, ckpt, version))
+    if not found:
+        return None
+    _, ckpt, version = max(found)
+    return ckpt, version
+
+
+def _stage_name(model_cfg: Namespace | None) -> str:
+    class_path = str(getattr(model_cfg, "class_path", "") or "")
+    short = class_path.rsplit(".", 1)[-1] or "run"
+    return short.removesuffix("Module").lower() or "run"
+
+
+class SSRCLI(LightningCLI):
+    """LightningCLI with SSR's run-folder, resume and argument-link conventions."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--name",
+            type=str | None,
+            default=None,
+            help="Run name: logs, checkpoints and config land in <root>/<name>/version_N (default: the stage name).",
+        )
+        parser.add_argument("--root", type=str, default="runs", help="Folder that holds the run folders.")
+        parser.link_arguments("data.scale", "model.init_args.scale")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        name = cfg.get("name") or _stage_name(cfg.get("model"))
+        root = cfg.get("root") or "runs"
+        version = None
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path == "last":
+            found = find_last_checkpoint(root, name)
+            if found is None:
+                if self.subcommand != "fit":
+                    raise FileNotFoundError(
+                        f"--ckpt_path last: no last.ckpt under {Path(root) / name}/version_*/checkpoints. "
+                        "Train the stage first, or pass --ckpt_path PATH/TO/file.ckpt."
+                    )
+                rank_zero_info(f"--ckpt_path last: nothing to resume under {Path(root) / name}; starting fresh.")
+                cfg.ckpt_path = None
+            else:
+                ckpt, version = found
+                rank_zero_info(f"Resuming from {ckpt}")
+                cfg.ckpt_path = str(ckpt)
+        elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
+            raise FileNotFoundError(
+                f"--ckpt_path {ckpt_path!r}: no such checkpoint file. Give the path of a .ckpt "
+                f"(runs/<name>/version_N/checkpoints/last.ckpt) or 'last' to resume the newest run."
+            )
+        if self.subcommand != "fit":
+            # evaluation gets its own folder beside the training versions, so it never overwrites their config
+            name, version = f"{name}_{self.subcommand}", None
+        trainer = cfg.trainer
+        if trainer.get("logger") in (None, True):
+            trainer.logger = Namespace(
+                class_path=_TENSORBOARD,
+                init_args=Namespace(save_dir=root, name=name, version=version, default_hp_metric=False),
+            )
+
+    def before_fit(self) -> None:
+        if torch.cuda.is_available():
+            torch.set_float32_matmul_precision("high")
+
+
+def main(args: list[str] | None = None) -> SSRCLI:
+    """Entry point of the `ssr` console script."""
+    return SSRCLI(
+        LightningModule,
+        SRDataModule,
+        subclass_mode_model=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"default_env": False},
+        args=args,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

@@ -1,0 +1,272 @@
+"""Robust image and depth I/O with error messages that say what to do.
+
+Conventions (docs/ARCHITECTURE.md): images are ``float32`` RGB in ``[0, 1]`` with shape ``(H, W, 3)``;
+depth maps are ``float32`` ``(H, W)``; after :func:`normalize_depth` they lie in ``[0, 1]`` with
+0 = nearest and 1 = farthest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile
+from scipy import ndimage
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEPTH_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr", ".pfm")
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DEPTH_EXTENSIONS",
+    "ImageReadError",
+    "load_image",
+    "load_depth",
+    "normalize_depth",
+    "fill_invalid",
+    "save_image",
+    "check_size",
+    "check_pair_size",
+    "crop_to_multiple",
+]
+
+
+class ImageReadError(ValueError):
+    """A file exists but cannot be decoded as an image / depth map (corrupt, truncated, wrong format)."""
+
+
+def _read_error(path: PathLike, reason: object) -> ImageReadError:
+    return ImageReadError(
+        f"cannot read image '{path}': {reason}. The file is corrupt or truncated; "
+        "re-export it or remove it from the folder."
+    )
+
+
+def _require_file(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"file not found: '{p}'")
+    if p.is_dir():
+        raise _read_error(p, "it is a directory, not an image file")
+    return p
+
+
+def _png_is_16bit_colour(p: Path) -> bool:
+    """True for 16-bit RGB(A) PNGs, which Pillow silently truncates to 8 bits."""
+    if p.suffix.lower() != ".png":
+        return False
+    with open(p, "rb") as f:
+        head = f.read(26)
+    # IHDR: bit depth at byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA).
+    return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _from_cv2(p: Path) -> np.ndarray:
+    """Decode with OpenCV (16-bit colour PNG/TIFF); returns float32 RGB in [0, 1]."""
+    arr = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise _read_error(p, "OpenCV could not decode it")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+    x = arr.astype(np.float32) / scale
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=2)
+    elif x.shape[2] == 4:
+        x = cv2.cvtColor(x, cv2.COLOR_BGRA2RGBA)
+        x = x[..., :3] * x[..., 3:] + (1.0 - x[..., 3:])
+    else:
+        x = cv2.cvtColor(x[..., :3], cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(np.clip(x, 0.0, 1.0), dtype=np.float32)
+
+
+def _pil_to_float(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode.startswith("I;16"):
+        x = np.asarray(img).astype(np.float32) / 65535.0
+    elif mode == "I":
+        # 32-bit integer images hold 16-bit data in practice (older Pillow opens 16-bit grey PNGs as "I").
+        x = np.asarray(img).astype(np.float32) / 65535.0
+    elif mode == "F":
+        x = np.asarray(img).astype(np.float32)  # float TIFF: assumed already in [0, 1]; clipped below
+    elif mode in ("1", "L"):
+        x = np.asarray(img.convert("L")).astype(np.float32) / 255.0
+    elif mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA")).astype(np.float32) / 255.0
+        alpha = rgba[..., 3:]
+        x = rgba[..., :3] * alpha + (1.0 - alpha)  # composite on white
+    else:  # RGB, P, CMYK, YCbCr, RGBX, ...
+        x = np.asarray(img.convert("RGB")).astype(np.float32) / 255.0
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], 3, axis=2)
+    return np.ascontiguousarray(np.clip(np.nan_to_num(x), 0.0, 1.0), dtype=np.float32)
+
+
+def load_image(path: PathLike) -> np.ndarray:
+    """Load an image as float32 RGB ``(H, W, 3)`` in ``[0, 1]``.
+
+    - The whole file is decoded up front, so a truncated file fails here and not later.
+    - Grayscale is replicated to RGB; palette images become RGB.
+    - Alpha (RGBA, LA, palette with transparency) is composited on **white**: transparent regions of
+      logos/graphics are meant as paper-white background, and black would invent dark halos.
+    - 16-bit data ('I;16', 'I', 16-bit RGB PNG/TIFF read through OpenCV) is divided by 65535;
+      float TIFFs are clipped to ``[0, 1]``.
+    - EXIF orientation is **not** applied, so depth maps and LR/HR pairs stay pixel-aligned.
+
+    Raises:
+        FileNotFoundError: the path does not exist (the message names it).
+        ImageReadError: the file is not a decodable image (corrupt, truncated, not an image).
+    """
+    p = _require_file(path)
+    if _png_is_16bit_colour(p):
+        return _from_cv2(p)
+    # Another library may have switched truncated-image tolerance on; a half-decoded training image must fail.
+    old_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(p) as img:
+            img.load()
+            if p.suffix.lower() in (".tif", ".tiff") and img.mode in ("RGB", "RGBA") and img.info.get(
+                "bitspersample", 8
+            ) not in (8, (8, 8, 8), (8, 8, 8, 8)):
+                return _from_cv2(p)
+            return _pil_to_float(img)
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        if p.suffix.lower() in (".tif", ".tiff"):
+            # Pillow cannot decode 16-bit-per-channel colour TIFFs; OpenCV can.
+            try:
+                return _from_cv2(p)
+            except ImageReadError:
+                pass
+        raise _read_error(p, exc) from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = old_truncated
+
+
+def save_image(path: PathLike, img: np.ndarray) -> None:
+    """Save a float ``(H, W, 3)`` / ``(H, W)`` image in ``[0, 1]`` (or uint8) as an 8-bit PNG."""
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(str(path), format="PNG")
+
+
+def load_depth(path: PathLike) -> np.ndarray:
+    """Load a raw depth (or disparity) map as float32 ``(H, W)``; values are not normalised.
+
+    Formats: ``.npy``; ``.npz`` (first array in the archive); 8/16-bit ``.png`` (divided by 255/65535);
+    ``.tif/.tiff`` (integer or float); ``.exr``/``.pfm`` when OpenCV can read them (EXR needs
+    ``OPENCV_IO_ENABLE_OPENEXR=1`` in the environment before cv2 is imported). Multi-channel files keep
+    their first channel. Pass the result through :func:`normalize_depth`.
+    """
+    p = _require_file(path)
+    ext = p.suffix.lower()
+    try:
+        if ext == ".npy":
+            d = np.load(p, allow_pickle=False)
+        elif ext == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                if not z.files:
+                    raise ValueError("the .npz archive holds no array")
+                d = z[z.files[0]]
+        else:
+            d = cv2.imread(str(p), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+            if d is None:
+                hint = " (set OPENCV_IO_ENABLE_OPENEXR=1 or convert it to .npy)" if ext == ".exr" else ""
+                raise ValueError(f"OpenCV could not decode it{hint}")
+            if d.dtype == np.uint8:
+                d = d.astype(np.float32) / 255.0
+            elif d.dtype == np.uint16:
+                d = d.astype(np.float32) / 65535.0
+    except (OSError, ValueError, EOFError) as exc:
+        raise ImageReadError(
+            f"cannot read depth map '{p}': {exc}. The file is corrupt or in an unsupported format; "
+            "re-export it (.npy is safest) or remove it."
+        ) from exc
+    d = np.asarray(d)
+    if d.ndim == 3:
+        d = d[..., 0] if d.shape[-1] <= 4 else d[0]
+    if d.ndim != 2:
+        raise ImageReadError(f"cannot read depth map '{p}': expected a 2-D array, got shape {d.shape}.")
+    return np.ascontiguousarray(d, dtype=np.float32)
+
+
+def fill_invalid(d: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Replace invalid pixels by the value of the nearest valid pixel (Euclidean distance transform)."""
+    if valid.all() or not valid.any():
+        return d
+    idx = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    return d[tuple(idx)]
+
+
+def normalize_depth(d: np.ndarray, inverse: bool = False, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """Map a raw depth map to ``[0, 1]`` with 0 = nearest, 1 = farthest.
+
+    Uses robust percentiles (``low``/``high``, default 1–99) and clips, so a few outliers do not
+    squash the range. Non-finite values (and, with ``inverse``, non-positive disparities) are invalid
+    and take the value of the nearest valid pixel.
+
+    Args:
+        d: raw map ``(H, W)``.
+        inverse: the input is a disparity / inverse depth (larger = nearer); it is converted to depth
+            as ``1 / d`` before normalising.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    valid = np.isfinite(d)
+    if inverse:
+        valid &= d > 0
+        d = np.where(valid, 1.0 / np.where(valid, d, 1.0), 0.0)
+    if not valid.any():
+        return np.full(d.shape, 0.5, dtype=np.float32)
+    d = fill_invalid(np.where(valid, d, 0.0), valid)
+    lo, hi = np.percentile(d[valid], [low, high])
+    if not hi - lo > 1e-12:
+        return np.full(d.shape, 0.5, dtype=np.float32)
+    return np.clip((d - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def check_size(h: int, w: int, scale: int, patch_size: int | None = None, path: PathLike | None = None) -> None:
+    """Raise ``ValueError`` (saying what to do) when an image cannot be used.
+
+    - ``h`` or ``w`` not divisible by ``scale``: only legal for HR folders, which call
+      :func:`crop_to_multiple` first (they crop the bottom/right remainder); for paired LR/HR data it is
+      an error.
+    - image smaller than ``patch_size`` (``None``/0 disables the check).
+    """
+    name = f"image '{path}'" if path is not None else "image"
+    if h % scale or w % scale:
+        raise ValueError(
+            f"{name} is {w}×{h}, not divisible by the scale {scale}: crop it to a multiple of {scale} "
+            f"({w - w % scale}×{h - h % scale}) or check data.scale"
+        )
+    if patch_size and (h < patch_size or w < patch_size):
+        raise ValueError(
+            f"{name} is {w}×{h} but patch_size is {patch_size}: lower data.patch_size "
+            f"(or data.val_size) or remove the image"
+        )
+
+
+def check_pair_size(
+    lr_hw: tuple[int, int], hr_hw: tuple[int, int], scale: int, lr_path: PathLike, hr_path: PathLike
+) -> None:
+    """Raise ``ValueError`` unless the HR image is exactly ``scale`` × the LR image."""
+    (lh, lw), (hh, hw) = lr_hw, hr_hw
+    if (hh, hw) != (lh * scale, lw * scale):
+        raise ValueError(
+            f"HR image '{hr_path}' is {hw}×{hh} but LR image '{lr_path}' is {lw}×{lh}: at scale {scale} "
+            f"the HR must be {lw * scale}×{lh * scale}. Check data.scale, or crop the HR image to LR size × scale."
+        )
+
+
+def crop_to_multiple(x: np.ndarray, scale: int) -> np.ndarray:
+    """Crop the bottom/right remainder so that both spatial sizes are multiples of ``scale`` (HWC or HW)."""
+    h, w = x.shape[:2]
+    return x[: h - h % scale, : w - w % scale]

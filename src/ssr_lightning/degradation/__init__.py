@@ -1,0 +1,1 @@
+"""Degradation engine (placeholder, filled below)."""

@@ -1,0 +1,17 @@
+"""Stage networks of SSR as plain ``nn.Module`` s (no Lightning imports here; see docs/ARCHITECTURE.md)."""
+
+from .blocks import SFT, DABlock, MAConv, split_sizes
+from .config import ConfigMixin, init_args, load_network, save_network
+from .dkenet import DKENet
+
+__all__ = [
+    "ConfigMixin",
+    "init_args",
+    "save_network",
+    "load_network",
+    "SFT",
+    "MAConv",
+    "DABlock",
+    "split_sizes",
+    "DKENet",
+]

@@ -1,0 +1,239 @@
+"""Tests for ssr_lightning.networks: DKENet, its blocks (SFT, MAConv, DABlock) and the config save/load."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssr_lightning.networks import SFT, DABlock, DKENet, MAConv, load_network, save_network, split_sizes
+
+K = 21
+KK = K * K
+
+
+def _num_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> DKENet:
+    torch.manual_seed(0)
+    return DKENet.tiny().eval()
+
+
+# ------------------------------------------------------------------------------------------------- DKENet shapes
+@pytest.mark.parametrize("h,w", [(12, 12), (13, 17), (1, 3)])
+def test_dkenet_shapes_with_depth(tiny: DKENet, h: int, w: int) -> None:
+    lr, depth = torch.rand(2, 3, h, w), torch.rand(2, 1, h, w)
+    with torch.no_grad():
+        field = tiny(lr, depth)
+        up = tiny(lr, depth, upscale=True)
+    assert field.shape == (2, KK, h, w)
+    assert up.shape == (2, KK, 4 * h, 4 * w)
+    # Upscale layer = nearest repeat of the LR-grid field.
+    assert torch.equal(up[..., ::4, ::4], field)
+    assert torch.equal(up[..., 3::4, 3::4], field)
+    assert torch.equal(tiny.upscale_field(field), up)
+
+
+@pytest.mark.parametrize("h,w", [(12, 12), (13, 17)])
+def test_dkenet_shapes_without_depth(h: int, w: int) -> None:
+    net = DKENet.tiny(use_depth=False, scale=2).eval()
+    with torch.no_grad():
+        assert net(torch.rand(2, 3, h, w)).shape == (2, KK, h, w)
+        assert net(torch.rand(2, 3, h, w), upscale=True).shape == (2, KK, 2 * h, 2 * w)
+
+
+def test_kernel_normalisation(tiny: DKENet) -> None:
+    with torch.no_grad():
+        field = tiny(torch.rand(3, 3, 13, 17), torch.rand(3, 1, 13, 17))
+    assert (field >= 0).all()
+    torch.testing.assert_close(field.sum(1), torch.ones(3, 13, 17), atol=1e-5, rtol=0)
+
+
+def test_initial_field_is_centred_and_not_degenerate(tiny: DKENet) -> None:
+    with torch.no_grad():
+        field = DKENet.tiny()(torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8))
+    kern = field[0, :, 4, 4].view(K, K)
+    centre = K // 2
+    assert kern.argmax() == centre * K + centre  # peak at the centre tap (dy*k + dx layout)
+    assert kern.max() < 0.5 and kern.max() > 5.0 / KK  # neither a delta nor the uniform box
+    assert field.std(dim=(2, 3)).max() > 0  # varies with the input, i.e. not a constant head
+
+
+def test_hr_grid_depth_is_sampled_at_lr_positions(tiny: DKENet) -> None:
+    lr, depth_hr = torch.rand(1, 3, 6, 7), torch.rand(1, 1, 24, 28)
+    with torch.no_grad():
+        a = tiny(lr, depth_hr)
+        b = tiny(lr, depth_hr[..., ::4, ::4])
+        c = tiny(lr, torch.rand(1, 1, 10, 11))  # other sizes: bilinear resize, just check it runs
+    torch.testing.assert_close(a, b)
+    assert c.shape == a.shape
+
+
+def test_dkenet_backward_reaches_both_branches() -> None:
+    net = DKENet.tiny()
+    # Zero-init SFT/tail layers block gradients to earlier layers on the very first step; take one SGD step
+    # so the check is about connectivity, not initialisation.
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    lr, depth = torch.rand(2, 3, 10, 10), torch.rand(2, 1, 10, 10)
+    for _ in range(2):
+        opt.zero_grad()
+        net(lr, depth).square().sum().backward()
+        opt.step()
+    assert net.head.weight.grad.abs().sum() > 0
+    assert net.depth_encoder.head.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------------ use_depth
+def test_use_depth_false_is_smaller_and_ignores_depth() -> None:
+    with_depth, without = DKENet.tiny(), DKENet.tiny(use_depth=False).eval()
+    assert _num_params(without) < _num_params(with_depth)
+    names = [n for n, _ in without.named_parameters()]
+    assert not any("depth" in n or "sft" in n for n in names)
+    assert without.depth_encoder is None
+    lr = torch.rand(1, 3, 9, 9)
+    with torch.no_grad():
+        ref = without(lr)
+        torch.testing.assert_close(without(lr, torch.rand(1, 1, 9, 9)), ref, atol=0, rtol=0)
+        torch.testing.assert_close(without(lr, torch.rand(1, 1, 36, 36)), ref, atol=0, rtol=0)
+
+
+def test_use_depth_true_requires_depth(tiny: DKENet) -> None:
+    with pytest.raises(ValueError, match="depth is required.*use_depth=False"):
+        tiny(torch.rand(1, 3, 8, 8))
+
+
+def test_depth_changes_the_estimate() -> None:
+    net = DKENet.tiny()
+    # Make the zero-initialised SFT layers active so depth actually reaches the output.
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, SFT):
+                for p in list(m.gamma[-1].parameters()) + list(m.beta[-1].parameters()):
+                    p.normal_(0, 0.1)
+        lr = torch.rand(1, 3, 8, 8)
+        assert not torch.allclose(net(lr, torch.zeros(1, 1, 8, 8)), net(lr, torch.ones(1, 1, 8, 8)))
+
+
+def test_invalid_constructor_args() -> None:
+    with pytest.raises(ValueError):
+        DKENet.tiny(kernel_size=20)
+    with pytest.raises(ValueError):
+        DKENet.tiny(blocks_per_stage=0)
+
+
+def test_presets() -> None:
+    paper = DKENet.paper(use_depth=False)
+    assert paper.config["channels"] == 64 and paper.config["blocks_per_stage"] == 2
+    assert len(paper.stage1) == 2
+    assert DKENet.tiny(channels=8).config["channels"] == 8  # keyword arguments override the preset
+
+
+# ------------------------------------------------------------------------------------------------------ blocks
+def test_split_sizes() -> None:
+    assert split_sizes(7, 2) == [4, 3]
+    assert split_sizes(12, 3) == [4, 4, 4]
+    assert sum(split_sizes(10, 4)) == 10
+    with pytest.raises(ValueError):
+        split_sizes(1, 2)
+
+
+@pytest.mark.parametrize("cin,cout", [(8, 12), (12, 8), (7, 10), (10, 7), (9, 9)])
+def test_maconv_shapes(cin: int, cout: int) -> None:
+    conv = MAConv(cin, cout)
+    assert conv(torch.rand(2, cin, 5, 6)).shape == (2, cout, 5, 6)
+
+
+@pytest.mark.parametrize("cin,cout", [(8, 12), (12, 8), (7, 10)])
+def test_maconv_parts_are_mutually_modulated(cin: int, cout: int) -> None:
+    conv = MAConv(cin, cout)
+    in1, _ = split_sizes(cin, 2)
+    out1, _ = split_sizes(cout, 2)
+    # Signed input so every bottleneck ReLU is active somewhere (a 1-unit bottleneck can be dead on [0,1]).
+    x = torch.randn(1, cin, 6, 6, requires_grad=True)
+    y = conv(x)
+    # Output part 1 depends on input part 2 (through the affine path) and vice versa.
+    (g1,) = torch.autograd.grad(y[:, :out1].sum(), x, retain_graph=True)
+    (g2,) = torch.autograd.grad(y[:, out1:].sum(), x)
+    assert g1[:, in1:].abs().sum() > 0 and g1[:, :in1].abs().sum() > 0
+    assert g2[:, :in1].abs().sum() > 0 and g2[:, in1:].abs().sum() > 0
+    # Finite perturbation of part 2 changes output part 1.
+    with torch.no_grad():
+        x2 = x.detach().clone()
+        x2[:, in1:] += 1.0
+        assert not torch.allclose(conv(x2)[:, :out1], y[:, :out1].detach())
+
+
+def test_sft_initial_identity() -> None:
+    sft = SFT(6, 3)
+    feat, cond = torch.randn(2, 6, 7, 5), torch.randn(2, 3, 7, 5)
+    torch.testing.assert_close(sft(feat, cond), feat, atol=0, rtol=0)
+
+
+def test_dablock_without_condition_has_no_sft() -> None:
+    plain, cond = DABlock(8, None), DABlock(8, 4)
+    assert plain.sft is None and not any("sft" in n for n, _ in plain.named_parameters())
+    assert _num_params(plain) < _num_params(cond)
+    x = torch.rand(1, 8, 5, 5)
+    assert plain(x).shape == x.shape
+    assert cond(x, torch.rand(1, 4, 5, 5)).shape == x.shape
+    with pytest.raises(ValueError):
+        cond(x)
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+@pytest.mark.parametrize("use_depth", [True, False])
+def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
+    net = DKENet.tiny(use_depth=use_depth, kernel_size=11, scale=2).eval()
+    assert net.config == {
+        "in_channels": 3,
+        "depth_channels": 1,
+        "channels": 16,
+        "kernel_size": 11,
+        "scale": 2,
+        "use_depth": use_depth,
+        "blocks_per_stage": 1,
+    }
+    path = save_network(net, tmp_path / "sub" / "dkenet.pt")
+    loaded = load_network(DKENet, path).eval()
+    assert loaded.config == net.config
+    lr, depth = torch.rand(1, 3, 7, 9), torch.rand(1, 1, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(lr, depth), net(lr, depth), atol=0, rtol=0)
+
+
+def test_load_missing_file_names_path(tmp_path) -> None:
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_network(DKENet, missing)
+
+
+def test_load_wrong_class(tmp_path) -> None:
+    path = save_network(DKENet.tiny(), tmp_path / "k.pt")
+
+    class Other(torch.nn.Module):
+        def __init__(self, **kw: object) -> None:
+            super().__init__()
+
+    with pytest.raises(ValueError, match="DKENet"):
+        load_network(Other, path)
+
+
+# ------------------------------------------------------------------------------------------------ layering
+def test_networks_do_not_import_lightning() -> None:
+    code = (
+        "import sys, ssr_lightning.networks\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
