@@ -103,9 +103,9 @@ class SSRCLI(LightningCLI):
             torch.set_float32_matmul_precision("high")
 
 
-def main(args: list[str] | None = None) -> SSRCLI:
+def main(args: list[str] | None = None) -> None:
     """Entry point of the `ssr` console script."""
-    return SSRCLI(
+    SSRCLI(
         LightningModule,
         SRDataModule,
         subclass_mode_model=True,

@@ -9,30 +9,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
 from PIL import Image, ImageFile
 from scipy import ndimage
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEPTH_EXTENSIONS = (".npy", ".npz", ".png", ".tif", ".tiff", ".exr", ".pfm")
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "DEPTH_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
     "ImageReadError",
-    "load_image",
-    "load_depth",
-    "normalize_depth",
-    "fill_invalid",
-    "save_image",
-    "check_size",
     "check_pair_size",
+    "check_size",
     "crop_to_multiple",
+    "fill_invalid",
+    "load_depth",
+    "load_image",
+    "normalize_depth",
+    "save_image",
 ]
 
 
@@ -64,6 +63,13 @@ def _png_is_16bit_colour(p: Path) -> bool:
         head = f.read(26)
     # IHDR: bit depth at byte 24, colour type at byte 25 (2 = RGB, 6 = RGBA).
     return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _tiff_bits(img: Image.Image) -> int:
+    """Largest bits-per-sample of a TIFF (tag 258), 8 for any other format."""
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258, 8) if tags is not None else 8
+    return max(bits) if isinstance(bits, tuple) else int(bits)
 
 
 def _from_cv2(p: Path) -> np.ndarray:
@@ -129,10 +135,8 @@ def load_image(path: PathLike) -> np.ndarray:
     try:
         with Image.open(p) as img:
             img.load()
-            if p.suffix.lower() in (".tif", ".tiff") and img.mode in ("RGB", "RGBA") and img.info.get(
-                "bitspersample", 8
-            ) not in (8, (8, 8, 8), (8, 8, 8, 8)):
-                return _from_cv2(p)
+            if img.mode in ("RGB", "RGBA") and _tiff_bits(img) > 8:
+                return _from_cv2(p)  # Pillow decodes 16-bit colour TIFFs as 8 bits
             return _pil_to_float(img)
     except ImageReadError:
         raise

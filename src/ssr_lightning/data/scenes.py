@@ -19,7 +19,7 @@ grid (as PNG data sets are); depth is float32 in ``[0, 1]``, 0 = nearest.
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ from .image_io import fill_invalid, load_depth, load_image, normalize_depth
 
 Split = Literal["train", "val", "test"]
 
-__all__ = ["EmbeddedScenes", "render_scene", "render_scene_info", "scene_split", "scene_kind", "split_indices"]
+__all__ = ["EmbeddedScenes", "render_scene", "render_scene_info", "scene_kind", "scene_split", "split_indices"]
 
 # Source photos (file name, crop box as fractions y0, y1, x0, x1): boxes skip the empty black borders.
 _COLOUR_SOURCES: dict[str, tuple[str, tuple[float, float, float, float]]] = {
@@ -69,7 +69,7 @@ def _data_dir() -> Path:
     return d
 
 
-@lru_cache(maxsize=None)
+@cache
 def _source(name: str) -> np.ndarray:
     """Source photo as float32 RGB, already cut to its crop box."""
     fname, (y0, y1, x0, x1) = {**_COLOUR_SOURCES, **_GREY_SOURCES}[name]
@@ -112,45 +112,47 @@ def split_indices(split: Split, n: int) -> list[int]:
     return [10 * k + offset for k in range(n)]
 
 
-@lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return yy, xx
-
-
-def _plane(size: int, lo: float, hi: float, theta: float) -> np.ndarray:
-    """Planar depth ramp from ``lo`` to ``hi`` across the image along direction ``theta``."""
-    yy, xx = _grid(size)
+def _plane(
+    size: int, lo: float, hi: float, theta: float, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray:
+    """Planar depth ramp from ``lo`` to ``hi`` across the whole image along ``theta``, evaluated on ``box``."""
+    y0, y1, x0, x1 = box if box is not None else (0, size, 0, size)
     c, s = np.cos(theta), np.sin(theta)
-    extent = size * (abs(c) + abs(s)) + 1e-6
-    t = ((xx - size / 2) * c + (yy - size / 2) * s) / extent + 0.5
-    return (lo + (hi - lo) * t).astype(np.float32)
+    k = (hi - lo) / (size * (abs(c) + abs(s)) + 1e-6)
+    # separable: a plane is a sum of a row term and a column term, far cheaper than a full meshgrid
+    ax = (np.arange(x0, x1, dtype=np.float32) - size / 2) * (c * k)
+    ay = (np.arange(y0, y1, dtype=np.float32) - size / 2) * (s * k) + (lo + hi) / 2
+    return (ay[:, None] + ax[None, :]).astype(np.float32)
 
 
 def _crop(
-    src: np.ndarray, size: int, rng: np.random.Generator, box: tuple[int, int, int, int] | None = None
+    src: np.ndarray,
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    box: tuple[int, int, int, int] | None = None,
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """Random square crop of ``src`` rescaled by r ∈ [0.5, 1] (INTER_AREA); returns it and its source box.
+    """Random crop of ``src`` rescaled by r ∈ [0.5, 1] (INTER_AREA) to ``shape``; returns it and its source box.
 
-    Equivalent to rescaling the whole photo by r and cropping ``size`` px, but only the needed region is
-    resampled, which keeps rendering fast. ``r`` is raised when the region is too small for ``size``.
+    Equivalent to rescaling the whole photo by r and cropping ``shape`` px, but only the needed region is
+    resampled, which keeps rendering fast. ``r`` is raised when the region is too small for ``shape``.
     """
+    th, tw = shape
     y0, y1, x0, x1 = box if box is not None else (0, src.shape[0], 0, src.shape[1])
     hb, wb = y1 - y0, x1 - x0
-    r_min = max(0.5, size / hb, size / wb)
+    r_min = max(0.5, th / hb, tw / wb)
     r = rng.uniform(r_min, max(1.0, r_min))
-    side = min(int(round(size / r)), hb, wb)
-    y = y0 + int(rng.integers(0, hb - side + 1))
-    x = x0 + int(rng.integers(0, wb - side + 1))
-    patch = src[y : y + side, x : x + side]
-    if side != size:
-        interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        patch = cv2.resize(patch, (size, size), interpolation=interp)
-    return np.ascontiguousarray(patch, dtype=np.float32), (y, y + side, x, x + side)
+    ch, cw = min(max(1, round(th / r)), hb), min(max(1, round(tw / r)), wb)
+    y = y0 + int(rng.integers(0, hb - ch + 1))
+    x = x0 + int(rng.integers(0, wb - cw + 1))
+    patch = src[y : y + ch, x : x + cw]
+    if (ch, cw) != (th, tw):
+        interp = cv2.INTER_AREA if ch * cw > th * tw else cv2.INTER_LINEAR
+        patch = cv2.resize(patch, (tw, th), interpolation=interp)
+    return np.ascontiguousarray(patch, dtype=np.float32), (y, y + ch, x, x + cw)
 
 
-def _texture(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    patch, _ = _crop(_source(name), size, rng)
+def _texture(name: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    patch, _ = _crop(_source(name), shape, rng)
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
     if name in _GREY_SOURCES:
@@ -187,33 +189,39 @@ def _mask(size: int, rng: np.random.Generator, radius: float) -> np.ndarray:
 def _render_layers(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     names = list(_COLOUR_SOURCES) + list(_GREY_SOURCES)
     bg_name = str(rng.choice(_BACKGROUNDS))
-    img = _texture(bg_name, size, rng)
+    img = np.array(_texture(bg_name, (size, size), rng))
     lo = rng.uniform(_BG_DEPTH[0], 0.86)
     hi = min(_BG_DEPTH[1], lo + rng.uniform(0.05, 0.15))
-    bg_plane = _plane(size, lo, hi, rng.uniform(-np.pi, np.pi))
-    depth = bg_plane.copy()
+    depth = _plane(size, lo, hi, rng.uniform(-np.pi, np.pi))
     layer_id = np.zeros((size, size), np.int16)
+    planes = [depth.copy()]
 
     n = int(rng.integers(2, 5))
     fg_names = [str(x) for x in rng.choice([x for x in names if x != bg_name], size=n, replace=False)]
     edges = np.linspace(_FG_DEPTH[1], _FG_DEPTH[0], n + 1)  # far → near, disjoint intervals
-    planes = [bg_plane]
     for k, name in enumerate(fg_names):
         far, near = edges[k], edges[k + 1]
         width = far - near
         # a slight slope inside the layer's own interval keeps the depth order strict everywhere
         a = near + width * rng.uniform(0.05, 0.45)
         b = a + width * rng.uniform(0.05, 0.45)
-        plane = _plane(size, a, b, rng.uniform(-np.pi, np.pi))
+        theta = rng.uniform(-np.pi, np.pi)
         # nearer layers tend to be smaller, as objects close to a camera are usually fewer and framed
         radius = size * rng.uniform(0.14, 0.34) * (1.0 - 0.12 * k)
-        alpha = _mask(size, rng, radius)[..., None]
-        tex = _texture(name, size, rng)
-        img = img * (1.0 - alpha) + tex * alpha
+        alpha_full = _mask(size, rng, radius)
+        bx, by, bw, bh = cv2.boundingRect((alpha_full > 0).astype(np.uint8))
+        if bw == 0 or bh == 0:
+            continue
+        box = (by, by + bh, bx, bx + bw)
+        sl = np.s_[by : by + bh, bx : bx + bw]
+        # work only inside the mask's bounding box: most of the cost of a layer is per pixel
+        alpha = alpha_full[sl][..., None]
+        tex = _texture(name, (bh, bw), rng)
+        img[sl] = img[sl] * (1.0 - alpha) + tex * alpha
         front = alpha[..., 0] >= 0.5
-        depth = np.where(front, plane, depth)
-        layer_id[front] = k + 1
-        planes.append(plane)
+        depth[sl] = np.where(front, _plane(size, a, b, theta, box), depth[sl])
+        layer_id[sl][front] = k + 1
+        planes.append(_plane(size, a, b, theta))
     info = {"kind": "layers", "background": bg_name, "layers": fg_names, "layer_id": layer_id, "planes": planes}
     return img, depth, info
 
@@ -223,10 +231,10 @@ def _render_motorcycle(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     img, raw = _motorcycle()
     h, w = raw.shape
-    cut = int(round(_TRAIN_FRACTION * w))
+    cut = round(_TRAIN_FRACTION * w)
     box = (0, h, 0, cut) if split == "train" else (0, h, cut, w)
     stacked = np.concatenate([img, raw[..., None]], axis=2)  # one crop for image and depth
-    patch, crop_box = _crop(stacked, size, rng, box)
+    patch, crop_box = _crop(stacked, (size, size), rng, box)
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
     depth = normalize_depth(patch[..., 3])

@@ -1,6 +1,8 @@
 """One LightningModule per SSR stage (optimiser, losses, logging); networks live in `ssr_lightning.networks`."""
 
 from ssr_lightning.modules.base import StageModule
+from ssr_lightning.modules.depth_module import DepthModule
 from ssr_lightning.modules.dkenet_module import DKENetModule
+from ssr_lightning.modules.nbsr_module import NBSRModule
 
-__all__ = ["StageModule", "DKENetModule"]
+__all__ = ["StageModule", "DKENetModule", "DepthModule", "NBSRModule"]

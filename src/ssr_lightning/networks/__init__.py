@@ -5,13 +5,13 @@ from .config import ConfigMixin, init_args, load_network, save_network
 from .dkenet import DKENet
 
 __all__ = [
-    "ConfigMixin",
-    "init_args",
-    "save_network",
-    "load_network",
     "SFT",
-    "MAConv",
+    "ConfigMixin",
     "DABlock",
-    "split_sizes",
     "DKENet",
+    "MAConv",
+    "init_args",
+    "load_network",
+    "save_network",
+    "split_sizes",
 ]

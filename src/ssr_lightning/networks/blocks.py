@@ -9,10 +9,10 @@ Plain ``nn.Module`` code (no Lightning), following paper §3.2 and DESIGN.md §3
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch
+from torch import Tensor, nn
 
-__all__ = ["split_sizes", "SFT", "MAConv", "DABlock"]
+__all__ = ["SFT", "DABlock", "MAConv", "split_sizes"]
 
 
 def split_sizes(total: int, parts: int) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-__all__ = ["ConfigMixin", "init_args", "save_network", "load_network"]
+__all__ = ["ConfigMixin", "init_args", "load_network", "save_network"]
 
 N = TypeVar("N", bound=nn.Module)
 
@@ -52,11 +52,6 @@ class ConfigMixin:
         """Record ``kwargs`` as this network's config (deep-copied so later mutation cannot leak in)."""
         # object.__setattr__ keeps nn.Module's attribute routing out of it: the config is plain data.
         object.__setattr__(self, "config", copy.deepcopy(kwargs))
-
-    @classmethod
-    def from_config(cls: type[N], config: dict[str, Any]) -> N:
-        """Build a fresh (randomly initialised) network from a recorded config."""
-        return cls(**config)
 
 
 def _class_name(cls: type) -> str:

@@ -103,9 +103,7 @@ class DKENet(nn.Module, ConfigMixin):
         # dwarfing the MAConv trunk (and the with/without-depth ablation closer in size).
         self.depth_features = max(channels // 2, 4)
         cond_ch = self.depth_features if use_depth else None
-        self.depth_encoder = (
-            _DepthEncoder(depth_channels, self.depth_features, blocks_per_stage) if use_depth else None
-        )
+        self.depth_encoder = _DepthEncoder(depth_channels, self.depth_features, blocks_per_stage) if use_depth else None
 
         self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.stage1 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
@@ -118,12 +116,12 @@ class DKENet(nn.Module, ConfigMixin):
 
     # ----------------------------------------------------------------------------------------------- presets
     @classmethod
-    def tiny(cls, **kw: object) -> "DKENet":
+    def tiny(cls, **kw: object) -> DKENet:
         """Small preset for tests and smoke runs (channels=16); keyword arguments override."""
         return cls(**{"channels": 16, **kw})  # type: ignore[arg-type]
 
     @classmethod
-    def paper(cls, **kw: object) -> "DKENet":
+    def paper(cls, **kw: object) -> DKENet:
         """Paper-scale preset (channels=64, two DABlocks per stage); keyword arguments override."""
         return cls(**{"channels": 64, "blocks_per_stage": 2, **kw})  # type: ignore[arg-type]
 
@@ -144,8 +142,7 @@ class DKENet(nn.Module, ConfigMixin):
     def _prepare_depth(self, depth: Tensor | None, size: tuple[int, int]) -> Tensor:
         if depth is None:
             raise ValueError(
-                "DKENet was built with use_depth=True, so depth is required: "
-                "pass depth or build with use_depth=False"
+                "DKENet was built with use_depth=True, so depth is required: pass depth or build with use_depth=False"
             )
         if depth.dim() != 4:
             raise ValueError(f"depth must be (B,{self.depth_channels},h,w), got shape {tuple(depth.shape)}")
@@ -166,7 +163,7 @@ class DKENet(nn.Module, ConfigMixin):
         s = self.scale if scale is None else scale
         if s == 1:
             return field
-        return field.repeat_interleave(s, dim=-2).repeat_interleave(s, dim=-1)
+        return F.interpolate(field, scale_factor=s, mode="nearest")
 
     def forward(self, lr: Tensor, depth: Tensor | None = None, upscale: bool = False) -> Tensor:
         """Estimate the kernel field.

@@ -1,0 +1,231 @@
+"""``SRDataModule``: HR (+ depth) patches from the embedded scenes or folders, degraded on the model's device.
+
+Data loaders yield clean HR patches, depth and one integer ``seed`` per sample; the synthetic degradation
+(depth-driven kernel field, blur + ↓s, noise, JPEG) runs in :meth:`SRDataModule.on_after_batch_transfer`, i.e.
+batched on the GPU as BasicSR does, and is a pure function of the per-sample seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ssr_lightning.degradation import DegradationConfig, Degrader
+
+from .augment import EpochSampler
+from .datasets import HRFolderDataset, PairedFolderDataset, SRPatchDataset, collate
+from .scenes import EmbeddedScenes
+
+__all__ = ["SRDataModule"]
+
+Stage = Literal["fit", "validate", "test", "predict"]
+
+
+class SRDataModule(L.LightningDataModule):
+    """Data for every SSR stage.
+
+    Batches after :meth:`on_after_batch_transfer` (or :meth:`degrade`) hold ``hr (B,3,H,W)``,
+    ``depth (B,1,H,W)``, ``seed (B,)``, ``index``, ``name``, ``has_depth`` and, from the degradation,
+    ``lr (B,3,h,w)``, ``kernel (B,441,h,w)``, ``depth_lr (B,1,h,w)``, ``noise_sigma``, ``jpeg_quality``,
+    ``invariant``. Paired batches hold ``lr``, ``hr``, ``seed``, ``index``, ``name`` and no kernel.
+
+    Args:
+        dataset: ``"embedded"`` (layered scenes of scikit-image photos with known depth, no files needed),
+            ``"folder"`` (HR image folders, optional depth files; LR is synthesised) or ``"paired"`` (real
+            LR/HR folders such as DRealSR; no kernel or depth).
+        train_root: HR training folder (``folder``/``paired``).
+        val_root: HR validation folder (``folder``/``paired``); without it there is no validation.
+        test_root: HR test folder (``folder``/``paired``), also used for prediction.
+        train_lr_root: LR training folder, ``paired`` only (pairs matched by stem, ``_x4`` tags ignored).
+        val_lr_root: LR validation folder, ``paired`` only.
+        test_lr_root: LR test folder, ``paired`` only.
+        depth_dir: folder of depth maps for ``folder`` data, named like the images (same relative path or
+            stem, ``.npy``/``.npz``/``.png``/``.tif``/``.exr``); by default ``<stem>_depth.<ext>`` files are
+            looked up beside each image. Images without depth get a constant map (spatially invariant defocus).
+        depth_inverse: the depth files hold disparity / inverse depth (larger = nearer).
+        patch_size: HR training patch side; a multiple of ``scale``.
+        val_size: HR validation centre-crop side (multiple of ``scale``); 0 keeps whole images (then use
+            ``val_batch_size=1`` for folders of mixed sizes).
+        test_size: HR test/predict centre-crop side; ``None``/0 keeps whole images (cropped to a multiple of
+            ``scale``).
+        scale: super-resolution factor ``s``; it overrides ``degradation.scale``.
+        batch_size: training batch size.
+        val_batch_size: validation batch size.
+        test_batch_size: test/predict batch size (1 for whole images of mixed sizes).
+        num_workers: data-loader worker processes (persistent when > 0).
+        seed: data seed: embedded scene content, crops/flips and degradation draws all derive from it.
+        embedded_scene_size: side of the rendered embedded scenes in HR pixels.
+        num_train: number of embedded training scenes.
+        num_val: number of embedded validation scenes.
+        num_test: number of embedded test scenes.
+        degradation: the synthetic degradation (kernels, noise, JPEG) applied to HR batches.
+        train_samples_per_epoch: samples per training epoch (default: the training set size); larger values
+            repeat the data with fresh random patches and degradations.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["embedded", "folder", "paired"] = "embedded",
+        train_root: str | None = None,
+        val_root: str | None = None,
+        test_root: str | None = None,
+        train_lr_root: str | None = None,
+        val_lr_root: str | None = None,
+        test_lr_root: str | None = None,
+        depth_dir: str | None = None,
+        depth_inverse: bool = False,
+        patch_size: int = 192,
+        val_size: int = 192,
+        test_size: int | None = None,
+        scale: int = 4,
+        batch_size: int = 8,
+        val_batch_size: int = 4,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        seed: int = 0,
+        embedded_scene_size: int = 256,
+        num_train: int = 240,
+        num_val: int = 16,
+        num_test: int = 24,
+        degradation: DegradationConfig = DegradationConfig(),  # noqa: B008 (never mutated; jsonargparse needs it)
+        train_samples_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("embedded", "folder", "paired"):
+            raise ValueError(f"data.dataset must be 'embedded', 'folder' or 'paired', got {dataset!r}")
+        if scale < 1:
+            raise ValueError(f"data.scale must be >= 1, got {scale}")
+        for name, size in (("patch_size", patch_size), ("val_size", val_size), ("test_size", test_size)):
+            if size and size % scale:
+                raise ValueError(
+                    f"data.{name}={size} is not a multiple of data.scale={scale}; "
+                    f"use {size - size % scale} or {size - size % scale + scale}"
+                )
+        if dataset == "embedded":
+            for name, size in (("patch_size", patch_size), ("val_size", val_size), ("test_size", test_size)):
+                if size and size > embedded_scene_size:
+                    raise ValueError(
+                        f"data.{name}={size} exceeds data.embedded_scene_size={embedded_scene_size}: "
+                        f"lower data.{name} or raise data.embedded_scene_size"
+                    )
+        self.save_hyperparameters()
+        self.dataset = dataset
+        self.roots = {"train": train_root, "val": val_root, "test": test_root}
+        self.lr_roots = {"train": train_lr_root, "val": val_lr_root, "test": test_lr_root}
+        self.depth_dir, self.depth_inverse = depth_dir, depth_inverse
+        self.sizes = {"train": patch_size, "val": val_size, "test": test_size}
+        self.scale, self.seed = scale, seed
+        self.batch_sizes = {"train": batch_size, "val": val_batch_size, "test": test_batch_size}
+        self.batch_size = batch_size  # Lightning's batch-size finder looks for this attribute
+        self.num_workers = num_workers
+        self.embedded = {"size": embedded_scene_size, "seed": seed, "num_train": num_train,
+                         "num_val": num_val, "num_test": num_test}
+        # scale is the single source of truth; a differing degradation.scale would mismatch LR and HR
+        self.degradation_config = dataclasses.replace(degradation, scale=scale)
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.datasets: dict[str, SRPatchDataset | None] = {}
+        self._degrader: Any = None
+        self._degrader_device: torch.device | None = None
+
+    # ---------------------------------------------------------------- data sets
+    def _base(self, split: str) -> Dataset | None:
+        if self.dataset == "embedded":
+            return EmbeddedScenes(split, **self.embedded)  # type: ignore[arg-type]
+        root = self.roots[split]
+        if root is None:
+            if split == "train":
+                raise ValueError(f"data.dataset={self.dataset!r} needs data.train_root (a folder of HR images)")
+            return None
+        if self.dataset == "folder":
+            return HRFolderDataset(root, self.scale, depth_dir=self.depth_dir, depth_inverse=self.depth_inverse)
+        lr_root = self.lr_roots[split]
+        if lr_root is None:
+            raise ValueError(f"data.dataset='paired' needs data.{split}_lr_root next to data.{split}_root")
+        return PairedFolderDataset(lr_root, root, self.scale)
+
+    def _make(self, split: str) -> SRPatchDataset | None:
+        if split not in self.datasets:
+            base = self._base(split)
+            self.datasets[split] = (
+                None if base is None else SRPatchDataset(base, split, self.sizes[split], self.scale, self.seed)
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the data sets a stage needs (files are listed here, decoded only per item)."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage or "fit", ("train", "val", "test")):
+            self._make(split)
+
+    # ------------------------------------------------------------- data loaders
+    def _loader(self, split: str, sampler: Any = None) -> DataLoader:
+        ds = self._make(split)
+        assert ds is not None
+        return DataLoader(
+            ds,
+            batch_size=self.batch_sizes[split],
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.num_workers > 0,
+            drop_last=split == "train" and (sampler is not None and len(sampler) >= self.batch_sizes[split]),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._make("train")
+        assert ds is not None
+        sampler = EpochSampler(len(ds), self.train_samples_per_epoch, shuffle=True, seed=self.seed)
+        return self._loader("train", sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self._make("val") is None:
+            warnings.warn("no validation data (data.val_root is not set): validation is skipped", stacklevel=2)
+            return []
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        if self._make("test") is None:
+            raise ValueError(f"data.dataset={self.dataset!r} needs data.test_root to test or predict")
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    # -------------------------------------------------------------- degradation
+    @property
+    def degrader(self) -> Any:
+        if self._degrader is None:
+            self._degrader = Degrader(self.degradation_config)
+        return self._degrader
+
+    def degrade(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Add ``lr``, ``kernel``, ``depth_lr``, ``noise_sigma``, ``jpeg_quality``, ``invariant`` to an HR batch.
+
+        Runs on the device of ``batch["hr"]``; usable outside a Trainer. Batches that already hold ``lr``
+        (paired data) are returned unchanged.
+        """
+        if "lr" in batch:
+            return batch
+        hr = batch["hr"]
+        deg = self.degrader
+        if isinstance(deg, nn.Module) and self._degrader_device != hr.device:
+            deg.to(hr.device)
+            self._degrader_device = hr.device
+        with torch.no_grad():
+            out = deg(hr, batch["depth"].to(hr.device), batch["seed"])
+        batch = dict(batch)
+        batch.update(out)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "hr" in batch:
+            return self.degrade(batch)
+        return batch
