@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
-from jsonargparse import Namespace
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
@@ -105,6 +105,8 @@ class SSRCLI(LightningCLI):
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `ssr` console script."""
+    # dataclass fields (DegradationConfig, KernelConfig) document themselves with attribute docstrings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     SSRCLI(
         LightningModule,
         SRDataModule,
