@@ -30,6 +30,7 @@ class DKENetModule(StageModule):
         channels: int = 16,
         blocks_per_stage: int = 1,
         use_depth: bool = True,
+        global_context: bool = True,
         kernel_size: int = 21,
         scale: int = 4,
         lr: float = 2e-4,
@@ -43,6 +44,8 @@ class DKENetModule(StageModule):
             channels: Feature width of both branches (16: tiny CPU model, 64: paper size).
             blocks_per_stage: DABlocks per U stage (1 tiny, 2 paper).
             use_depth: False removes the depth branch: the MANet-like "no DI-Kernel" baseline.
+            global_context: Add an image-level (pooled) context vector at the bottleneck, so each pixel's
+                kernel can draw on the image's overall blur level.
             kernel_size: Kernel side k; the field has k² channels.
             scale: SR factor s (linked to data.scale).
             lr: Adam learning rate.
@@ -59,6 +62,7 @@ class DKENetModule(StageModule):
             scale=scale,
             use_depth=use_depth,
             blocks_per_stage=blocks_per_stage,
+            global_context=global_context,
         )
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:

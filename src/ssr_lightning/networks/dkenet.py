@@ -85,6 +85,7 @@ class DKENet(nn.Module, ConfigMixin):
         scale: int = 4,
         use_depth: bool = True,
         blocks_per_stage: int = 1,
+        global_context: bool = True,
     ) -> None:
         super().__init__()
         self.register_config(**init_args(locals()))
@@ -109,6 +110,13 @@ class DKENet(nn.Module, ConfigMixin):
         self.stage1 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
         self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         self.stage2 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
+        # Image-level context at the bottleneck: most of the kernel error is the per-image blur level (focus,
+        # aperture, optics), which a purely local receptive field cannot pool; see docs/EXPERIMENTS.md.
+        self.context = (
+            nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
+            if global_context
+            else None
+        )
         self.up = _Up(channels)
         self.stage3 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
         self.tail = nn.Conv2d(channels, kernel_size * kernel_size, 3, padding=1)
@@ -191,6 +199,8 @@ class DKENet(nn.Module, ConfigMixin):
         f2 = self.down(f1)
         for block in self.stage2:
             f2 = block(f2, d2)
+        if self.context is not None:
+            f2 = f2 + self.context(f2.mean(dim=(2, 3)))[..., None, None]
         f3 = self.up(f2, size) + f1  # U skip: keeps full-resolution detail the down/up path loses
         for block in self.stage3:
             f3 = block(f3, d3)

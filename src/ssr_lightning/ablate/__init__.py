@@ -1,0 +1,16 @@
+"""`ssr-ablate`: ablation studies over the `ssr` stages (plan, shared stage artifacts, per-cell results, reports).
+
+study.py (YAML schema) → plan.py (cells, hashed stage trainings) → execute.py (artifacts, locks, cell JSONs)
+with runner.py (the `ssr` command lines; pluggable `Runner`) → report.py / figures.py (tables and figures).
+writer.py is the Lightning callback that scores `ssr predict` outputs with the paper metrics.
+"""
+
+from ssr_lightning.ablate.execute import Executor, Layout
+from ssr_lightning.ablate.plan import Cell, Plan, StageRun, expand, shard_cells
+from ssr_lightning.ablate.runner import CLIRunner, CommandFailed, EvalJob, Runner, StageJob
+from ssr_lightning.ablate.study import Study, StudyError, load_study, parse_study
+
+__all__ = [
+    "CLIRunner", "Cell", "CommandFailed", "EvalJob", "Executor", "Layout", "Plan", "Runner", "StageJob", "StageRun",
+    "Study", "StudyError", "expand", "load_study", "parse_study", "shard_cells",
+]

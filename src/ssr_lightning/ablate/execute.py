@@ -1,0 +1,215 @@
+"""Running a plan: shared stage artifacts (trained once, locked, resumable), one JSON result per cell.
+
+Output folder layout::
+
+    <out>/artifacts/<stage>-<key12>/runs/<stage>/version_N/...   the stage's `ssr fit` run (last.ckpt, best.ckpt)
+    <out>/artifacts/<stage>-<key12>/DONE.json                     written (atomically) once the training finished
+    <out>/artifacts/<stage>-<key12>/train.log                     the stage's console output
+    <out>/cells/<cell_id>.json                                    the cell's result (status ok|failed)
+    <out>/cells/<cell_id>/{eval/,samples/,predict_metrics.json,eval.log}
+
+Reliability: a cell whose JSON says ok with the same key is skipped; a stage with DONE.json is reused; a stage
+without it is (re)run with `--ckpt_path last`, so a killed training resumes; an exception in one cell is recorded
+in its JSON and the next cell runs. Stage trainings are guarded by an exclusive file lock, so shards on several
+machines sharing `<out>` train a shared stage once (the others wait and then reuse it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import socket
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun
+from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob, log_tail
+
+__all__ = ["Executor", "Layout", "atomic_write_json", "file_lock"]
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """Exclusive `flock` on `path`; yields False instead of waiting when `blocking` is off and it is held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Layout:
+    """Paths inside one results folder."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(out).resolve()
+
+    def artifact(self, run: StageRun) -> Path:
+        return self.out / "artifacts" / run.artifact
+
+    def done(self, run: StageRun) -> Path:
+        return self.artifact(run) / "DONE.json"
+
+    def cell_json(self, cell: Cell | str) -> Path:
+        return self.out / "cells" / f"{cell if isinstance(cell, str) else cell.cell_id}.json"
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.cell_id
+
+    def stage_status(self, run: StageRun) -> str:
+        """"done" (DONE.json), "partial" (a last.ckpt to resume from) or "todo"."""
+        if self.done(run).is_file():
+            return "done"
+        if any((self.artifact(run) / "runs").glob("*/version_*/checkpoints/last*.ckpt")):
+            return "partial"
+        return "todo"
+
+    def read_cell(self, cell: Cell | str) -> dict[str, Any] | None:
+        path = self.cell_json(cell)
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except json.JSONDecodeError:
+            return None
+
+    def cell_status(self, cell: Cell) -> str:
+        """"ok", "failed", "stale" (a result of an older version of the cell) or "todo"."""
+        record = self.read_cell(cell)
+        if record is None:
+            return "todo"
+        if record.get("key") != cell.key:
+            return "stale"
+        return str(record.get("status", "todo"))
+
+
+class Executor:
+    """Runs the cells of a plan with one `Runner`, sharing stage trainings between cells and processes."""
+
+    def __init__(self, plan: Plan, out: str | Path, runner: Runner, progress: bool = True) -> None:
+        self.plan, self.layout, self.runner, self.progress = plan, Layout(out), runner, progress
+        self._failed: dict[str, str] = {}  # stage key -> error, so a broken stage is not retrained per cell
+
+    # --- stages ---------------------------------------------------------------------------------------------
+    def _resolve(self, args: tuple[str, ...] | list[str], names: dict[str, str], done: dict[str, dict[str, Any]],
+                 cell_dir: Path | None = None) -> list[str]:
+        """Replace `{stage:X[:kind]}` by X's checkpoint path (or folder), `{out}` and `{cell_dir}` by paths."""
+
+        def sub(match: Any) -> str:
+            record = done[names[match.group(1)]]
+            kind = match.group(2) or "ckpt"
+            return str(self.layout.out / "artifacts" / record["artifact"]) if kind == "dir" else record.get(kind) or record["ckpt"]
+
+        out = []
+        for a in args:
+            a = STAGE_REF.sub(sub, a).replace("{out}", str(self.layout.out))
+            out.append(a.replace("{cell_dir}", str(cell_dir)) if cell_dir is not None else a)
+        return out
+
+    def ensure_stage(self, run: StageRun, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """The DONE record of a stage, training (or resuming) it first unless this or another process did."""
+        marker = self.layout.done(run)
+        if marker.is_file():
+            return {**json.loads(marker.read_text()), "reused": True}
+        if run.key in self._failed:
+            raise CommandFailed(["fit", run.stage], 1, self._failed[run.key])
+        with file_lock(self.layout.out / "artifacts" / f"{run.artifact}.lock"):
+            if marker.is_file():  # another shard finished it while we waited for the lock
+                return {**json.loads(marker.read_text()), "reused": True}
+            names = dict(run.deps)
+            args = self._resolve(run.args, names, done)
+            root = self.layout.artifact(run) / "runs"
+            job = StageJob(run, root, args, self.layout.artifact(run) / "train.log")
+            start = time.time()
+            try:
+                ckpts = self.runner.run_stage(job)
+            except CommandFailed as err:
+                self._failed[run.key] = err.tail
+                raise
+            record = {"stage": run.stage, "key": run.key, "artifact": run.artifact, **ckpts,
+                      "config": run.config, "args": args, "seed": run.seed, "seconds": round(time.time() - start, 2),
+                      "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname()}
+            atomic_write_json(marker, record)
+            return {**record, "reused": False}
+
+    # --- cells ----------------------------------------------------------------------------------------------
+    def run_cell(self, cell: Cell) -> dict[str, Any]:
+        """Train what the cell needs, evaluate it and write `<out>/cells/<id>.json`; never raises for a failure."""
+        start = time.time()
+        record: dict[str, Any] = {
+            "cell_id": cell.cell_id, "study": self.plan.study.name, "key": cell.key, "row": cell.row,
+            "label": cell.label, "settings": cell.settings, "dataset": cell.dataset, "seed": cell.seed,
+            "stages": {}, "metrics": {}, "error": None,
+        }
+        done: dict[str, dict[str, Any]] = {}
+        current = "evaluate"
+        try:
+            for key in cell.stages:
+                run = self.plan.stages[key]
+                current = run.stage
+                info = self.ensure_stage(run, done)
+                done[key] = info
+                record["stages"][run.stage] = {k: info.get(k) for k in ("key", "artifact", "ckpt", "seconds", "reused")}
+            current = "evaluate"
+            cell_dir = self.layout.cell_dir(cell)
+            ckpt = self._resolve([cell.evaluate.ckpt], cell.stage_names, done)[0] if cell.evaluate.ckpt else None
+            job = EvalJob(cell, cell_dir, cell.eval_config,
+                          self._resolve(cell.eval_args, cell.stage_names, done, cell_dir), ckpt, cell_dir / "eval.log")
+            eval_start = time.time()
+            result = self.runner.evaluate(job)
+            record.update(status="ok", metrics=result["metrics"], available=result.get("available", {}),
+                          num_samples=result.get("num_samples"), eval_seconds=round(time.time() - eval_start, 2))
+        except CommandFailed as err:
+            record.update(status="failed", error={"stage": current, "message": str(err), "tail": err.tail})
+        except Exception as err:  # noqa: BLE001 - one broken cell must not stop the study
+            record.update(status="failed", error={"stage": current, "message": f"{type(err).__name__}: {err}",
+                                                  "tail": traceback.format_exc()[-4000:]})
+        record["seconds"] = round(time.time() - start, 2)
+        record["finished_at"] = _dt.datetime.now().isoformat(timespec="seconds")
+        record["host"] = socket.gethostname()
+        samples = self.layout.cell_dir(cell) / "samples"
+        record["samples"] = str(samples.relative_to(self.layout.out)) if samples.is_dir() else None
+        atomic_write_json(self.layout.cell_json(cell), record)
+        return record
+
+    def run(self, cells: list[Cell], retry_failed: bool = True) -> list[dict[str, Any]]:
+        """Run every cell that is not already finished (ok with the same key); returns the records it wrote."""
+        todo = [c for c in cells if self.layout.cell_status(c) != "ok"
+                and (retry_failed or self.layout.cell_status(c) != "failed")]
+        records = []
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ssr-ablate {self.plan.study.name}",
+                   unit="cell", disable=not self.progress)
+        for cell in todo:
+            bar.set_postfix_str(cell.cell_id[:40])
+            # a second process working on the same shard skips the cell instead of evaluating it twice
+            with file_lock(self.layout.out / "cells" / f".{cell.cell_id}.lock", blocking=False) as mine:
+                if mine and self.layout.cell_status(cell) != "ok":
+                    records.append(self.run_cell(cell))
+            bar.update(1)
+        bar.close()
+        return records
+
+
+def stage_log_tail(layout: Layout, run: StageRun) -> str:
+    """The end of a stage's training log (for the dry-run and for debugging)."""
+    return log_tail(layout.artifact(run) / "train.log")

@@ -1,0 +1,206 @@
+"""The paper's six image metrics behind one entry point, with an offline-only weights policy.
+
+`MetricSuite(["psnr_y", "ssim_y", "lpips", "musiq", "clipiqa", "niqe"], crop_border=4, device="cpu")` scores
+SR against HR images per sample. PSNR/SSIM are the project's BasicSR-convention functions (Y channel, `crop_border`
+pixels cropped per side); LPIPS, MUSIQ, CLIP-IQA and NIQE come from pyiqa on the whole image (pyiqa's defaults,
+as the papers that report them).
+
+Nothing is ever downloaded. Each pyiqa metric's weight files are listed in `WEIGHT_FILES` (paths relative to the
+torch hub folder, `$TORCH_HOME/hub`, where pyiqa, torchvision and CLIP cache them); a metric whose files are not
+all present reports the string "n/a (weights missing: FILE)" instead of a number, and pyiqa is created with
+explicit local paths while every downloader it could reach is replaced by one that raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import Tensor
+
+from ssr_lightning.metrics.image import psnr, psnr_y, ssim, ssim_y
+
+__all__ = [
+    "HIGHER_IS_BETTER", "LABELS", "PAPER_METRICS", "WEIGHT_FILES", "MetricSuite", "WeightFile", "WeightsMissing",
+    "hub_dir", "missing_weights",
+]
+
+PAPER_METRICS: tuple[str, ...] = ("psnr_y", "ssim_y", "lpips", "musiq", "clipiqa", "niqe")
+
+# Direction of every metric the suite and the stage test reports produce (the reports put ↑/↓ and bold from this).
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "psnr_y": True, "ssim_y": True, "psnr": True, "ssim": True,
+    "lpips": False, "musiq": True, "clipiqa": True, "niqe": False,
+    "kernel_l1": False, "resynth_psnr": True, "l1": False,
+}
+
+LABELS: dict[str, str] = {
+    "psnr_y": "PSNR", "ssim_y": "SSIM", "psnr": "PSNR (RGB)", "ssim": "SSIM (RGB)", "lpips": "LPIPS",
+    "musiq": "MUSIQ", "clipiqa": "CLIP-IQA", "niqe": "NIQE", "kernel_l1": "Kernel L1", "resynth_psnr": "Re-synth PSNR",
+}
+
+_HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One weight file: its path under the torch hub folder and where it comes from on a networked machine."""
+
+    relpath: str
+    url: str
+
+
+# Read from pyiqa 0.1.16's sources: the default model of each name (lpips: AlexNet v0.1, musiq: KonIQ-10k,
+# clipiqa: CLIP RN50 with the hand-made prompts). pyiqa caches its own files in `<hub>/pyiqa` (DEFAULT_CACHE_DIR),
+# torchvision its ImageNet backbones in `<hub>/checkpoints`, OpenAI CLIP its models in `<hub>/clip`.
+WEIGHT_FILES: dict[str, tuple[WeightFile, ...]] = {
+    "niqe": (WeightFile("pyiqa/niqe_modelparameters.mat", _HF + "niqe_modelparameters.mat"),),
+    "lpips": (
+        WeightFile("pyiqa/LPIPS_v0.1_alex-df73285e.pth", _HF + "LPIPS_v0.1_alex-df73285e.pth"),
+        WeightFile("checkpoints/alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+    ),
+    "musiq": (WeightFile("pyiqa/musiq_koniq_ckpt-e95806b9.pth", _HF + "musiq_koniq_ckpt-e95806b9.pth"),),
+    "clipiqa": (
+        WeightFile(
+            "clip/RN50.pt",
+            "https://openaipublic.azureedge.net/clip/models/"
+            "afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+        ),
+    ),
+}
+
+_FIDELITY: dict[str, Callable[..., Tensor]] = {"psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim}
+_NIQE_MIN = 96  # pyiqa's NIQE works on 96×96 blocks and fails on anything smaller
+
+
+class WeightsMissing(RuntimeError):
+    """Raised instead of a download: a weight file is not on disk."""
+
+
+def hub_dir() -> Path:
+    """The torch hub folder as pyiqa/torchvision/CLIP resolve it *now* (`$TORCH_HOME/hub`, or `torch.hub.set_dir`)."""
+    return Path(torch.hub.get_dir())
+
+
+def missing_weights(name: str, root: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Weight files of metric `name` absent under `root` (default: `hub_dir()`); [] for weight-free metrics."""
+    base = Path(root) if root is not None else hub_dir()
+    return [base / w.relpath for w in WEIGHT_FILES.get(name, ()) if not (base / w.relpath).is_file()]
+
+
+def _refuse(url: Any = "?", *args: Any, **kwargs: Any) -> None:
+    raise WeightsMissing(os.path.basename(str(url)))
+
+
+@contextlib.contextmanager
+def _offline(root: Path) -> Iterator[None]:
+    """Point every cache at `root` and make every downloader pyiqa could reach raise instead of fetching."""
+    import pyiqa.archs.clip_model as clip_model
+    import pyiqa.utils.download_util as download_util
+
+    previous = torch.hub._hub_dir  # set_dir's global; restored so the caller's torch.hub is untouched
+    torch.hub.set_dir(str(root))
+    original_clip_download = clip_model._download
+
+    def clip_download(url: str, folder: str) -> str:
+        # CLIP's own downloader checks the SHA-256 of a present file; only a missing one would hit the network.
+        if not (Path(folder) / os.path.basename(url)).is_file():
+            _refuse(url)
+        return original_clip_download(url, folder)
+
+    try:
+        with mock.patch.object(torch.hub, "download_url_to_file", _refuse), \
+                mock.patch.object(download_util, "download_url_to_file", _refuse), \
+                mock.patch.object(clip_model, "_download", clip_download):
+            yield
+    finally:
+        torch.hub._hub_dir = previous
+
+
+def _create_pyiqa(name: str, root: Path, device: torch.device) -> torch.nn.Module:
+    """A pyiqa metric built from the local files under `root` (their presence was checked by the caller)."""
+    import pyiqa  # imported lazily: ~10 s, and only needed when a learned metric has its weights
+
+    with _offline(root):
+        if name == "niqe":
+            return pyiqa.create_metric("niqe", device=device, pretrained_model_path=str(root / WEIGHT_FILES["niqe"][0].relpath))
+        if name == "lpips":
+            return pyiqa.create_metric("lpips", device=device, pretrained_model_path=str(root / WEIGHT_FILES["lpips"][0].relpath))
+        if name == "musiq":
+            return pyiqa.create_metric("musiq", device=device, pretrained_model_path=str(root / WEIGHT_FILES["musiq"][0].relpath))
+        if name == "clipiqa":
+            return pyiqa.create_metric("clipiqa", device=device)  # CLIP RN50 read from <root>/clip by _offline
+    raise ValueError(f"unknown pyiqa metric {name!r}")
+
+
+class MetricSuite:
+    """Per-sample scores of SR vs HR for a chosen set of metrics; unavailable metrics report why, as text.
+
+    Args:
+        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `lpips`, `musiq`, `clipiqa`, `niqe`.
+        crop_border: pixels cropped per side for PSNR/SSIM (the SR scale, BasicSR convention).
+        device: where the learned metrics run.
+        weights_root: the torch hub folder holding the weights (default: `$TORCH_HOME/hub` at construction).
+    """
+
+    def __init__(self, names: list[str] | tuple[str, ...] = PAPER_METRICS, crop_border: int = 0,
+                 device: str | torch.device = "cpu", weights_root: str | os.PathLike[str] | None = None) -> None:
+        unknown = [n for n in names if n not in _FIDELITY and n not in WEIGHT_FILES]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {sorted([*_FIDELITY, *WEIGHT_FILES])}")
+        self.names = list(names)
+        self.crop_border = int(crop_border)
+        self.device = torch.device(device)
+        self.root = Path(weights_root) if weights_root is not None else hub_dir()
+        self._status: dict[str, bool | str] = {}
+        self._nets: dict[str, torch.nn.Module] = {}
+        for name in self.names:
+            if name in _FIDELITY:
+                self._status[name] = True
+                continue
+            missing = missing_weights(name, self.root)
+            # the hub-relative path, which is what docs/METRICS.md tells the user to put under $TORCH_HOME/hub
+            self._status[name] = f"n/a (weights missing: {missing[0].relative_to(self.root)})" if missing else True
+
+    def available(self) -> dict[str, bool | str]:
+        """True per usable metric; the "n/a (weights missing: FILE)" text for the others."""
+        return dict(self._status)
+
+    def _net(self, name: str) -> torch.nn.Module:
+        if name not in self._nets:
+            self._nets[name] = _create_pyiqa(name, self.root, self.device)
+        return self._nets[name]
+
+    @torch.no_grad()
+    def __call__(self, sr: Tensor, hr: Tensor) -> dict[str, Tensor | str]:
+        """`{name: (B,) float tensor on CPU}` for available metrics, `{name: "n/a (...)"}` for the others."""
+        if sr.shape != hr.shape or sr.ndim != 4:
+            raise ValueError(f"MetricSuite: expected two (B, 3, H, W) images of one shape, got {tuple(sr.shape)} "
+                             f"and {tuple(hr.shape)}")
+        # pyiqa asserts inputs in [0, 1]; an SR network may overshoot slightly.
+        sr = sr.detach().float().clamp(0, 1)
+        hr = hr.detach().float().clamp(0, 1)
+        out: dict[str, Tensor | str] = {}
+        for name in self.names:
+            status = self._status[name]
+            if status is not True:
+                out[name] = str(status)
+            elif name in _FIDELITY:
+                out[name] = _FIDELITY[name](sr, hr, crop_border=self.crop_border).float().cpu()
+            elif name == "niqe" and min(sr.shape[-2:]) < _NIQE_MIN:
+                out[name] = f"n/a (image {sr.shape[-2]}x{sr.shape[-1]} smaller than NIQE's {_NIQE_MIN}x{_NIQE_MIN})"
+            else:
+                try:
+                    net = self._net(name)
+                except WeightsMissing as err:  # pyiqa wanted a file WEIGHT_FILES does not list: still no download
+                    self._status[name] = out[name] = f"n/a (weights missing: {err})"
+                    continue
+                args = (sr.to(self.device), hr.to(self.device)) if name == "lpips" else (sr.to(self.device),)
+                out[name] = net(*args).detach().float().cpu().reshape(sr.shape[0])
+        return out

@@ -1,0 +1,136 @@
+"""SVKR (Algorithm 1), its evaluation stage and the front-end table, on tiny randomly initialised real networks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssr_lightning.degradation.blur import KernelBasis
+from ssr_lightning.depth import LearnedDepth, resize_depth
+from ssr_lightning.frontend_table import evaluate_frontend, format_markdown, svkr_gap
+from ssr_lightning.modules.svkr_module import FIGURE_NAME, SVKRModule
+from ssr_lightning.networks import DKENet
+from ssr_lightning.networks.depthnet import DepthNet
+from ssr_lightning.networks.nbsr import NBSR
+from ssr_lightning.svkr import SVKR
+
+S, H, W, K = 4, 16, 16, 21
+CODE = 12
+
+
+def _kernels(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Random normalised Gaussian-ish kernels (n, k²) — enough to fit a PCA basis."""
+    r = torch.arange(K, dtype=torch.float32) - K // 2
+    sig = 0.6 + 4.0 * torch.rand(n, 2, generator=gen)
+    g = torch.exp(-(r[None, :, None] ** 2) / (2 * sig[:, 0, None, None] ** 2)
+                  - (r[None, None, :] ** 2) / (2 * sig[:, 1, None, None] ** 2))
+    return (g / g.sum(dim=(1, 2), keepdim=True)).flatten(1)
+
+
+def _make_svkr(iterations: int = 3, gamma: float = 0.9) -> SVKR:
+    torch.manual_seed(0)
+    basis = KernelBasis.fit(_kernels(64, torch.Generator().manual_seed(0)), CODE)
+    de = LearnedDepth(DepthNet.tiny())
+    ke = DKENet(channels=8, kernel_size=K, scale=S, use_depth=True)
+    sr = NBSR.tiny(code_channels=CODE, scale=S)
+    return SVKR(de, ke, sr, iterations=iterations, gamma=gamma, kernel_basis=basis).eval()
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    hr = torch.rand(2, 3, S * H, S * W, generator=gen)
+    depth = torch.linspace(0, 1, S * W).view(1, 1, 1, -1).expand(2, 1, S * H, -1).contiguous()
+    kernel = _kernels(2 * H * W, gen).view(2, H, W, K * K).permute(0, 3, 1, 2).contiguous()
+    lr = torch.nn.functional.avg_pool2d(hr, S)
+    return {"lr": lr, "hr": hr, "depth": depth, "depth_lr": depth[..., ::S, ::S], "kernel": kernel,
+            "name": ["a", "b"]}
+
+
+def test_iterates_count_and_shapes(batch: dict[str, torch.Tensor]) -> None:
+    svkr = _make_svkr(iterations=3)
+    res = svkr(batch["lr"])
+    assert len(res.depths) == len(res.kernels) == len(res.images) == 4
+    assert res.iterations == 3
+    assert res.final_depth.shape == (2, 1, H, W)
+    assert res.final_kernel.shape == (2, K * K, H, W)
+    assert res.final_image.shape == (2, 3, S * H, S * W)
+    assert torch.allclose(res.final_kernel.sum(1), torch.ones(2, H, W), atol=1e-5)  # EMA keeps kernels normalised
+    assert not res.final_image.requires_grad  # inference under no_grad by default
+    assert len(svkr(batch["lr"], iterations=0).images) == 1
+
+
+def test_ema_update_is_exact(batch: dict[str, torch.Tensor]) -> None:
+    gamma = 0.7
+    svkr = _make_svkr(iterations=3, gamma=gamma)
+    res = svkr(batch["lr"])
+    lr = batch["lr"]
+    with torch.no_grad():
+        d0 = resize_depth(svkr.depth_estimator(lr), (H, W))
+        assert torch.allclose(res.depths[0], d0, atol=1e-6)
+        assert torch.allclose(res.kernels[0], svkr.kernel_estimator(lr, d0), atol=1e-6)
+        for t in range(1, 4):
+            d = resize_depth(svkr.depth_estimator(res.images[t - 1]), (H, W))  # depth from the latest SR
+            assert torch.allclose(res.depths[t], d, atol=1e-6)
+            expect = gamma * svkr.kernel_estimator(lr, res.depths[t]) + (1 - gamma) * res.kernels[t - 1]
+            assert (res.kernels[t] - expect).abs().max() < 1e-6
+            assert torch.allclose(res.images[t], svkr.super_resolve(lr, res.kernels[t]), atol=1e-6)
+
+
+def test_deterministic_and_gamma_one(batch: dict[str, torch.Tensor]) -> None:
+    svkr = _make_svkr(iterations=2, gamma=1.0)
+    a, b = svkr(batch["lr"]), svkr(batch["lr"])
+    for x, y in zip(a.kernels + a.images + a.depths, b.kernels + b.images + b.depths):
+        assert torch.equal(x, y)
+    with torch.no_grad():
+        for t in range(1, 3):
+            assert (a.kernels[t] - svkr.kernel_estimator(batch["lr"], a.depths[t])).abs().max() < 1e-6
+
+
+def test_missing_checkpoint_names_path(tmp_path: Path) -> None:
+    missing = tmp_path / "dkenet" / "best.ckpt"
+    with pytest.raises(FileNotFoundError, match=str(missing)) as err:
+        SVKR.from_checkpoints(missing, tmp_path / "nbsr.ckpt", depth="gt")
+    assert "ssr fit --config configs/dkenet.yaml" in str(err.value)
+    module = SVKRModule(dkenet_ckpt=str(missing), nbsr_ckpt=str(tmp_path / "n.ckpt"))
+    with pytest.raises(FileNotFoundError, match="DKENet"):
+        module.setup("test")
+    with pytest.raises(RuntimeError, match="no trainable parameters"):
+        module.training_step({}, 0)
+
+
+def test_module_test_step_reports_every_iteration(batch: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    module = SVKRModule(iterations=2, gamma=0.9, scale=S, num_figure_samples=2)
+    module.svkr = _make_svkr(iterations=2)
+    module.eval()
+    module.on_test_epoch_start()
+    module.test_step(batch, 0)
+    row = module._test_rows[0]
+    for t in range(3):
+        for key in ("absrel", "kernel_l1", "psnr_y", "ssim_y"):
+            assert math.isfinite(row[f"t{t}/{key}"])
+    assert "t3/psnr_y" not in row and row["name"] == "a"
+    path = module.write_figure(tmp_path)
+    assert path.name == FIGURE_NAME and path.stat().st_size > 0
+
+
+def test_frontend_rows_are_finite(batch: dict[str, torch.Tensor]) -> None:
+    svkr = _make_svkr(iterations=2)
+    nodepth = DKENet(channels=8, kernel_size=K, scale=S, use_depth=False).eval()
+    rows = evaluate_frontend([batch], svkr, nodepth, scale=S, gammas=[0.5, 1.0], iterations=[1, 2])
+    names = [r.method for r in rows]
+    for prefix in ("bicubic", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth", "NBSR + DKENet w/ depth (K0",
+                   "NBSR + SVKR", "NBSR + GT kernel"):
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert sum(n.startswith("sweep:") for n in names) == 4
+    for r in rows:
+        assert r.num_samples == 2 and math.isfinite(r.psnr_y) and math.isfinite(r.ssim_y)
+    main = next(r for r in rows if r.method.startswith("NBSR + SVKR"))
+    assert main.kernel_l1 is not None and main.absrel is not None
+    # the γ=1.0, T=2 sweep row and the main row (γ=0.9, T=2) come from different EMA weights
+    assert any(r.method == "sweep: SVKR γ=1, T=2" for r in rows)
+    md = format_markdown(rows, svkr_gap(rows))
+    assert "upper bound" in md and md.count("\n| ") == len(rows) + 1
