@@ -104,7 +104,13 @@ class SSRCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the `ssr` console script."""
+    """Entry point of the `ssr` console script (`ssr sr ...` is dispatched to `ssr_lightning.sr_command`)."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] == "sr":
+        # A plain user command, not a LightningCLI subcommand: dispatched before LightningCLI parses anything.
+        from ssr_lightning.sr_command import main as sr_main
+
+        sys.exit(sr_main(list(argv[1:])))
     # dataclass fields (DegradationConfig, KernelConfig) document themselves with attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     SSRCLI(

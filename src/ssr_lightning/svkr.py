@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.depth import DepthEstimator, build_depth_estimator, resize_depth
 
-__all__ = ["DepthKind", "SVKR", "SVKRResult", "require_checkpoint"]
+__all__ = ["SVKR", "DepthKind", "SVKRResult", "require_checkpoint"]
 
 DepthKind = Literal["gt", "learned", "midas", "dpt"]
 
@@ -216,10 +216,17 @@ class SVKR(nn.Module):
 
 def load_dkenet(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:
     """A frozen ``DKENetModule`` from its checkpoint (clear error naming the path when missing)."""
-    from ssr_lightning.modules.dkenet_module import DKENetModule  # lazy: keeps Lightning out of plain imports
+    from ssr_lightning.modules.dkenet_module import (
+        DKENetModule,  # lazy: keeps Lightning out of plain imports
+    )
 
     ckpt = require_checkpoint(path, "dkenet")
-    return DKENetModule.load_from_checkpoint(ckpt, map_location=map_location).eval().requires_grad_(False)
+    # The user's own training output, so full unpickling is acceptable (Lightning does the same).
+    hp = torch.load(ckpt, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    # Checkpoints written before DKENet had `global_context` have no such weights: build them without it.
+    extra = {} if "global_context" in hp else {"global_context": False}
+    module = DKENetModule.load_from_checkpoint(ckpt, map_location=map_location, **extra)
+    return module.eval().requires_grad_(False)
 
 
 def load_nbsr(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> nn.Module:

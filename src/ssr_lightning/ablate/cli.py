@@ -35,6 +35,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def _short_args(args: tuple[str, ...], common: tuple[str, ...]) -> str:
+    """Arguments with the study's common overrides (identical for every stage) folded into one token."""
+    n = len(common)
+    if n and args[:n] == common:
+        return " ".join(["[common_overrides]", shlex.join(args[n:])]).strip()
+    return shlex.join(args)
+
+
 def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None) -> str:
     """Human-readable plan: the stage trainings (hash, status, users) and the cells (status, stages, evaluation)."""
     study = plan.study
@@ -53,8 +61,8 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
         if key not in needed:
             continue
         deps = ", ".join(f"{n}-{k[:12]}" for n, k in run.deps) or "-"
-        lines.append(f"  {run.artifact:<24} {layout.stage_status(run):<8} cells={users[key]:<3} deps={deps}")
-        lines.append(f"      fit --config {run.config} {shlex.join(run.args)}")
+        lines.append(f"  {run.artifact:<28} {layout.stage_status(run):<8} cells={users[key]:<3} deps={deps}")
+        lines.append(f"      fit --config {run.config} {_short_args(run.args, study.common_overrides)}")
     lines.append("")
     lines.append("cells:")
     for cell in cells:
@@ -63,7 +71,8 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
         how = "+".join(c for c in spec.commands if spec.source == "model" or c == "predict")
         src = "" if spec.source == "model" else f" source={spec.source}"
         lines.append(f"  [{layout.cell_status(cell):<6}] {cell.cell_id:<44} stages: {stages}")
-        lines.append(f"      eval: {how} --config {cell.eval_config}{src} ckpt={spec.ckpt or '-'}")
+        extra = _short_args(cell.eval_args, study.common_overrides)
+        lines.append(f"      eval: {how} --config {cell.eval_config}{src} ckpt={spec.ckpt or '-'} {extra}")
     return "\n".join(lines)
 
 

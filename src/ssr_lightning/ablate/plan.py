@@ -29,7 +29,7 @@ _BIG = 1 << 20  # files above 1 MiB (checkpoints) are identified by name and siz
 
 def slug(text: str) -> str:
     """File-name-safe form of a label: lower case, runs of other characters become '_'."""
-    return re.sub(r"[^a-z0-9.+-]+", "_", text.lower()).strip("_") or "row"
+    return re.sub(r"[^a-z0-9.-]+", "_", text.lower()).strip("_") or "row"
 
 
 def _sha(payload: Any) -> str:
@@ -154,7 +154,9 @@ class _Expander:
             deps.append((dep, self.stage(dep, per_stage, seed, keys, (*chain, name))))
         config = self.study.base_configs[name]
         if not (self.cwd / config).is_file():
-            self.plan.problems.append(f"stage {name}: config {config} not found (cells using it will fail)")
+            problem = f"stage {name}: config {config} not found (cells using it will fail)"
+            if problem not in self.plan.problems:
+                self.plan.problems.append(problem)
         key = _sha({"stage": name, "config": file_digest(self.cwd / config), "seed": seed,
                     "args": _norm_args(args, keys, self.cwd), "deps": sorted(deps)})
         keys[name] = key

@@ -90,6 +90,10 @@ class Table:
     settings: list[dict[str, Any]] = field(default_factory=list)
     entries: list[list[Entry]] = field(default_factory=list)
     decimals: dict[str, int] = field(default_factory=dict)
+    factor_labels: dict[str, str] = field(default_factory=dict)
+
+    def factor_headers(self) -> list[str]:
+        return [self.factor_labels.get(f, f) for f in self.factor_columns]
 
     @property
     def datasets(self) -> list[str]:
@@ -129,7 +133,7 @@ def build_table(plan: Plan, records: dict[str, dict[str, Any]]) -> Table:
     factors = list(cfg.get("factor_columns", list(dict.fromkeys(seen))))
     columns = [Column(m, d.name, direction(m)) for d in study.datasets for m in cfg.get("metrics", study.metrics)]
     table = Table(str(cfg.get("title", study.name)), str(cfg.get("row_header", "Method")), factors, columns,
-                  decimals=dict(cfg.get("decimals", {})))
+                  decimals=dict(cfg.get("decimals", {})), factor_labels=dict(cfg.get("factor_labels", {})))
     for r, row in enumerate(study.rows):
         table.labels.append(row.label)
         table.settings.append(dict(row.settings))
@@ -160,7 +164,7 @@ def _factor(value: Any, latex: bool = False) -> str:
 
 def to_markdown(table: Table) -> str:
     """GitHub Markdown table; best values as `**x**`."""
-    head = [table.row_header, *table.factor_columns, *(table.header(c) for c in table.columns)]
+    head = [table.row_header, *table.factor_headers(), *(table.header(c) for c in table.columns)]
     lines = [f"**{table.title}**", "", "| " + " | ".join(head) + " |",
              "|" + "|".join([" --- "] + [" :---: "] * (len(head) - 1)) + "|"]
     for label, settings, row in zip(table.labels, table.settings, table.entries, strict=True):
@@ -193,7 +197,7 @@ def to_latex(table: Table) -> str:
             start += width
         lines.append(" & " * n_lead + " & ".join(groups) + r" \\")
         lines.append("".join(rules))
-    head = [table.row_header, *table.factor_columns]
+    head = [table.row_header, *table.factor_headers()]
     lines.append(" & ".join([*(tex_escape(h) for h in head),
                              *(tex_escape(c.label()) + c.arrow(latex=True) for c in table.columns)]) + r" \\")
     lines.append(r"\midrule")

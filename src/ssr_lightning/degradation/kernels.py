@@ -56,13 +56,16 @@ class KernelConfig:
     """Add depth-dependent thin-lens defocus to the kernels."""
     z_range: tuple[float, float] = (1.0, 4.0)
     """Metric depth range: normalised depth 0 (nearest) .. 1 (farthest) maps linearly onto it."""
-    focus_range: tuple[float, float] = (0.0, 1.0)
-    """Range of the focal plane's normalised depth (sampled uniformly, then mapped through z_range)."""
+    focus_range: tuple[float, float] = (0.0, 0.3)
+    """Range of the focal plane's normalised depth (sampled uniformly, then mapped through z_range). The default
+    focuses on the foreground, as most photographs do, so blur grows with distance behind the subject; with
+    (0, 1) the focal plane is as often behind the scene as in it and depth says little about the blur
+    (measured in docs/EXPERIMENTS.md)."""
     aperture_range: tuple[float, float] = (0.5, 1.5)
     """Range of the (relative) aperture A in the circle-of-confusion formula CoC = m*A*|z - z_f|/z."""
-    magnification: float = 8.0
+    magnification: float = 12.0
     """Lens magnification m in pixels per unit of A*|z - z_f|/z. With the defaults, on the embedded layered scenes,
-    the within-scene range of the kernel spread has quartiles 0.5/0.8/1.5 px and |corr(depth, spread)| ~ 0.75."""
+    the within-scene range of the kernel spread has quartiles 0.36/0.68/1.24 px and |corr(depth, spread)| ~ 0.88."""
     max_sigma: float = 5.0
     """Cap on the defocus standard deviation (HR pixels) so the kernel still fits in size x size."""
 

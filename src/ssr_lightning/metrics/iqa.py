@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,34 @@ def _offline(root: Path) -> Iterator[None]:
         torch.hub._hub_dir = previous
 
 
+@contextlib.contextmanager
+def clip_importable() -> Iterator[None]:
+    """Let OpenAI's `clip` package import without `pkg_resources` (gone from setuptools >= 81).
+
+    `clip/clip.py` runs `from pkg_resources import packaging` only to compare torch versions; while it is imported,
+    a stand-in module exposing the `packaging` distribution serves that line. Nothing else is shimmed, and the
+    stand-in is removed again, so code that needs the real `pkg_resources` is unaffected.
+    """
+    try:
+        import pkg_resources  # noqa: F401
+        yield
+        return
+    except ImportError:
+        pass
+    import types
+
+    import packaging.version
+
+    shim = types.ModuleType("pkg_resources")
+    shim.packaging = packaging  # type: ignore[attr-defined]
+    sys.modules["pkg_resources"] = shim
+    try:
+        yield
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
+
+
 def _create_pyiqa(name: str, root: Path, device: torch.device) -> torch.nn.Module:
     """A pyiqa metric built from the local files under `root` (their presence was checked by the caller)."""
     import pyiqa  # imported lazily: ~10 s, and only needed when a learned metric has its weights
@@ -135,6 +164,8 @@ def _create_pyiqa(name: str, root: Path, device: torch.device) -> torch.nn.Modul
         if name == "musiq":
             return pyiqa.create_metric("musiq", device=device, pretrained_model_path=str(root / WEIGHT_FILES["musiq"][0].relpath))
         if name == "clipiqa":
+            with clip_importable():
+                import pyiqa.archs.clipiqa_arch  # noqa: F401
             return pyiqa.create_metric("clipiqa", device=device)  # CLIP RN50 read from <root>/clip by _offline
     raise ValueError(f"unknown pyiqa metric {name!r}")
 

@@ -12,21 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")  # headless: figures are only written to files / TensorBoard
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y  # noqa: E402
-from ssr_lightning.modules.base import StageModule  # noqa: E402
-from ssr_lightning.svkr import SVKR, SVKRResult  # noqa: E402
-from ssr_lightning.visualize import heatmap, kernel_spread  # noqa: E402
+from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
+from ssr_lightning.modules.base import StageModule
+from ssr_lightning.svkr import SVKR, SVKRResult
+from ssr_lightning.visualize import heatmap, kernel_spread
 
 __all__ = ["SVKRModule", "iteration_metrics", "svkr_figure"]
 
@@ -56,7 +54,7 @@ def svkr_figure(
     gt_depth_lr: Tensor | None = None,
     gt_kernel: Tensor | None = None,
     names: list[str] | None = None,
-) -> plt.Figure:
+) -> Figure:
     """The paper's Fig. 4: rows = samples; LR | D^0 | σ(K^0) | … | D^T | σ(K^T) | SR (I^T) | HR [| GT D | GT σ].
 
     Depth uses viridis on [0, 1] (0 = near); kernel spread σ (HR px, :func:`kernel_spread`) uses magma on a scale
@@ -79,7 +77,10 @@ def svkr_figure(
     if gt_spread is not None:
         cols.append(("GT $\\sigma(K)$", torch.cat([heatmap(gt_spread[i : i + 1], "magma", 0.0, float(vmax[i]))
                                                    for i in range(n)])))
-    fig, axes = plt.subplots(n, len(cols), figsize=(1.6 * len(cols), 1.6 * n + 0.4), squeeze=False)
+    # Object-oriented matplotlib (no pyplot): no global backend or figure state in a library module.
+    fig = Figure(figsize=(1.6 * len(cols), 1.6 * n + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(n, len(cols), squeeze=False)
     for r in range(n):
         for c, (title, img) in enumerate(cols):
             ax = axes[r, c]
@@ -96,7 +97,7 @@ def svkr_figure(
     return fig
 
 
-def _figure_to_tensor(fig: plt.Figure) -> Tensor:
+def _figure_to_tensor(fig: Figure) -> Tensor:
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     return torch.from_numpy(rgba[..., :3].copy()).permute(2, 0, 1).float() / 255.0
@@ -230,7 +231,10 @@ class SVKRModule(StageModule):
     def write_figure(self, out_dir: Path) -> Path:
         """Draw the kept samples as ``out_dir/svkr_iterations.png`` and log it to TensorBoard."""
         rows = self._figure_rows
-        stack = lambda key: torch.stack([r[key] for r in rows])  # noqa: E731
+
+        def stack(key: str) -> Tensor:
+            return torch.stack([r[key] for r in rows])
+
         result = SVKRResult(
             depths=[torch.stack([r["depths"][t] for r in rows]) for t in range(len(rows[0]["depths"]))],
             kernels=[torch.stack([r["kernels"][t] for r in rows]) for t in range(len(rows[0]["kernels"]))],
@@ -247,6 +251,5 @@ class SVKRModule(StageModule):
         logger = self.logger
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image("test/svkr_iterations", _figure_to_tensor(fig), global_step=self.global_step)
-        plt.close(fig)
         rank_zero_info(f"SVKR figure -> {path}")
         return path

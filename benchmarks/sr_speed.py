@@ -1,0 +1,225 @@
+"""Speed and peak memory of the SSR inference pipeline (paper Table 4: seconds per 768×768 output).
+
+    python benchmarks/sr_speed.py [--ckpt runs/ssr/version_0/checkpoints/best.ckpt] [--dkenet-ckpt ... --nbsr-ckpt ...
+        --depth-ckpt ...] [--sizes 256 768] [--steps 20] [--tile 64 --overlap 16] [--out benchmarks/results/sr_speed.json]
+
+For each output size S (LR = S/4, a crop of a real photograph, skimage's astronaut), in one process:
+- ``pipeline_s``: the full SSRPipeline (SVKR T=3 → encoders → DDIM ``--steps`` → VAE decode), tiled;
+- ``svkr_s``: the SVKR front end alone (DE/KE/NBSR, T=3) on the whole LR image;
+- ``nbsr_s``: one NBSR pass alone (the non-diffusion SR of the front end).
+Times are medians over ``--repeats`` after a warm-up on the smallest size.
+
+Peak memory (``--memory``, default on): each (size, tile) runs in a fresh subprocess with ``--mem-steps`` sampling
+steps (memory does not depend on the step count); on CPU the peak RSS above the RSS after model loading (psutil,
+sampled every 2 ms), on GPU ``torch.cuda.max_memory_allocated``. Expect the tiled peak to stay flat with image size
+(only the output canvas grows) and the untiled (``tile 0``) peak to grow with it.
+
+Without checkpoints the networks are built untrained from the tiny configs (``configs/ssr.yaml`` etc.): speed and
+memory depend on the architecture only; the JSON records which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # runnable without installing the package
+
+from ssr_lightning.modules.diffusion_module import SSRDiffusionModule  # noqa: E402
+from ssr_lightning.pipeline import SSRPipeline  # noqa: E402
+from ssr_lightning.svkr import SVKR  # noqa: E402
+
+SCALE = 4
+
+
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", default=None, help="diffusion checkpoint (default: untrained configs/ssr.yaml model)")
+    p.add_argument("--dkenet-ckpt", default=None)
+    p.add_argument("--nbsr-ckpt", default=None)
+    p.add_argument("--depth-ckpt", default=None, help="DepthModule checkpoint (learned DE)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 768], help="output sides S (LR = S/4)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--tile", type=int, default=64, help="tile side in LR px")
+    p.add_argument("--overlap", type=int, default=16, help="tile overlap in LR px")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--mem-steps", type=int, default=2, help="sampling steps in the memory subprocesses")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/sr_speed.json"))
+    p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # memory subprocess: output size
+    return p.parse_args(argv)
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _init_args(config: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"])
+
+
+def build(args: argparse.Namespace, device: torch.device) -> tuple[SSRDiffusionModule, SVKR, str]:
+    """The diffusion model and SVKR: trained when checkpoints are given, else untrained tiny configs."""
+    if args.ckpt:
+        model = SSRDiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")
+        model.use_ema_weights()
+    else:
+        kw = _init_args("ssr.yaml")
+        kw.update(vae_ckpt=None, vae_arch={"block_out_channels": [32, 64, 64]})
+        model = SSRDiffusionModule(**kw)
+    if args.dkenet_ckpt and args.nbsr_ckpt and args.depth_ckpt:
+        svkr = SVKR.from_checkpoints(args.dkenet_ckpt, args.nbsr_ckpt, depth="learned", depth_path=args.depth_ckpt)
+        weights = "trained" if args.ckpt else "trained SVKR, untrained diffusion"
+    else:
+        from ssr_lightning.depth import LearnedDepth
+        from ssr_lightning.modules import DKENetModule, NBSRModule
+        from ssr_lightning.networks.depthnet import DepthNet
+
+        ke = {k: v for k, v in _init_args("dkenet.yaml").items() if k in ("channels", "blocks_per_stage", "use_depth")}
+        nb = {k: v for k, v in _init_args("nbsr.yaml").items() if k in ("channels", "num_blocks", "growth", "code_channels")}
+        de = {k: v for k, v in _init_args("depth.yaml").items() if k in ("channels", "blocks_per_level", "output")}
+        sr = NBSRModule(**nb)
+        sr._ensure_basis()  # the PCA kernel basis artifact (fitted once if missing)
+        svkr = SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).eval(), sr.eval())
+        weights = "untrained (architecture-only timing)" if not args.ckpt else "trained diffusion, untrained SVKR"
+    return model.eval().to(device), svkr.eval().to(device), weights
+
+
+def real_lr(size: int) -> torch.Tensor:
+    """An LR input of side ``size``: skimage's astronaut, area-downsampled."""
+    from skimage import data
+
+    img = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
+    img = F.interpolate(img, size=(size * 2, size * 2), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(img, size=(size, size), mode="area").clamp(0, 1)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Any, device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _RSSPeak:
+    """Peak RSS of this process during a ``with`` block, sampled by a thread every 2 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __enter__(self) -> _RSSPeak:
+        self.base = self.peak = self.proc.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(args: argparse.Namespace) -> None:
+    """Memory subprocess: one pipeline run at output size ``args.child``; prints one JSON line."""
+    device = _device(args.device)
+    model, svkr, _ = build(args, device)
+    pipe = SSRPipeline(model, svkr, tile=args.tile, overlap=args.overlap, num_inference_steps=args.mem_steps,
+                       device=device)
+    lr = real_lr(args.child // SCALE).to(device)
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            pipe(lr)
+            peak = torch.cuda.max_memory_allocated(device) - base
+            kind = "cuda max_memory_allocated above the loaded models"
+        else:
+            with _RSSPeak() as m:
+                pipe(lr)
+            peak, kind = m.peak - m.base, "CPU peak RSS above the RSS after model loading"
+    print(json.dumps({"output_size": args.child, "tile": args.tile, "peak_mb": round(peak / 2**20, 1), "kind": kind}))
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    if args.child is not None:
+        child(args)
+        return {}
+    device = _device(args.device)
+    model, svkr, weights = build(args, device)
+    pipe = SSRPipeline(model, svkr, tile=args.tile, overlap=args.overlap, num_inference_steps=args.steps,
+                       device=device, progress=True)
+    sizes = sorted(args.sizes)
+    with torch.no_grad():
+        pipe(real_lr(min(sizes) // SCALE).to(device))  # warm-up
+        rows = []
+        for size in sizes:
+            lr = real_lr(size // SCALE).to(device)
+            result = svkr(lr)
+            kernel = result.final_kernel
+            row = {
+                "output_size": size,
+                "pipeline_s": round(_time(lambda: pipe(lr), device, args.repeats), 3),
+                "svkr_s": round(_time(lambda: svkr(lr), device, args.repeats), 3),
+                "nbsr_s": round(_time(lambda: svkr.super_resolve(lr, kernel), device, args.repeats), 3),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    memory = []
+    if args.memory:
+        passthrough = [a for k in ("ckpt", "dkenet_ckpt", "nbsr_ckpt", "depth_ckpt") if getattr(args, k)
+                       for a in (f"--{k.replace('_', '-')}", getattr(args, k))]
+        for tile in (args.tile, 0):
+            for size in sizes:
+                cmd = [sys.executable, __file__, "--child", str(size), "--tile", str(tile), "--overlap",
+                       str(args.overlap), "--mem-steps", str(args.mem_steps), "--device", str(device), *passthrough]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ))
+                memory.append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(json.dumps(memory[-1]), flush=True)
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "weights": weights,
+        "steps": args.steps, "tile": args.tile, "overlap": args.overlap, "scale": SCALE, "repeats": args.repeats,
+        "speed": rows, "memory": memory,
+        "params": {"diffusion_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                   "diffusion_total": sum(p.numel() for p in model.parameters()),
+                   "svkr": sum(p.numel() for p in svkr.parameters())},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"-> {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""`MetricSuite`: real NIQE offline from the shared weights, "n/a (weights missing)" without them, no network ever."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssr_lightning.metrics import psnr_y, ssim_y
+from ssr_lightning.metrics.iqa import (
+    HIGHER_IS_BETTER, PAPER_METRICS, MetricSuite, WeightsMissing, _create_pyiqa, clip_importable,
+)
+
+SHARED_HUB = Path(__file__).resolve().parents[2] / "shared" / "weights" / "torch_hub"
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every socket connection attempt is recorded and fails."""
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError(f"network access attempted: {address}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def _astronaut() -> torch.Tensor:
+    from skimage import data
+
+    return torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
+
+
+def test_directions_cover_the_paper_metrics() -> None:
+    assert set(PAPER_METRICS) <= set(HIGHER_IS_BETTER)
+    assert [HIGHER_IS_BETTER[m] for m in PAPER_METRICS] == [True, True, False, True, True, False]
+
+
+def test_fidelity_metrics_match_the_basicsr_functions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(2, 3, 40, 40, generator=g)
+    sr = (hr + 0.05 * torch.randn(2, 3, 40, 40, generator=g)).clamp(0, 1)
+    out = MetricSuite(["psnr_y", "ssim_y", "psnr", "ssim"], crop_border=4)(sr, hr)
+    assert torch.allclose(out["psnr_y"], psnr_y(sr, hr, crop_border=4))
+    assert torch.allclose(out["ssim_y"], ssim_y(sr, hr, crop_border=4))
+    assert all(v.shape == (2,) for v in out.values())
+
+
+def test_missing_weights_read_na_and_nothing_is_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           no_network: list[object]) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    suite = MetricSuite(["psnr_y", "lpips", "musiq", "clipiqa", "niqe"], crop_border=4)
+    avail = suite.available()
+    assert avail["psnr_y"] is True
+    assert avail["lpips"] == "n/a (weights missing: pyiqa/LPIPS_v0.1_alex-df73285e.pth)"
+    assert avail["musiq"] == "n/a (weights missing: pyiqa/musiq_koniq_ckpt-e95806b9.pth)"
+    assert avail["clipiqa"] == "n/a (weights missing: clip/RN50.pt)"
+    assert avail["niqe"] == "n/a (weights missing: pyiqa/niqe_modelparameters.mat)"
+    hr = torch.rand(2, 3, 32, 32)
+    out = suite(hr.flip(-1), hr)
+    assert out["psnr_y"].shape == (2,)
+    for name in ("lpips", "musiq", "clipiqa", "niqe"):
+        assert out[name] == avail[name], "never a number without the weights"
+    assert no_network == []
+    assert not any(tmp_path.rglob("*.pth")), "no file was fetched"
+
+
+def test_pyiqa_downloads_are_refused_even_past_the_file_check(tmp_path: Path, no_network: list[object]) -> None:
+    # LPIPS' own file is there but torchvision's AlexNet backbone is not: pyiqa would download it; the guard refuses
+    (tmp_path / "pyiqa").mkdir()
+    (tmp_path / "pyiqa" / "LPIPS_v0.1_alex-df73285e.pth").write_bytes(b"")
+    suite = MetricSuite(["lpips"], weights_root=tmp_path)
+    assert suite.available()["lpips"] == "n/a (weights missing: checkpoints/alexnet-owt-7be5be79.pth)"
+    with pytest.raises(WeightsMissing, match="alexnet-owt-7be5be79.pth"):
+        _create_pyiqa("lpips", tmp_path, torch.device("cpu"))
+    assert no_network == []
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert torch.hub.get_dir() != str(tmp_path), "the caller's torch hub folder is restored"
+
+
+def test_clipiqa_code_imports_without_pkg_resources() -> None:
+    # pyiqa's CLIP-IQA imports OpenAI clip, which wants pkg_resources (absent from setuptools >= 81)
+    with clip_importable():
+        import pyiqa.archs.clipiqa_arch as arch
+    assert hasattr(arch, "CLIPIQA")
+
+
+@pytest.mark.skipif(not SHARED_HUB.is_dir(), reason=f"{SHARED_HUB} (the offline NIQE parameters) is not here")
+def test_real_niqe_offline_from_the_shared_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   no_network: list[object]) -> None:
+    home = tmp_path / "torch_home"
+    shutil.copytree(SHARED_HUB, home)
+    # read at MetricSuite construction (torch.hub.get_dir() follows $TORCH_HOME), so no pyiqa reload is needed
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    suite = MetricSuite(["niqe", "lpips"], crop_border=4)
+    assert suite.available() == {"niqe": True, "lpips": "n/a (weights missing: pyiqa/LPIPS_v0.1_alex-df73285e.pth)"}
+    hr = _astronaut()
+    down_up = F.interpolate(F.interpolate(hr, scale_factor=0.25, mode="bicubic"), scale_factor=4, mode="bicubic")
+    out = suite(torch.cat([hr, down_up.clamp(0, 1)]), torch.cat([hr, hr]))
+    niqe = out["niqe"]
+    assert isinstance(niqe, torch.Tensor) and niqe.shape == (2,)
+    assert niqe[0].item() == pytest.approx(3.06, abs=0.02), "weights README: astronaut gives 3.06"
+    assert niqe[1].item() == pytest.approx(7.35, abs=0.05), "and 7.35 after bicubic x4 down-up"
+    assert niqe[1] > niqe[0], "NIQE is lower for the natural image"
+    small = suite(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))["niqe"]
+    assert isinstance(small, str) and small.startswith("n/a (image 64x64")
+    assert no_network == []
