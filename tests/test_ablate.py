@@ -125,7 +125,7 @@ def test_grid_expansion_and_stage_sharing(tmp_path: Path) -> None:
     assert names == {"a": 2 * 2, "b": 2 * 2 * 2}, "a depends on fa and the seed only; b on fa (via a), fb, seed"
     b_args = next(r for r in plan.stages.values() if r.stage == "b").args
     assert "{stage:a}" in b_args and "--seed_everything" in b_args
-    assert [c.cell_id for c in plan.cells][0] == "fa_true_fb_1__embedded__s0"
+    assert plan.cells[0].cell_id == "fa_true_fb_1__embedded__s0"
 
 
 def test_keys_follow_content_not_location(tmp_path: Path) -> None:
@@ -150,7 +150,9 @@ def test_shared_stage_trains_once_and_finished_cells_are_skipped(tmp_path: Path)
     assert len(runner.fits("a")) == 2 and len(runner.fits("b")) == 4, "2 distinct a-trainings shared by 4 cells"
     layout = Layout(tmp_path / "out")
     for run in plan.stages.values():
-        assert json.loads(layout.done(run).read_text())["ckpt"].endswith("best.ckpt")
+        stored = json.loads(layout.done(run).read_text())["ckpt"]
+        assert stored.startswith("runs/") and stored.endswith("best.ckpt"), "relative: valid on every mount point"
+        assert Path(layout.read_done(run)["ckpt"]).is_file()
     rec = records[0]
     assert rec["metrics"]["lpips"].startswith("n/a (weights missing") and rec["metrics"]["niqe"] == 5.0
     assert rec["stages"]["a"]["reused"] is False and records[1]["stages"]["a"]["reused"] is True
@@ -182,7 +184,8 @@ def test_failing_cell_is_recorded_and_others_finish(tmp_path: Path) -> None:
                  overrides={"fa": {False: {"evaluate": {"stage": "c"}}}})
     raw["base_configs"]["c"] = "configs/c.yaml"
     plan = expand(parse_study(raw), cwd=tmp_path)
-    records = Executor(plan, tmp_path / "out", FakeRunner(tmp_path, fail_config="c.yaml"), progress=False).run(plan.cells)
+    runner = FakeRunner(tmp_path, fail_config="c.yaml")
+    records = Executor(plan, tmp_path / "out", runner, progress=False).run(plan.cells)
     status = {r["cell_id"]: r for r in records}
     assert status["fa_true__embedded__s0"]["status"] == "ok"
     bad = status["fa_false__embedded__s0"]
@@ -319,7 +322,8 @@ def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkey
     report = json.loads((tmp_path / "cell/predict_metrics.json").read_text())
     assert report["num_samples"] == 2 and report["summary"]["psnr_y"] > 0
     assert report["summary"]["lpips"].startswith("n/a (weights missing")
-    assert sorted(p.name for p in (tmp_path / "cell/samples").iterdir()) == ["a_one_hr.png", "a_one_lr.png", "a_one_sr.png"]
+    saved = sorted(p.name for p in (tmp_path / "cell/samples").iterdir())
+    assert saved == ["a_one_hr.png", "a_one_lr.png", "a_one_sr.png"], "one sample kept, its name made file-safe"
 
 
 # --- the real path --------------------------------------------------------------------------------------------------

@@ -12,7 +12,12 @@ import torch.nn.functional as F
 
 from ssr_lightning.metrics import psnr_y, ssim_y
 from ssr_lightning.metrics.iqa import (
-    HIGHER_IS_BETTER, PAPER_METRICS, MetricSuite, WeightsMissing, _create_pyiqa, clip_importable,
+    HIGHER_IS_BETTER,
+    PAPER_METRICS,
+    MetricSuite,
+    WeightsMissing,
+    _create_pyiqa,
+    clip_importable,
 )
 
 SHARED_HUB = Path(__file__).resolve().parents[2] / "shared" / "weights" / "torch_hub"

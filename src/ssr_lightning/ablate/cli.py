@@ -48,11 +48,9 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
     study = plan.study
     cells = shard_cells(plan.cells, shard)
     needed = {k for c in cells for k in c.stages}
-    lines = [
-        f"study {study.name}: {len(plan.cells)} cells = {len(study.rows)} rows x {len(study.datasets)} datasets x "
-        f"{len(study.seeds)} seeds; {len(plan.stages)} distinct stage trainings",
-        f"out: {layout.out}" + (f"   shard {shard[0]}/{shard[1]}: {len(cells)} cells" if shard else ""),
-    ]
+    head = (f"study {study.name}: {len(plan.cells)} cells = {len(study.rows)} rows x {len(study.datasets)} datasets x "
+            f"{len(study.seeds)} seeds; {len(plan.stages)} distinct stage trainings")
+    lines = [head, f"out: {layout.out}" + (f"   shard {shard[0]}/{shard[1]}: {len(cells)} cells" if shard else "")]
     lines += [f"WARNING: {p}" for p in plan.problems]
     lines.append("")
     lines.append(f"stages ({len(needed)} needed by these cells):")
@@ -77,7 +75,8 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ssr-ablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="ssr-ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", help="study YAML file (schema: ablations/README.md)")
     p.add_argument("--profile", default=None, help="merge profiles.<NAME> of the study on top (e.g. paper)")
     p.add_argument("--out", default=None, help="results folder (default: the study's `out`, ablations/results/<name>)")

@@ -60,6 +60,9 @@ def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+_CKPT_KINDS = ("ckpt", "best", "last")
+
+
 class Layout:
     """Paths inside one results folder."""
 
@@ -78,9 +81,24 @@ class Layout:
     def cell_dir(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.cell_id
 
+    def read_done(self, run: StageRun) -> dict[str, Any] | None:
+        """The DONE record of a finished stage with absolute checkpoint paths; None if unfinished or its files are gone.
+
+        Checkpoint paths are stored relative to the artifact folder, so machines that mount the shared results
+        folder at different places all resolve them.
+        """
+        marker = self.done(run)
+        if not marker.is_file():
+            return None
+        record = json.loads(marker.read_text())
+        for kind in _CKPT_KINDS:
+            if record.get(kind):
+                record[kind] = str(self.artifact(run) / record[kind])
+        return record if record.get("ckpt") and Path(record["ckpt"]).is_file() else None
+
     def stage_status(self, run: StageRun) -> str:
         """"done" (DONE.json), "partial" (a last.ckpt to resume from) or "todo"."""
-        if self.done(run).is_file():
+        if self.read_done(run) is not None:
             return "done"
         if any((self.artifact(run) / "runs").glob("*/version_*/checkpoints/last*.ckpt")):
             return "partial"
@@ -118,7 +136,9 @@ class Executor:
         def sub(match: Any) -> str:
             record = done[names[match.group(1)]]
             kind = match.group(2) or "ckpt"
-            return str(self.layout.out / "artifacts" / record["artifact"]) if kind == "dir" else record.get(kind) or record["ckpt"]
+            if kind == "dir":
+                return str(self.layout.out / "artifacts" / record["artifact"])
+            return record.get(kind) or record["ckpt"]
 
         out = []
         for a in args:
@@ -128,14 +148,15 @@ class Executor:
 
     def ensure_stage(self, run: StageRun, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The DONE record of a stage, training (or resuming) it first unless this or another process did."""
-        marker = self.layout.done(run)
-        if marker.is_file():
-            return {**json.loads(marker.read_text()), "reused": True}
+        finished = self.layout.read_done(run)
+        if finished is not None:
+            return {**finished, "reused": True}
         if run.key in self._failed:
             raise CommandFailed(["fit", run.stage], 1, self._failed[run.key])
         with file_lock(self.layout.out / "artifacts" / f"{run.artifact}.lock"):
-            if marker.is_file():  # another shard finished it while we waited for the lock
-                return {**json.loads(marker.read_text()), "reused": True}
+            finished = self.layout.read_done(run)
+            if finished is not None:  # another shard finished it while we waited for the lock
+                return {**finished, "reused": True}
             names = dict(run.deps)
             args = self._resolve(run.args, names, done)
             root = self.layout.artifact(run) / "runs"
@@ -149,7 +170,9 @@ class Executor:
             record = {"stage": run.stage, "key": run.key, "artifact": run.artifact, **ckpts,
                       "config": run.config, "args": args, "seed": run.seed, "seconds": round(time.time() - start, 2),
                       "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname()}
-            atomic_write_json(marker, record)
+            stored = {k: (os.path.relpath(v, self.layout.artifact(run)) if k in _CKPT_KINDS else v)
+                      for k, v in record.items()}
+            atomic_write_json(self.layout.done(run), stored)
             return {**record, "reused": False}
 
     # --- cells ----------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures go to files only
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
 
-from ssr_lightning.ablate.plan import Plan  # noqa: E402
-from ssr_lightning.ablate.report import Table  # noqa: E402
+from ssr_lightning.ablate.plan import Plan
+from ssr_lightning.ablate.report import Table
 
 __all__ = ["bar_chart", "qualitative_grid", "tensorboard_hparams"]
 
@@ -80,7 +80,9 @@ def qualitative_grid(plan: Plan, records: dict[str, dict[str, Any]], out: Path, 
     columns: list[tuple[str, Path]] = []  # (row label, samples folder)
     for cell in plan.cells:
         rec = records.get(cell.cell_id)
-        if cell.dataset != dataset or cell.seed != seed or not rec or rec.get("status") != "ok" or not rec.get("samples"):
+        if cell.dataset != dataset or cell.seed != seed or not rec or rec.get("status") != "ok":
+            continue
+        if not rec.get("samples"):  # this cell saved no outputs: the grid skips it
             continue
         folder = out / rec["samples"]
         if any(folder.glob("*_sr.png")):

@@ -20,7 +20,7 @@ import yaml
 
 from ssr_lightning.ablate.study import EvalSpec, Study, StudyError, parse_eval_spec, value_key
 
-__all__ = ["Cell", "Plan", "StageRun", "expand", "file_digest", "shard_cells", "slug", "STAGE_REF"]
+__all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "shard_cells", "slug"]
 
 # `{stage:NAME}` (the stage's checkpoint), `{stage:NAME:last}`, `{stage:NAME:dir}` (its artifact folder).
 STAGE_REF = re.compile(r"\{stage:([A-Za-z0-9_.-]+)(?::(ckpt|best|last|dir))?\}")
@@ -207,14 +207,16 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
                     exp.stage(name, per_stage, seed, keys)
                 order = _topo(keys, plan)
                 cell_id = f"{slug(row.label)}__{slug(ds.name)}__s{seed}"
-                key = _sha({"eval": _norm_args(eval_args, keys, cwd), "ckpt": spec.ckpt and _norm_args((spec.ckpt,), keys, cwd),
+                key = _sha({"eval": _norm_args(eval_args, keys, cwd),
+                            "ckpt": spec.ckpt and _norm_args((spec.ckpt,), keys, cwd),
                             "config": file_digest(cwd / study.base_configs[spec.stage]), "commands": spec.commands,
                             "source": spec.source, "metrics": study.metrics, "stages": sorted(keys.values())})
                 plan.cells.append(Cell(cell_id, r, row.label, dict(row.settings), ds.name, seed, order, dict(keys),
                                        spec, study.base_configs[spec.stage], eval_args, list(study.metrics), key))
     ids = [c.cell_id for c in plan.cells]
     if len(set(ids)) != len(ids):
-        raise StudyError(f"cell ids collide after slugging the row labels: {sorted(i for i in ids if ids.count(i) > 1)}")
+        clashes = sorted({i for i in ids if ids.count(i) > 1})
+        raise StudyError(f"cell ids collide after slugging the row labels: {clashes}")
     return plan
 
 

@@ -170,7 +170,8 @@ def to_markdown(table: Table) -> str:
     for label, settings, row in zip(table.labels, table.settings, table.entries, strict=True):
         cells = [e.display(table.digits(c)) for e, c in zip(row, table.columns, strict=True)]
         cells = [f"**{t}**" if e.best else t for t, e in zip(cells, row, strict=True)]
-        lines.append("| " + " | ".join([label, *(_factor(settings.get(f)) for f in table.factor_columns), *cells]) + " |")
+        factors = [_factor(settings.get(f)) for f in table.factor_columns]
+        lines.append("| " + " | ".join([label, *factors, *cells]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -232,7 +233,8 @@ def to_json(table: Table) -> dict[str, Any]:
         "title": table.title, "row_header": table.row_header, "factor_columns": table.factor_columns,
         "columns": [{**asdict(c), "header": table.header(c)} for c in table.columns],
         "rows": [{"label": label, "settings": settings,
-                  "entries": [{**asdict(e), "display": e.display(table.digits(c))} for e, c in zip(row, table.columns, strict=True)]}
+                  "entries": [{**asdict(e), "display": e.display(table.digits(c))}
+                              for e, c in zip(row, table.columns, strict=True)]}
                  for label, settings, row in zip(table.labels, table.settings, table.entries, strict=True)],
     }
 

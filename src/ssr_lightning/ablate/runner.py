@@ -177,7 +177,7 @@ class CLIRunner(Runner):
             fh.flush()
             try:
                 proc = subprocess.run(cmd, cwd=self.cwd, stdout=fh, stderr=subprocess.STDOUT, text=True,
-                                      env={**os.environ, **env}, timeout=self.timeout)
+                                      env={**os.environ, **env}, timeout=self.timeout, check=False)
                 code = proc.returncode
             except subprocess.TimeoutExpired:
                 fh.write(f"\n[ssr-ablate] timed out after {self.timeout} s\n")

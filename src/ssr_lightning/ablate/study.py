@@ -208,7 +208,8 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
         common_overrides=_args(raw.get("common_overrides"), "common_overrides"), stage_overrides=stage_overrides,
         datasets=_datasets(raw.get("datasets")), metrics=[str(m) for m in (raw.get("metrics") or ["psnr_y", "ssim_y"])],
         seeds=seeds, seed_args=_args(raw.get("seed_args", ["--seed_everything", "{seed}"]), "seed_args"),
-        evaluate=evaluate, report=dict(raw.get("report") or {}), out=str(raw.get("out") or f"ablations/results/{raw['name']}"),
+        evaluate=evaluate, report=dict(raw.get("report") or {}),
+        out=str(raw.get("out") or f"ablations/results/{raw['name']}"),
         description=str(raw.get("description") or ""), raw=raw,
     )
 

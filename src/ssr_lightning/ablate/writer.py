@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
@@ -26,7 +25,7 @@ from torchvision.utils import save_image
 
 from ssr_lightning.metrics.iqa import PAPER_METRICS, MetricSuite
 
-__all__ = ["EvalWriter", "SAMPLES_ENV", "sample_paths"]
+__all__ = ["SAMPLES_ENV", "EvalWriter", "sample_paths"]
 
 # Environment variable the ablation runner sets for its evaluation subprocesses: a stage's own test step may save
 # `{name}_{lr,sr,hr}.png` there too, and the qualitative grid picks them up.

@@ -64,7 +64,8 @@ WEIGHT_FILES: dict[str, tuple[WeightFile, ...]] = {
     "niqe": (WeightFile("pyiqa/niqe_modelparameters.mat", _HF + "niqe_modelparameters.mat"),),
     "lpips": (
         WeightFile("pyiqa/LPIPS_v0.1_alex-df73285e.pth", _HF + "LPIPS_v0.1_alex-df73285e.pth"),
-        WeightFile("checkpoints/alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
+        WeightFile("checkpoints/alexnet-owt-7be5be79.pth",
+                   "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
     ),
     "musiq": (WeightFile("pyiqa/musiq_koniq_ckpt-e95806b9.pth", _HF + "musiq_koniq_ckpt-e95806b9.pth"),),
     "clipiqa": (
@@ -102,8 +103,8 @@ def _refuse(url: Any = "?", *args: Any, **kwargs: Any) -> None:
 @contextlib.contextmanager
 def _offline(root: Path) -> Iterator[None]:
     """Point every cache at `root` and make every downloader pyiqa could reach raise instead of fetching."""
-    import pyiqa.archs.clip_model as clip_model
-    import pyiqa.utils.download_util as download_util
+    from pyiqa.archs import clip_model
+    from pyiqa.utils import download_util
 
     previous = torch.hub._hub_dir  # set_dir's global; restored so the caller's torch.hub is untouched
     torch.hub.set_dir(str(root))
@@ -157,15 +158,13 @@ def _create_pyiqa(name: str, root: Path, device: torch.device) -> torch.nn.Modul
     import pyiqa  # imported lazily: ~10 s, and only needed when a learned metric has its weights
 
     with _offline(root):
-        if name == "niqe":
-            return pyiqa.create_metric("niqe", device=device, pretrained_model_path=str(root / WEIGHT_FILES["niqe"][0].relpath))
-        if name == "lpips":
-            return pyiqa.create_metric("lpips", device=device, pretrained_model_path=str(root / WEIGHT_FILES["lpips"][0].relpath))
-        if name == "musiq":
-            return pyiqa.create_metric("musiq", device=device, pretrained_model_path=str(root / WEIGHT_FILES["musiq"][0].relpath))
+        if name in ("niqe", "lpips", "musiq"):
+            # the metric's own file, given explicitly: pyiqa's DEFAULT_CACHE_DIR was fixed when pyiqa was imported
+            own = str(root / WEIGHT_FILES[name][0].relpath)
+            return pyiqa.create_metric(name, device=device, pretrained_model_path=own)
         if name == "clipiqa":
             with clip_importable():
-                import pyiqa.archs.clipiqa_arch  # noqa: F401
+                import pyiqa.archs.clipiqa_arch
             return pyiqa.create_metric("clipiqa", device=device)  # CLIP RN50 read from <root>/clip by _offline
     raise ValueError(f"unknown pyiqa metric {name!r}")
 
