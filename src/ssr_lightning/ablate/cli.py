@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -104,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else workdir / study.out
     layout = Layout(out)
     if args.dry_run:
-        print(format_plan(plan, layout, args.shard))
+        try:
+            print(format_plan(plan, layout, args.shard))
+        except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     from ssr_lightning.ablate.report import write_report  # matplotlib/tensorboard only when a report is made
 
