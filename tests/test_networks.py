@@ -202,6 +202,7 @@ def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
         "scale": 2,
         "use_depth": use_depth,
         "blocks_per_stage": 1,
+        "global_context": True,
     }
     path = save_network(net, tmp_path / "sub" / "dkenet.pt")
     loaded = load_network(DKENet, path).eval()
@@ -237,3 +238,16 @@ def test_networks_do_not_import_lightning() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_global_context_pools_the_whole_image() -> None:
+    """With global context, a pixel's kernel depends on image content outside its receptive field."""
+    torch.manual_seed(0)
+    lr, depth = torch.rand(1, 3, 40, 40), torch.rand(1, 1, 40, 40)
+    far = lr.clone()
+    far[..., 30:, 30:] = 0.0  # change only a far corner
+    for gc, should_change in ((True, True), (False, False)):
+        net = DKENet.tiny(global_context=gc).eval()
+        with torch.no_grad():
+            a, b = net(lr, depth)[..., :4, :4], net(far, depth)[..., :4, :4]
+        assert (not torch.allclose(a, b, atol=1e-7)) == should_change

@@ -152,7 +152,7 @@ class Executor:
         if finished is not None:
             return {**finished, "reused": True}
         if run.key in self._failed:
-            raise CommandFailed(["fit", run.stage], 1, self._failed[run.key])
+            raise CommandFailed(["fit", "--config", run.config], 1, self._failed[run.key])
         with file_lock(self.layout.out / "artifacts" / f"{run.artifact}.lock"):
             finished = self.layout.read_done(run)
             if finished is not None:  # another shard finished it while we waited for the lock
