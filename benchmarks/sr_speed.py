@@ -1,6 +1,6 @@
 """Speed and peak memory of the SSR inference pipeline (paper Table 4: seconds per 768×768 output).
 
-    python benchmarks/sr_speed.py [--ckpt runs/ssr/version_0/checkpoints/best.ckpt] [--dkenet-ckpt ... --nbsr-ckpt ...
+    python benchmarks/sr_speed.py [--ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt] [--dkenet-ckpt ... --nbsr-ckpt ...
         --depth-ckpt ...] [--sizes 256 768] [--steps 20] [--tile 64 --overlap 16] [--out benchmarks/results/sr_speed.json]
 
 For each output size S (LR = S/4, a crop of a real photograph, skimage's astronaut), in one process:

@@ -24,6 +24,7 @@ the refinement helps. A diagnostic row "DKENet w/ GT depth (oracle)" separates d
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -42,7 +43,7 @@ from ssr_lightning.depth import normalize_depth_map
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
 from ssr_lightning.svkr import SVKR, SVKRResult, load_dkenet
 
-__all__ = ["FrontendRow", "evaluate_frontend", "format_markdown", "main", "make_test_batches", "svkr_gap"]
+__all__ = ["FrontendRow", "evaluate_frontend", "format_markdown", "main", "make_test_batches", "run", "svkr_gap"]
 
 _DATA_CONFIG = Path("configs/data/embedded.yaml")
 
@@ -174,13 +175,24 @@ def _data_config(path: Path) -> dict[str, Any]:
 
 
 def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = None, batch_size: int = 8,
-                      limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Degraded test batches of the data config's SRDataModule (test crop ``test_size``, default its val_size)."""
+                      limit: int | None = None, noise: bool = True, jpeg: bool = True,
+                      ) -> tuple[list[dict[str, Any]], int]:
+    """Degraded test batches of the data config's SRDataModule (test crop ``test_size``, default its val_size).
+
+    ``noise=False``/``jpeg=False`` switch those degradation steps off (same kernels: the seeds are unchanged).
+    """
     from ssr_lightning.data import SRDataModule
+    from ssr_lightning.degradation.degrader import DegradationConfig
+    from ssr_lightning.degradation.kernels import KernelConfig
 
     cfg = _data_config(data_config)
     cfg["test_size"] = test_size or cfg.get("test_size") or cfg.get("val_size")
     cfg["test_batch_size"] = batch_size
+    deg = dict(cfg.get("degradation") or {})
+    if isinstance(deg.get("kernel"), dict):
+        deg["kernel"] = KernelConfig(**deg["kernel"])
+    cfg["degradation"] = dataclasses.replace(DegradationConfig(**deg), noise=noise and deg.get("noise", True),
+                                             jpeg=jpeg and deg.get("jpeg", True))
     dm = SRDataModule(**cfg)
     dm.setup("test")
     batches = []
@@ -211,13 +223,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-size", type=int, default=None, help="HR test crop (default: the config's val_size)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--limit-batches", type=int, default=None)
+    p.add_argument("--no-noise", action="store_true", help="diagnosis: test data without additive noise")
+    p.add_argument("--no-jpeg", action="store_true", help="diagnosis: test data without JPEG")
     p.add_argument("--out", type=Path, default=Path("results/frontend"), help="folder for frontend.json/.md")
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[FrontendRow]:
-    """Entry point of ``ssr-frontend``."""
-    args = _parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``ssr-frontend`` (see :func:`run`)."""
+    run(sys.argv[1:] if argv is None else argv)
+
+
+def run(argv: list[str]) -> list[FrontendRow]:
+    """Parse ``argv``, evaluate, print the Markdown table and write ``frontend.json``/``frontend.md``."""
+    args = _parse(argv)
     torch.manual_seed(0)
     gammas, iters = _floats(args.gammas, float), _floats(args.iterations, int)
     if bool(gammas) != bool(iters):  # a sweep needs both axes; fill the missing one with the main setting
@@ -225,7 +244,8 @@ def main(argv: list[str] | None = None) -> list[FrontendRow]:
     svkr = SVKR.from_checkpoints(args.dkenet, args.nbsr, depth=args.depth, depth_path=args.depth_ckpt,
                                  iterations=args.T, gamma=args.gamma)
     nodepth = load_dkenet(args.dkenet_nodepth) if args.dkenet_nodepth else None
-    batches, scale = make_test_batches(args.data_config, args.test_size, args.batch_size, args.limit_batches)
+    batches, scale = make_test_batches(args.data_config, args.test_size, args.batch_size, args.limit_batches,
+                                       noise=not args.no_noise, jpeg=not args.no_jpeg)
     rows = evaluate_frontend(batches, svkr, nodepth, scale=scale, gammas=gammas, iterations=iters,
                              progress=True)
     gap = svkr_gap(rows)

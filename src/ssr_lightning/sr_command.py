@@ -11,7 +11,7 @@ magma colour map) and ``<stem>_maps.npz`` (both as float arrays) beside it.
 
 Examples::
 
-    ssr sr photo.png -o photo_x4.png --ckpt runs/ssr/version_0/checkpoints/best.ckpt
+    ssr sr photo.png -o photo_x4.png --ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt
     ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 64 --overlap 16 --steps 20
 """
 
@@ -36,7 +36,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("inputs", nargs="+", help="LR image files and/or folders of images")
     p.add_argument("-o", "--output", required=True, help="output folder (or a .png file name for a single input)")
     p.add_argument("--ckpt", default=None,
-                   help="diffusion checkpoint (default: the newest runs/ssr/version_*/checkpoints/best.ckpt)")
+                   help="diffusion checkpoint (default: the newest runs/ssrdiffusion/version_*/checkpoints/best.ckpt)")
     p.add_argument("--dkenet-ckpt", default=None, help="KE checkpoint for SVKR (default: the model's)")
     p.add_argument("--nbsr-ckpt", default=None, help="NBSR checkpoint for SVKR (default: the model's)")
     p.add_argument("--depth", default=None, choices=["learned", "midas", "dpt"], help="SVKR depth estimator")
@@ -70,11 +70,11 @@ def output_path(src: Path, output: Path, single: bool) -> Path:
 
 
 def _default_ckpt() -> Path:
-    found = sorted(Path("runs/ssr").glob("version_*/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(Path("runs/ssrdiffusion").glob("version_*/checkpoints/best.ckpt"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise FileNotFoundError(
             "no diffusion checkpoint: pass --ckpt PATH, or train one (ssr fit --config configs/ssr.yaml) so that "
-            "runs/ssr/version_N/checkpoints/best.ckpt exists"
+            "runs/ssrdiffusion/version_N/checkpoints/best.ckpt exists"
         )
     return found[-1]
 

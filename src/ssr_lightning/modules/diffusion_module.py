@@ -128,6 +128,7 @@ class SSRDiffusionModule(StageModule):
         num_train_timesteps: int = 1000,
         sampler: Sampler = "ddim",
         num_inference_steps: int = 20,
+        sample_strength: float = 1.0,
         ema_decay: float = 0.999,
         num_val_samples: int = 4,
         seed: int = 0,
@@ -171,6 +172,8 @@ class SSRDiffusionModule(StageModule):
             num_train_timesteps: DDPM steps of the training noise schedule.
             sampler: ``ddim`` (default, deterministic for a seed) or ``ddpm``.
             num_inference_steps: Sampling steps.
+            sample_strength: 1.0 samples from pure noise (the paper's setting); s < 1 starts at t ≈ s·T from the
+                noised LR latent and runs the last ``round(s·steps)`` steps (LR-initialised, img2img-style).
             ema_decay: EMA decay of the trainable weights (0 disables EMA); EMA weights validate and sample.
             num_val_samples: Val images sampled per validation (first val batch).
             seed: Seed of the validation sampling noise.
@@ -199,9 +202,9 @@ class SSRDiffusionModule(StageModule):
                 )
             vmod = VAEModule.load_from_checkpoint(vae_ckpt, map_location="cpu")
             vae, latent_scale = vmod.vae, vmod.scaling_factor()
-            vh = vmod.hparams
-            vae_arch = {"block_out_channels": list(vh.block_out_channels), "layers_per_block": vh.layers_per_block,
-                        "latent_channels": vh.latent_channels, "mid_attention": vh.mid_attention}
+            vc = vae.config  # the diffusers config, not hparams: those differ when loaded inside LightningCLI
+            vae_arch = {"block_out_channels": list(vc.block_out_channels), "layers_per_block": vc.layers_per_block,
+                        "latent_channels": vc.latent_channels, "mid_attention": vc.mid_block_add_attention}
         else:
             raise ValueError("SSRDiffusionModule needs vae_ckpt (a VAEModule checkpoint) or pretrained_path")
         self.save_hyperparameters()
@@ -340,12 +343,13 @@ class SSRDiffusionModule(StageModule):
     def super_resolve(
         self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
         generator: torch.Generator | None = None, num_inference_steps: int | None = None,
-        sampler: Sampler | None = None, noise: Tensor | None = None,
+        sampler: Sampler | None = None, noise: Tensor | None = None, strength: float | None = None,
     ) -> Tensor:
         """SR ``(B, 3, s·h, s·w)`` of ``lr (B, 3, h, w)`` given D_T/K_T on the LR grid (any h, w: padded).
 
-        The initial noise is ``noise`` (a latent-shaped tensor, e.g. cut from a larger noise map by the tiled
-        pipeline) or drawn from ``generator`` (a CPU generator: same noise on every device).
+        ``strength`` overrides ``sample_strength``. The initial noise is ``noise`` (a latent-shaped tensor, e.g. cut
+        from a larger noise map by the tiled pipeline) or drawn from ``generator`` (a CPU generator: same noise on
+        every device).
         """
         s, (h, w) = self.hparams.scale, lr.shape[-2:]
         q = lr_multiple(s, self.vae_factor, self.unet.size_multiple)
@@ -355,11 +359,21 @@ class SSRDiffusionModule(StageModule):
         z_lr = self.lr_latent(lr_p)
         feats = self.unet.encode((z_lr.shape[-2], z_lr.shape[-1]), z_lr, depth, kernel)
         sched = self.sampling_scheduler(sampler)
-        sched.set_timesteps(num_inference_steps or self.hparams.num_inference_steps, device=lr.device)
+        steps = num_inference_steps or self.hparams.num_inference_steps
+        sched.set_timesteps(steps, device=lr.device)
         if noise is None:
             noise = torch.randn(z_lr.shape, generator=generator, dtype=torch.float32)
-        z = noise.to(z_lr) * sched.init_noise_sigma
-        for t in sched.timesteps:
+        noise = noise.to(z_lr)
+        strength = self.hparams.sample_strength if strength is None else strength
+        timesteps = sched.timesteps
+        if strength < 1.0:
+            # LR-initialised sampling (img2img): start at t ≈ strength·T from the noised LR latent, skipping the
+            # high-noise steps where an ε-model's x0 estimate is least reliable (1/√ᾱ_t amplifies its error).
+            timesteps = timesteps[steps - max(1, int(round(steps * strength))):]
+            z = sched.add_noise(z_lr, noise, timesteps[:1].repeat(z_lr.shape[0]))
+        else:
+            z = noise * sched.init_noise_sigma
+        for t in timesteps:
             eps = self.unet.denoise(sched.scale_model_input(z, t), t, feats, z_lr)
             # DDIM with eta=0 is deterministic; DDPM draws fresh noise per step from the same generator.
             kw = {"generator": generator} if (sampler or self.hparams.sampler) == "ddpm" else {}
