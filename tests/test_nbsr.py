@@ -103,7 +103,10 @@ def test_basis_fit_deterministic_and_save_load(basis: KernelBasis, tmp_path: Pat
 
 def test_load_or_fit_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSR_ARTIFACTS", str(tmp_path / "art"))
-    assert default_basis_path(12) == tmp_path / "art" / "kernel_basis_c12.pt"
+    assert default_basis_path(12).parent == tmp_path / "art"
+    assert default_basis_path(12).name.startswith("kernel_basis_c12_")
+    # another kernel distribution gets another artifact, never a stale basis
+    assert default_basis_path(12, KernelConfig(focus_range=(0.0, 1.0))) != default_basis_path(12)
     messages: list[str] = []
     fitted = load_or_fit_basis(None, KernelConfig(), 12, n_samples=1000, log=messages.append)
     assert default_basis_path(12).is_file() and "missing" in messages[0]

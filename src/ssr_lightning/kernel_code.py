@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -53,10 +54,16 @@ HELDOUT_SEED_OFFSET: int = 1
 _PIXELS_PER_FIELD: int = 40
 
 
-def default_basis_path(n_components: int = DEFAULT_COMPONENTS) -> Path:
-    """``$SSR_ARTIFACTS/kernel_basis_c{n}.pt``, or ``artifacts/kernel_basis_c{n}.pt`` relative to the CWD."""
+def default_basis_path(n_components: int = DEFAULT_COMPONENTS, cfg: KernelConfig | None = None) -> Path:
+    """``$SSR_ARTIFACTS/kernel_basis_c{n}_{key}.pt``, or under ``artifacts/`` relative to the CWD.
+
+    ``key`` hashes the kernel distribution, so changing ``KernelConfig`` fits a new basis instead of silently
+    reusing one fitted to other kernels.
+    """
     root = os.environ.get("SSR_ARTIFACTS") or "artifacts"
-    return Path(root) / f"kernel_basis_c{n_components}.pt"
+    cfg = KernelConfig() if cfg is None else cfg
+    key = hashlib.sha256(json.dumps(_config_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return Path(root) / f"kernel_basis_c{n_components}_{key}.pt"
 
 
 def _sidecar(path: Path) -> Path:
@@ -157,7 +164,7 @@ def load_or_fit_basis(
     """
     cfg = KernelConfig() if cfg is None else cfg
     log = _log.info if log is None else log
-    path = default_basis_path(n_components) if path is None else Path(path)
+    path = default_basis_path(n_components, cfg) if path is None else Path(path)
     if path.is_file():
         basis = KernelBasis.load(path)
         if basis.n_components != n_components or basis.kernel_size != cfg.size:
@@ -197,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Fit and save the basis, report held-out reconstruction error (stdout + JSON beside the artifact)."""
     args = _parse(argv)
     cfg = KernelConfig(multiplicative_noise=args.multiplicative_noise, defocus=not args.no_defocus)
-    out = default_basis_path(args.components) if args.out is None else args.out
+    out = default_basis_path(args.components, KernelConfig()) if args.out is None else args.out
     basis = fit_kernel_basis(cfg, args.components, args.samples, args.seed)
     _save_atomic(basis, out)
     heldout_seed = args.seed + HELDOUT_SEED_OFFSET
