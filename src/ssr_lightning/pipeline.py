@@ -129,12 +129,13 @@ class SSRPipeline:
         seed: Seed of the global latent noise map.
         device: Where the networks run.
         progress: Show a per-tile progress bar.
+        strength: Sampling strength (1 = from pure noise; < 1 LR-initialised); default: the model's.
     """
 
     def __init__(
         self, model: SSRDiffusionModule, svkr: Any | None = None, tile: int = 64, overlap: int = 16,
         num_inference_steps: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-        progress: bool = False,
+        progress: bool = False, strength: float | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -143,7 +144,7 @@ class SSRPipeline:
             raise ValueError("this model conditions on depth/kernel maps: give an SVKR (KE, NBSR and DE checkpoints)")
         self.svkr = svkr.eval().to(self.device) if svkr is not None else None
         self.tile, self.overlap, self.seed, self.progress = tile, overlap, seed, progress
-        self.steps = num_inference_steps
+        self.steps, self.strength = num_inference_steps, strength
         self.scale = int(h.scale)
         self.multiple = lr_multiple(self.scale, model.vae_factor, model.unet.size_multiple)
 
@@ -197,7 +198,7 @@ class SSRPipeline:
             tile_noise = noise[..., int(y0 * f) : int((y0 + th) * f), int(x0 * f) : int((x0 + tw) * f)]
             out["sr"] = m.super_resolve(
                 tile_lr, depth if m.hparams.use_depth else None, kernel if m.hparams.use_kernel else None,
-                num_inference_steps=self.steps, noise=tile_noise.to(self.device),
+                num_inference_steps=self.steps, noise=tile_noise.to(self.device), strength=self.strength,
             )
             return out
 

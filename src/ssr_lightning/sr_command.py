@@ -42,6 +42,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--depth", default=None, choices=["learned", "midas", "dpt"], help="SVKR depth estimator")
     p.add_argument("--depth-ckpt", default=None, help="depth weights for SVKR (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="1: sample from pure noise; <1: start from the noised LR latent at t=strength*T (default: model's)")
     p.add_argument("--tile", type=int, default=64, help="tile side in LR pixels (0: whole image at once)")
     p.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = SSRPipeline.from_checkpoint(
             ckpt, dkenet_ckpt=args.dkenet_ckpt, nbsr_ckpt=args.nbsr_ckpt, depth=args.depth,
             depth_ckpt=args.depth_ckpt, device=device, tile=args.tile, overlap=args.overlap,
-            num_inference_steps=args.steps, seed=args.seed,
+            num_inference_steps=args.steps, seed=args.seed, strength=args.strength,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"ssr sr: cannot load the models: {err}", file=sys.stderr)

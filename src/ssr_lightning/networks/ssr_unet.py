@@ -221,11 +221,12 @@ class SSRUNet(nn.Module, ConfigMixin):
             x = inputs[name]
             if x is None:
                 raise ValueError(f"SSRUNet was built with use_{name}=True but got no {name} condition")
-            feats[name] = enc(x) if name == "lr" else enc(x.to(self.null_dtype), size)
+            feats[name] = enc(x) if name == "lr" else enc(x.to(self.param_dtype), size)
         return feats
 
     @property
-    def null_dtype(self) -> torch.dtype:
+    def param_dtype(self) -> torch.dtype:
+        """dtype of the weights (map conditions arrive as float32 and are cast to it)."""
         return next(self.parameters()).dtype
 
     def denoise(self, z_t: Tensor, t: Tensor | int, feats: dict[str, list[Tensor]], z_lr: Tensor | None = None) -> Tensor:
