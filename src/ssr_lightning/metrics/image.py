@@ -31,13 +31,6 @@ def kernel_l1(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).abs().sum(dim=1).mean(dim=(1, 2))
 
 
-@torch.no_grad()
-def mean_and_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population std of a list of floats (0 std for one value)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std(unbiased=False)) if len(values) > 1 else 0.0
-
-
 # --- Y-channel metrics (BasicSR's `calculate_psnr/ssim(..., test_y_channel=True)` convention) -------------------
 
 # ITU-R BT.601 "studio swing" luma as MATLAB's rgb2ycbcr and BasicSR's `rgb2ycbcr(y_only=True)`: for RGB in [0, 1]
