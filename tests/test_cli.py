@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from ssr_lightning.cli import find_last_checkpoint, main
+from ssr_lightning.cli import explicit_model_keys, find_last_checkpoint, main
 
 REPO = Path(__file__).resolve().parents[1]
 SSR = Path(sys.executable).with_name("ssr")
@@ -22,6 +22,12 @@ TINY = [
     "--data.num_train", "6", "--data.num_val", "2", "--data.num_test", "2", "--data.embedded_scene_size", "96",
     "--model.init_args.channels", "8", "--model.init_args.ckpt_every_n_steps", "2",
 ]
+
+
+def test_explicit_model_keys() -> None:
+    args = ["fit", "--model.init_args.use_depth", "false", "--model.lr=0.1", "--data.scale", "2",
+            "--model.class_path", "x", "--model.init_args.kernel.sigma_range=[1,2]"]
+    assert explicit_model_keys(args) == ["use_depth", "lr", "kernel.sigma_range"]
 
 
 def test_stage_configs_exist() -> None:
@@ -84,3 +90,12 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert report["num_samples"] == 2
     assert 0.0 <= report["summary"]["kernel_l1"] <= 2.0
     assert report["summary"]["resynth_psnr"] > 10.0
+
+    # the architecture comes from the checkpoint (no --model.init_args.channels here), but options typed on the
+    # command line beat the checkpoint's hyperparameters
+    tiny_data = [a for a in TINY if a not in ("--model.init_args.channels", "8")]
+    _ssr("test", "--config", cfg, "--root", "runs", *tiny_data, "--ckpt_path", str(last),
+         "--model.init_args.num_log_images", "3", "--name", "override", cwd=tmp_path)
+    used = yaml.safe_load(next((tmp_path / "runs/override_test").glob("version_*/config.yaml")).read_text())
+    assert used["model"]["init_args"]["num_log_images"] == 3
+    assert used["model"]["init_args"]["channels"] == 8

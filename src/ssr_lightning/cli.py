@@ -8,7 +8,10 @@ Additions to the stock LightningCLI:
   (`--name` picks `<name>`; the default is the stage's own name);
 - `--ckpt_path last` finds the newest `last.ckpt` of that run name and resumes it, logging into the same
   version folder, so a killed run continues where it stopped;
-- `data.scale` is linked to `model.init_args.scale`.
+- `data.scale` is linked to `model.init_args.scale`;
+- with `--ckpt_path`, the checkpoint's hyperparameters rebuild the trained model (stock behaviour), but model
+  options given explicitly on the command line still win (test-time switches such as
+  `--model.init_args.condition_source svkr`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,18 @@ def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int]
     return ckpt, version
 
 
+def explicit_model_keys(args: list[str]) -> list[str]:
+    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys."""
+    keys: list[str] = []
+    for arg in args:
+        if not arg.startswith("--model."):
+            continue
+        key = arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")
+        if key and key not in ("class_path", "help") and key not in keys:
+            keys.append(key)
+    return keys
+
+
 def _stage_name(model_cfg: Namespace | None) -> str:
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     short = class_path.rsplit(".", 1)[-1] or "run"
@@ -63,16 +78,24 @@ class SSRCLI(LightningCLI):
         parser.add_argument("--root", type=str, default="runs", help="Folder that holds the run folders.")
         parser.link_arguments("data.scale", "model.init_args.scale")
 
-    def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand] if self.subcommand else self.config
+    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
+        self._cli_args = [] if isinstance(args, (dict, Namespace)) else [str(a) for a in (sys.argv[1:] if args is None else args)]
+        super().parse_arguments(parser, args)  # type: ignore[arg-type]
+
+    def _resolve_ckpt_path(self) -> None:
+        """`--ckpt_path last` → the newest last.ckpt of this run name; a missing file is an error, not a fresh run."""
+        self._resume_version: int | None = None
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
         name = cfg.get("name") or _stage_name(cfg.get("model"))
         root = cfg.get("root") or "runs"
-        version = None
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path == "last":
             found = find_last_checkpoint(root, name)
             if found is None:
-                if self.subcommand != "fit":
+                if sub != "fit":
                     raise FileNotFoundError(
                         f"--ckpt_path last: no last.ckpt under {Path(root) / name}/version_*/checkpoints. "
                         "Train the stage first, or pass --ckpt_path PATH/TO/file.ckpt."
@@ -80,7 +103,7 @@ class SSRCLI(LightningCLI):
                 rank_zero_info(f"--ckpt_path last: nothing to resume under {Path(root) / name}; starting fresh.")
                 cfg.ckpt_path = None
             else:
-                ckpt, version = found
+                ckpt, self._resume_version = found
                 rank_zero_info(f"Resuming from {ckpt}")
                 cfg.ckpt_path = str(ckpt)
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
@@ -88,6 +111,31 @@ class SSRCLI(LightningCLI):
                 f"--ckpt_path {ckpt_path!r}: no such checkpoint file. Give the path of a .ckpt "
                 f"(runs/<name>/version_N/checkpoints/last.ckpt) or 'last' to resume the newest run."
             )
+
+    def _parse_ckpt_path(self) -> None:
+        self._resolve_ckpt_path()
+        # Stock LightningCLI overwrites the whole model config with the checkpoint's hyperparameters, silently
+        # dropping command-line overrides; re-apply the ones the user typed.
+        sub = self.config.get("subcommand")
+        before = self.config.clone() if sub else None
+        super()._parse_ckpt_path()
+        if before is None:
+            return
+        for key in explicit_model_keys(getattr(self, "_cli_args", [])):
+            full = f"{sub}.model.init_args.{key}"
+            try:
+                value = before[full]
+            except KeyError:
+                continue
+            if self.config.get(full) != value:
+                rank_zero_info(f"--model.init_args.{key}: the command line's {value!r} overrides the checkpoint's")
+                self.config[full] = value
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        name = cfg.get("name") or _stage_name(cfg.get("model"))
+        root = cfg.get("root") or "runs"
+        version = getattr(self, "_resume_version", None)
         if self.subcommand != "fit":
             # evaluation gets its own folder beside the training versions, so it never overwrites their config
             name, version = f"{name}_{self.subcommand}", None

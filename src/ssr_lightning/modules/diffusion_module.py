@@ -4,7 +4,7 @@ Training (Eq. 5): ``L = E‖ε − ε_θ(√ᾱ_t z_0 + √(1−ᾱ_t) ε, t, f)
 ``f_i`` the kernel (f_1), depth (f_2) and LR (f_3) encoder features (``‖f_i‖₁`` = mean |f_i| over its levels; the
 arXiv version: L1 sparsifies the modality features so they learn complementary information).
 D_T and K_T come from the batch's ground truth (``condition_source="gt"``) or from a frozen SVKR
-(``"svkr"``); both are on the LR grid. The LR latent is ``VAE(bicubic↑s(LR))``.
+(``"svkr"``, T = ``svkr_iterations``; T = 0 is a single DE → KE pass); both are on the LR grid. The LR latent is ``VAE(bicubic↑s(LR))``.
 
 Sampling: diffusers ``DDIMScheduler`` (default, η=0, "trailing" spacing) or ``DDPMScheduler``, noise from a seeded
 CPU ``torch.Generator`` (identical on every device), encoder features computed once per image. Validation and
@@ -125,6 +125,8 @@ class SSRDiffusionModule(StageModule):
         nbsr_ckpt: str | None = None,
         depth: Literal["gt", "learned", "midas", "dpt"] = "learned",
         depth_ckpt: str | None = None,
+        svkr_iterations: int = 3,
+        svkr_gamma: float = 0.9,
         num_train_timesteps: int = 1000,
         sampler: Sampler = "ddim",
         num_inference_steps: int = 20,
@@ -169,6 +171,8 @@ class SSRDiffusionModule(StageModule):
             nbsr_ckpt: NBSR checkpoint for ``svkr``.
             depth: SVKR's depth estimator for ``svkr`` (``gt``: the batch's depth, an oracle DE).
             depth_ckpt: Its weights (DepthModule checkpoint, MiDaS .pt or DPT folder).
+            svkr_iterations: SVKR's T for ``svkr`` (0: one DE → KE pass, the paper's "w/o SVKR").
+            svkr_gamma: SVKR's γ for ``svkr``.
             num_train_timesteps: DDPM steps of the training noise schedule.
             sampler: ``ddim`` (default, deterministic for a seed) or ``ddpm``.
             num_inference_steps: Sampling steps.
@@ -277,9 +281,11 @@ class SSRDiffusionModule(StageModule):
             from ssr_lightning.svkr import SVKR
 
             h = self.hparams
-            svkr = SVKR.from_checkpoints(h.dkenet_ckpt, h.nbsr_ckpt, depth=h.depth, depth_path=h.depth_ckpt)
+            svkr = SVKR.from_checkpoints(h.dkenet_ckpt, h.nbsr_ckpt, depth=h.depth, depth_path=h.depth_ckpt,
+                                         iterations=h.get("svkr_iterations", 3), gamma=h.get("svkr_gamma", 0.9))
             self._svkr.append(svkr.eval().requires_grad_(False))
-            rank_zero_info(f"diffusion conditions on SVKR estimates ({h.dkenet_ckpt}, {h.nbsr_ckpt})")
+            rank_zero_info(f"diffusion conditions on SVKR estimates (T={svkr.iterations}, γ={svkr.gamma}; "
+                           f"{h.dkenet_ckpt}, {h.nbsr_ckpt})")
         return self._svkr[0].to(self.device)
 
     def conditions(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
