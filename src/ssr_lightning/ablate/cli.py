@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {r['cell_id']} at {r['error']['stage']}: {r['error']['message']}\n{r['error']['tail'][-1500:]}",
               file=sys.stderr)
     if not args.no_report:
-        for path in write_report(plan, layout.out):
+        paths = write_report(plan, layout.out)
+        table = next((Path(p) for p in paths if str(p).endswith(".md")), None)
+        if table is not None and table.is_file():
+            print("\n" + table.read_text())
+        for path in paths:
             print(f"report: {path}")
     print(f"{len(records) - len(failed)} cells ok, {len(failed)} failed, "
           f"{len(shard_cells(plan.cells, args.shard)) - len(records)} already done -> {layout.out / 'cells'}")
