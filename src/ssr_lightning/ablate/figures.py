@@ -7,7 +7,9 @@ is left out of the grid; without any, no grid is drawn.
 
 from __future__ import annotations
 
+import math
 import shutil
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,12 @@ def bar_chart(table: Table, path: Path) -> Path | None:
     if not panels:
         return None
     datasets = table.datasets
-    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2 * len(panels), 4), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.2 * len(panels), 5), 3.8), squeeze=False)
     width = 0.8 / max(len(table.labels), 1)
     colours = plt.get_cmap("tab10")
     for ax, metric in zip(axes[0], panels, strict=True):
         col0 = next(c for c in table.columns if c.metric == metric)
+        lo, hi = float("inf"), float("-inf")
         for r, label in enumerate(table.labels):
             xs, ys, errs = [], [], []
             for d, ds in enumerate(datasets):
@@ -47,12 +50,20 @@ def bar_chart(table: Table, path: Path) -> Path | None:
                     ys.append(entry.mean)
                     errs.append(entry.std or 0.0)
             ax.bar(xs, ys, width=width, yerr=errs, capsize=2, color=colours(r % 10), label=label)
+            for y, e in zip(ys, errs, strict=True):
+                lo, hi = min(lo, y - e), max(hi, y + e)
+        if lo <= hi:
+            # zoom on the values (ablation rows differ by tenths of a dB); the axis does not start at 0
+            pad = max(0.25 * (hi - lo), 0.02 * max(abs(hi), 1e-6))
+            ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(range(len(datasets)), datasets, fontsize=8)
         ax.set_title(col0.label() + col0.arrow(), fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(len(labels), 3), frameon=False)
     fig.suptitle(table.title, fontsize=10)
-    fig.tight_layout()
+    rows_of_legend = math.ceil(len(labels) / 3) if labels else 0
+    fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -117,7 +128,7 @@ def qualitative_grid(plan: Plan, records: dict[str, dict[str, Any]], out: Path, 
             if img is not None:
                 ax.imshow(img, interpolation="nearest")
             if i == 0:
-                ax.set_title(title[:22], fontsize=7)
+                ax.set_title(textwrap.fill(title, 20), fontsize=7)  # wrap: long labels differ at the end
         axes[i, 0].set_ylabel(name[:16], fontsize=7)
     fig.suptitle(f"{plan.study.name}: {dataset}, seed {seed}, centre crops of {crop} px", fontsize=9)
     fig.tight_layout()
