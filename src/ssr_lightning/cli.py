@@ -59,6 +59,11 @@ def explicit_model_keys(args: list[str]) -> list[str]:
     return keys
 
 
+def _run_name_and_root(cfg: Namespace) -> tuple[str, str]:
+    """The run folder `<root>/<name>` of a subcommand's config (`--name`, else the stage name; `--root`)."""
+    return cfg.get("name") or _stage_name(cfg.get("model")), cfg.get("root") or "runs"
+
+
 def _stage_name(model_cfg: Namespace | None) -> str:
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     short = class_path.rsplit(".", 1)[-1] or "run"
@@ -89,8 +94,7 @@ class SSRCLI(LightningCLI):
         if not sub:
             return
         cfg = self.config[sub]
-        name = cfg.get("name") or _stage_name(cfg.get("model"))
-        root = cfg.get("root") or "runs"
+        name, root = _run_name_and_root(cfg)
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path == "last":
             found = find_last_checkpoint(root, name)
@@ -133,8 +137,7 @@ class SSRCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        name = cfg.get("name") or _stage_name(cfg.get("model"))
-        root = cfg.get("root") or "runs"
+        name, root = _run_name_and_root(cfg)
         version = getattr(self, "_resume_version", None)
         if self.subcommand != "fit":
             # evaluation gets its own folder beside the training versions, so it never overwrites their config

@@ -282,7 +282,7 @@ class SSRDiffusionModule(StageModule):
 
             h = self.hparams
             svkr = SVKR.from_checkpoints(h.dkenet_ckpt, h.nbsr_ckpt, depth=h.depth, depth_path=h.depth_ckpt,
-                                         iterations=h.get("svkr_iterations", 3), gamma=h.get("svkr_gamma", 0.9))
+                                         iterations=h.svkr_iterations, gamma=h.svkr_gamma)
             self._svkr.append(svkr.eval().requires_grad_(False))
             rank_zero_info(f"diffusion conditions on SVKR estimates (T={svkr.iterations}, γ={svkr.gamma}; "
                            f"{h.dkenet_ckpt}, {h.nbsr_ckpt})")
