@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ssr_lightning.ablate.cli import main as ablate_main
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import expand, shard_cells
 from ssr_lightning.ablate.runner import CommandFailed, Runner, log_tail
 from ssr_lightning.ablate.study import load_study, parse_study
+from ssr_lightning.cli.ablate import main as ablate_main
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = sorted((REPO / "ablations").glob("*.yaml"))
@@ -328,7 +328,7 @@ def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkey
 
 
 # --- the real path --------------------------------------------------------------------------------------------------
-TINY = ["--trainer", "configs/trainer/debug.yaml", "--data.patch_size", "64", "--data.val_size", "64",
+TINY = ["--trainer", "configs/trainer/debug.yaml", "--data", "configs/data/tiny.yaml",
         "--data.num_train", "4", "--data.num_val", "2", "--data.num_test", "2", "--data.embedded_scene_size", "96",
         "--data.batch_size", "2", "--data.val_batch_size", "2", "--data.test_batch_size", "2"]
 
@@ -337,7 +337,7 @@ TINY = ["--trainer", "configs/trainer/debug.yaml", "--data.patch_size", "64", "-
 def test_shipped_study_commands_parse_with_the_ssr_cli(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Every distinct fit/test command of the shipped studies (all profiles) is accepted by `ssr` (~2.5 min)."""
-    from ssr_lightning.cli import main as ssr_main
+    from ssr_lightning.cli.main import main as ssr_main
 
     monkeypatch.chdir(REPO)  # study paths are relative to the working folder, as for `ssr`
 

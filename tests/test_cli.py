@@ -11,23 +11,22 @@ import pytest
 import torch
 import yaml
 
-from ssr_lightning.cli import explicit_model_keys, find_last_checkpoint, main
+from ssr_lightning.cli.main import explicit_model_keys, find_last_checkpoint, main
 
 REPO = Path(__file__).resolve().parents[1]
 SSR = Path(sys.executable).with_name("ssr")
 STAGE_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
 TINY = [
-    "--trainer", str(REPO / "configs/trainer/debug.yaml"),
-    "--data.patch_size", "64", "--data.val_size", "64", "--data.batch_size", "2", "--data.val_batch_size", "2",
-    "--data.num_train", "6", "--data.num_val", "2", "--data.num_test", "2", "--data.embedded_scene_size", "96",
-    "--model.init_args.channels", "8", "--model.init_args.ckpt_every_n_steps", "2",
+    "--trainer", str(REPO / "configs/trainer/debug.yaml"), "--data", str(REPO / "configs/data/tiny.yaml"),
+    "--model.init_args.channels", "8", "--model.init_args.fit.ckpt_every_n_steps", "2",
 ]
 
 
 def test_explicit_model_keys() -> None:
-    args = ["fit", "--model.init_args.use_depth", "false", "--model.lr=0.1", "--data.scale", "2",
-            "--model.class_path", "x", "--model.init_args.kernel.sigma_range=[1,2]"]
-    assert explicit_model_keys(args) == ["use_depth", "lr", "kernel.sigma_range"]
+    args = ["fit", "--model.init_args.use_depth", "false", "--model.fit.learning_rate=0.1", "--data.scale", "2",
+            "--model.class_path", "x", "--model.init_args.modalities.use_kernel=false",
+            "--model.init_args.fit.num_log_images", "3", "--model.init_args.use_depth", "true"]
+    assert explicit_model_keys(args) == ["use_depth", "fit.learning_rate", "modalities.use_kernel", "fit.num_log_images"]
 
 
 def test_stage_configs_exist() -> None:
@@ -77,6 +76,7 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert state["hyper_parameters"]["scale"] == 4, "data.scale is linked into the model"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["trainer"]["max_steps"] == 4 and saved["model"]["init_args"]["channels"] == 8
+    assert saved["model"]["init_args"]["fit"]["ckpt_every_n_steps"] == 2
 
     # a killed run continues from last.ckpt, in the same version folder
     _ssr("fit", "--config", cfg, "--root", "runs", *TINY, "--trainer.max_steps", "6", "--ckpt_path", "last", cwd=tmp_path)
@@ -95,7 +95,8 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     # command line beat the checkpoint's hyperparameters
     tiny_data = [a for a in TINY if a not in ("--model.init_args.channels", "8")]
     _ssr("test", "--config", cfg, "--root", "runs", *tiny_data, "--ckpt_path", str(last),
-         "--model.init_args.num_log_images", "3", "--name", "override", cwd=tmp_path)
+         "--model.init_args.fit.num_log_images", "3", "--name", "override", cwd=tmp_path)
     used = yaml.safe_load(next((tmp_path / "runs/override_test").glob("version_*/config.yaml")).read_text())
-    assert used["model"]["init_args"]["num_log_images"] == 3
+    assert used["model"]["init_args"]["fit"]["num_log_images"] == 3
+    assert used["model"]["init_args"]["fit"]["learning_rate"] == pytest.approx(3e-3), "the rest of the group kept"
     assert used["model"]["init_args"]["channels"] == 8

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.depth import (
-    MIDAS_PRESETS,
+from ssr_lightning.inference.checkpoints import CheckpointError
+from ssr_lightning.inference.depth import (
     DPTAdapter,
     GroundTruthDepth,
     LearnedDepth,
     MiDaSAdapter,
-    MiDaSDPT,
     build_depth_estimator,
     normalize_depth_map,
     resize_depth,
@@ -26,8 +25,9 @@ from ssr_lightning.metrics import (
     delta1,
     ssi_loss,
 )
-from ssr_lightning.networks.config import save_network
+from ssr_lightning.modules.depth_module import DepthModule
 from ssr_lightning.networks.depthnet import DepthNet
+from ssr_lightning.networks.midas import MIDAS_PRESETS, MiDaSDPT
 
 # Tiny MiDaS architectures: the real presets' structure with a 4-block, 32-wide backbone at 64x64.
 TINY_MIDAS = {
@@ -135,22 +135,71 @@ def test_ground_truth_depth() -> None:
     assert isinstance(build_depth_estimator("gt"), GroundTruthDepth)
 
 
-def test_learned_depth_from_files(tmp_path: Path) -> None:
-    net = DepthNet(channels=8)
-    file = save_network(net, tmp_path / "depthnet.pt")
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k, v in sa.items():
+        assert torch.equal(sb[k], v), k
+
+
+def test_learned_depth_from_new_checkpoint(tmp_path: Path) -> None:
+    """A checkpoint as `ssr fit --config configs/depth.yaml` writes it: DepthModule state dict + `ssr` block."""
+    module = DepthModule(channels=8, output="softplus", global_context=False)
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    assert ckpt["ssr"]["stage"] == "depth" and ckpt["ssr"]["model_class"] == "DepthNet"
+    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    file = tmp_path / "best.ckpt"
+    torch.save(ckpt, file)
     est = build_depth_estimator("learned", str(file))
-    assert isinstance(est, LearnedDepth) and not est.net.training
-    out = est(torch.rand(1, 3, 21, 30))
+    assert isinstance(est, LearnedDepth) and isinstance(est.net, DepthNet) and not est.net.training
+    assert est.net.config["channels"] == 8 and est.net.config["output"] == "softplus"
+    assert not est.net.config["global_context"]
+    _same_weights(module.model, est.net)
+    image = torch.rand(1, 3, 21, 30)
+    out = est(image)
     _check_convention(out, (21, 30))
-    # a DepthModule-style checkpoint
-    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "depthnet_config": net.config}
-    torch.save(ckpt, tmp_path / "best.ckpt")
-    loaded = LearnedDepth.from_checkpoint(tmp_path / "best.ckpt")
-    for k, v in net.state_dict().items():
-        assert torch.equal(loaded.net.state_dict()[k], v)
+    with torch.no_grad():  # the estimator is the trained net, normalised per image
+        torch.testing.assert_close(out, normalize_depth_map(module.model.eval()(image)))
+    loaded = LearnedDepth.from_checkpoint(file)
+    _same_weights(module.model, loaded.net)
+    # a checkpoint of another stage is refused, naming the file
+    from ssr_lightning.modules.dkenet_module import DKENetModule
+
+    other = DKENetModule(channels=8)
+    ckpt = {"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}
+    other.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "dkenet.ckpt")
+    with pytest.raises(CheckpointError, match=r"dkenet\.ckpt.*'dkenet'.*'depth'"):
+        LearnedDepth.from_checkpoint(tmp_path / "dkenet.ckpt")
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match=r"nope\.ckpt.*configs/depth\.yaml"):
         LearnedDepth.from_checkpoint(missing)
+
+
+@pytest.mark.parametrize("with_depthnet_config", [True, False])
+def test_learned_depth_from_first_format_checkpoint(tmp_path: Path, with_depthnet_config: bool) -> None:
+    """Checkpoints of ssr_lightning 0.1 (flat hyper-parameters, `net.*` weights) still load."""
+    net = DepthNet(channels=8, blocks_per_level=2, output="softplus", global_context=False)
+    hp = {"channels": 8, "blocks_per_level": 2, "output": "softplus", "global_context": False, "input": "both",
+          "loss": "l1", "grad_weight": 0.5, "grad_scales": 4, "scale": 4, "lr": 1e-3, "min_lr": 1e-5,
+          "warmup_steps": 0, "ckpt_every_n_steps": 100, "num_log_images": 4}
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "hyper_parameters": hp,
+            "epoch": 3, "global_step": 120}
+    if with_depthnet_config:  # what the 0.1 DepthModule.on_save_checkpoint added
+        ckpt["depthnet_config"] = {"in_channels": 3, "channels": 8, "blocks_per_level": 2, "output": "softplus",
+                                   "global_context": False}
+    file = tmp_path / "best.ckpt"
+    torch.save(ckpt, file)
+    est = build_depth_estimator("learned", str(file))
+    assert isinstance(est, LearnedDepth) and not est.net.training
+    assert est.net.config["blocks_per_level"] == 2 and est.net.config["output"] == "softplus"
+    _same_weights(net, est.net)
+    image = torch.rand(1, 3, 17, 26)
+    out = est(image)
+    _check_convention(out, (17, 26))
+    with torch.no_grad():
+        torch.testing.assert_close(out, normalize_depth_map(net.eval()(image)))
 
 
 @pytest.mark.parametrize("model_type", ["dpt_large_384", "dpt_beit_large_512"])

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from ssr_lightning import kernel_code
+from ssr_lightning.cli import kernel_basis
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.degradation.kernels import KernelConfig, sample_kernel_field
-from ssr_lightning.kernel_code import (
+from ssr_lightning.networks.kernel_codec import (
     default_basis_path,
     fit_kernel_basis,
     load_or_fit_basis,
@@ -21,8 +21,9 @@ from ssr_lightning.kernel_code import (
     sample_kernels,
 )
 from ssr_lightning.metrics import psnr_y, rgb_to_y, ssim, ssim_y
+from ssr_lightning.inference.checkpoints import load_model
 from ssr_lightning.modules import NBSRModule
-from ssr_lightning.networks.nbsr import NBSR
+from ssr_lightning.networks.nbsr import NBSR, KernelConditionedSR
 
 # Small fits keep the file fast; the bounds below were measured for these sizes (12 components, 4000 kernels,
 # 2000 held-out kernels of seed 1): L1 mean 0.131, max 0.51, rel. L2 0.083 (the full 20000-kernel fit on 20000
@@ -115,7 +116,7 @@ def test_load_or_fit_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(ValueError, match="components"):
         load_or_fit_basis(default_basis_path(12), KernelConfig(), 10)
     out = tmp_path / "cli" / "kb.pt"
-    report = kernel_code.main(["--components", "6", "--out", str(out), "--samples", "800", "--heldout", "400"])
+    report = kernel_basis.main(["--components", "6", "--out", str(out), "--samples", "800", "--heldout", "400"])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert out.is_file() and saved["heldout_error"] == report["heldout_error"] and saved["heldout_seed"] == 1
 
@@ -163,7 +164,7 @@ def test_psnr_ssim_y_against_references() -> None:
 # ---------------------------------------------------------------------------------------------- NBSRModule
 def test_missing_dkenet_ckpt_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
-    with pytest.raises(FileNotFoundError, match="nope.ckpt.*Train DKENet first"):
+    with pytest.raises(FileNotFoundError, match=r"DKENet.*nope\.ckpt.*Train that stage first.*configs/dkenet\.yaml"):
         NBSRModule(kernel_source="dkenet", dkenet_ckpt=str(missing))
     with pytest.raises(FileNotFoundError, match="train DKENet first"):
         NBSRModule(kernel_source="dkenet")
@@ -181,9 +182,9 @@ def test_module_training_step_and_checkpoint_carries_basis(tmp_path: Path) -> No
     batch = _batch()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     loss = module.training_step(batch, 0)
-    assert torch.isfinite(loss) and path.is_file() and bool(module.basis_ready)
+    assert torch.isfinite(loss) and path.is_file() and bool(module.model.codec.ready)
     loss.backward()
-    assert module.net.conv_first.weight.grad is not None
+    assert module.model.net.conv_first.weight.grad is not None
     opt.step()
     sr, metrics = module._evaluate(batch)
     assert sr.shape == batch["hr"].shape and all(torch.isfinite(v).all() for v in metrics.values())
@@ -196,6 +197,33 @@ def test_module_training_step_and_checkpoint_carries_basis(tmp_path: Path) -> No
     with torch.no_grad():
         torch.testing.assert_close(fresh(batch["lr"], batch["kernel"]), module(batch["lr"], batch["kernel"]))
     assert not path.exists()
+    # The same through a checkpoint file and the stage loader: a ready KernelConditionedSR, basis included.
+    module.eval()
+    with torch.no_grad():
+        ref = module(batch["lr"], batch["kernel"])
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    assert ckpt["ssr"]["stage"] == "nbsr" and ckpt["ssr"]["model_class"] == "KernelConditionedSR"
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    loaded = load_model(tmp_path / "best.ckpt", "nbsr")
+    assert isinstance(loaded, KernelConditionedSR) and bool(loaded.codec.ready) and not loaded.training
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch["lr"], batch["kernel"]), ref, atol=0, rtol=0)
+    # A checkpoint of the first format (NBSRModule 0.1: net.*, basis.*, code_std, basis_ready) loads the same.
+    renames = (("model.net.", "net."), ("model.codec.basis.", "basis."), ("model.codec.code_std", "code_std"),
+               ("model.codec.ready", "basis_ready"))
+    old_state = {}
+    for key, value in module.state_dict().items():
+        old, new = next((o, n) for o, n in renames if key.startswith(o))
+        old_state[new + key[len(old):]] = value
+    hp = {"channels": 16, "num_blocks": 2, "growth": 8, "code_channels": 12, "scale": 4, "kernel_size": 21,
+          "basis_path": str(path), "basis_samples": 1000, "kernel_source": "gt", "dkenet_ckpt": None, "lr": 2e-4,
+          "min_lr": 1e-6, "warmup_steps": 0, "ckpt_every_n_steps": 100, "num_log_images": 4}
+    torch.save({"state_dict": old_state, "hyper_parameters": hp}, tmp_path / "old.ckpt")
+    old_model = load_model(tmp_path / "old.ckpt", "nbsr")
+    assert bool(old_model.codec.ready)
+    with torch.no_grad():
+        torch.testing.assert_close(old_model(batch["lr"], batch["kernel"]), ref, atol=0, rtol=0)
 
 
 def test_module_gt_source_needs_kernel() -> None:

@@ -1,4 +1,5 @@
-"""Tests for ssr_lightning.networks: DKENet, its blocks (SFT, MAConv, DABlock) and the config save/load."""
+"""Tests for ssr_lightning.networks: DKENet, its blocks (SFT, MAConv, DABlock) and saving/loading (diffusers config,
+save_pretrained/from_pretrained and the stage checkpoint loader)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from ssr_lightning.networks import SFT, DABlock, DKENet, MAConv, load_network, save_network, split_sizes
+from ssr_lightning.inference.checkpoints import CheckpointError, load_model
+from ssr_lightning.networks import SFT, DABlock, DKENet, MAConv, split_sizes
 
 K = 21
 KK = K * K
@@ -191,10 +193,29 @@ def test_dablock_without_condition_has_no_sft() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ save / load
+def _public(config: object) -> dict:
+    """A diffusers FrozenDict config without its private ("_"-prefixed) entries."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _write_dkenet_ckpt(net: DKENet, path) -> None:
+    """A stage checkpoint as `ssr fit` writes it: DKENetModule's state dict, hparams and `ssr` metadata block."""
+    from ssr_lightning.modules.dkenet_module import DKENetModule
+
+    cfg = _public(net.config)
+    module = DKENetModule(channels=cfg["channels"], blocks_per_stage=cfg["blocks_per_stage"], use_depth=cfg["use_depth"],
+                          global_context=cfg["global_context"], kernel_size=cfg["kernel_size"], scale=cfg["scale"])
+    module.model.load_state_dict(net.state_dict())
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+
+
 @pytest.mark.parametrize("use_depth", [True, False])
 def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
     net = DKENet.tiny(use_depth=use_depth, kernel_size=11, scale=2).eval()
-    assert net.config == {
+    assert _public(net.config) == {
         "in_channels": 3,
         "depth_channels": 1,
         "channels": 16,
@@ -204,29 +225,58 @@ def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
         "blocks_per_stage": 1,
         "global_context": True,
     }
-    path = save_network(net, tmp_path / "sub" / "dkenet.pt")
-    loaded = load_network(DKENet, path).eval()
-    assert loaded.config == net.config
     lr, depth = torch.rand(1, 3, 7, 9), torch.rand(1, 1, 7, 9)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(lr, depth), net(lr, depth), atol=0, rtol=0)
+        ref = net(lr, depth)
+    # diffusers save_pretrained / from_pretrained
+    folder = tmp_path / "sub" / "dkenet"
+    net.save_pretrained(folder)
+    loaded = DKENet.from_pretrained(folder).eval()
+    assert _public(loaded.config) == _public(net.config)
+    # from_config + state dict
+    rebuilt = DKENet.from_config(net.config).eval()
+    assert _public(rebuilt.config) == _public(net.config)
+    rebuilt.load_state_dict(net.state_dict())
+    # the stage checkpoint loader
+    path = tmp_path / "runs" / "best.ckpt"
+    _write_dkenet_ckpt(net, path)
+    from_ckpt = load_model(path, "dkenet")
+    assert isinstance(from_ckpt, DKENet) and not from_ckpt.training
+    assert _public(from_ckpt.config) == _public(net.config)
+    assert not any(p.requires_grad for p in from_ckpt.parameters())
+    with torch.no_grad():
+        for other in (loaded, rebuilt, from_ckpt):
+            torch.testing.assert_close(other(lr, depth), ref, atol=0, rtol=0)
 
 
 def test_load_missing_file_names_path(tmp_path) -> None:
-    missing = tmp_path / "nope.pt"
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        load_network(DKENet, missing)
+    missing = tmp_path / "nope.ckpt"
+    with pytest.raises(FileNotFoundError, match=r"nope\.ckpt.*configs/dkenet\.yaml"):
+        load_model(missing, "dkenet")
 
 
 def test_load_wrong_class(tmp_path) -> None:
-    path = save_network(DKENet.tiny(), tmp_path / "k.pt")
-
-    class Other(torch.nn.Module):
-        def __init__(self, **kw: object) -> None:
-            super().__init__()
-
-    with pytest.raises(ValueError, match="DKENet"):
-        load_network(Other, path)
+    path = tmp_path / "k.ckpt"
+    _write_dkenet_ckpt(DKENet.tiny(), path)
+    # a DKENet checkpoint where another stage's network is expected: the error names the file and both stages
+    with pytest.raises(CheckpointError, match=r"k\.ckpt.*'dkenet'.*'nbsr'"):
+        load_model(path, "nbsr")
+    # DKENet weights under metadata naming another class: the error names the file and the class
+    ckpt = torch.load(path, weights_only=True)
+    config = dict(ckpt["ssr"]["model_config"])
+    ckpt["ssr"]["model_class"], ckpt["ssr"]["model_config"] = "KernelConditionedSR", {}
+    torch.save(ckpt, tmp_path / "mixed.ckpt")
+    with pytest.raises(CheckpointError, match=r"mixed\.ckpt.*KernelConditionedSR"):
+        load_model(tmp_path / "mixed.ckpt", "dkenet")
+    # ... or a config of the same class that does not fit them (a no-depth DKENet: the depth weights are extra)
+    ckpt["ssr"]["model_class"], ckpt["ssr"]["model_config"] = "DKENet", {**config, "use_depth": False}
+    torch.save(ckpt, tmp_path / "nodepth.ckpt")
+    with pytest.raises(CheckpointError, match=r"nodepth\.ckpt.*DKENet.*unexpected \['depth_encoder"):
+        load_model(tmp_path / "nodepth.ckpt", "dkenet")
+    # not a checkpoint at all
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match=r"plain\.pt.*not a Lightning checkpoint"):
+        load_model(tmp_path / "plain.pt", "dkenet")
 
 
 # ------------------------------------------------------------------------------------------------ layering

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssr_lightning.ablate.frontend import evaluate_frontend, format_markdown, svkr_gap
 from ssr_lightning.degradation.blur import KernelBasis
-from ssr_lightning.depth import LearnedDepth, resize_depth
-from ssr_lightning.frontend_table import evaluate_frontend, format_markdown, svkr_gap
+from ssr_lightning.inference.depth import LearnedDepth, resize_depth
+from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.modules.svkr_module import FIGURE_NAME, SVKRModule
 from ssr_lightning.networks import DKENet
 from ssr_lightning.networks.depthnet import DepthNet
-from ssr_lightning.networks.nbsr import NBSR
-from ssr_lightning.svkr import SVKR
+from ssr_lightning.networks.nbsr import KernelConditionedSR
 
 S, H, W, K = 4, 12, 12, 21
 CODE = 12
@@ -35,8 +35,9 @@ def _make_svkr(iterations: int = 3, gamma: float = 0.9) -> SVKR:
     basis = KernelBasis.fit(_kernels(64, torch.Generator().manual_seed(0)), CODE)
     de = LearnedDepth(DepthNet.tiny())
     ke = DKENet(channels=8, kernel_size=K, scale=S, use_depth=True)
-    sr = NBSR.tiny(code_channels=CODE, scale=S)
-    return SVKR(de, ke, sr, iterations=iterations, gamma=gamma, kernel_basis=basis).eval()
+    sr = KernelConditionedSR(code_channels=CODE, channels=16, num_blocks=2, growth=8, scale=S)
+    sr.codec.set_basis(basis, torch.ones(CODE))
+    return SVKR(de, ke, sr, iterations=iterations, gamma=gamma).eval()
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +94,54 @@ def test_deterministic_and_gamma_one(batch: dict[str, torch.Tensor]) -> None:
 def test_missing_checkpoint_names_path(tmp_path: Path) -> None:
     missing = tmp_path / "dkenet" / "best.ckpt"
     with pytest.raises(FileNotFoundError, match=str(missing)) as err:
-        SVKR.from_checkpoints(missing, tmp_path / "nbsr.ckpt", depth="gt")
+        SVKR.from_config(SVKRConfig(dkenet_ckpt=str(missing), nbsr_ckpt=str(tmp_path / "nbsr.ckpt"), depth="gt"))
     assert "ssr fit --config configs/dkenet.yaml" in str(err.value)
-    module = SVKRModule(dkenet_ckpt=str(missing), nbsr_ckpt=str(tmp_path / "n.ckpt"))
+    module = SVKRModule(svkr=SVKRConfig(dkenet_ckpt=str(missing), nbsr_ckpt=str(tmp_path / "n.ckpt")))
     with pytest.raises(FileNotFoundError, match="DKENet"):
         module.setup("test")
     with pytest.raises(RuntimeError, match="no trainable parameters"):
         module.training_step({}, 0)
 
 
+def _save_stage(module, path: Path) -> Path:
+    """A checkpoint file as `ssr fit` writes it (state dict, hyper-parameters and the `ssr` block)."""
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_from_config_loads_the_stage_checkpoints(batch: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    from ssr_lightning.modules import DepthModule, DKENetModule, NBSRModule
+
+    ref = _make_svkr(iterations=2, gamma=0.8)
+    ke = DKENetModule(channels=8, kernel_size=K, scale=S, use_depth=True)
+    ke.model.load_state_dict(ref.kernel_estimator.state_dict())
+    sr = NBSRModule(channels=16, num_blocks=2, growth=8, code_channels=CODE, scale=S, kernel_size=K)
+    sr.model.load_state_dict(ref.sr_model.state_dict())
+    de = DepthModule(channels=16, blocks_per_level=1)
+    de.model.load_state_dict(ref.depth_estimator.net.state_dict())
+    paths = {name: _save_stage(m, tmp_path / f"{name}.ckpt") for name, m in (("ke", ke), ("sr", sr), ("de", de))}
+    cfg = SVKRConfig(dkenet_ckpt=str(paths["ke"]), nbsr_ckpt=str(paths["sr"]), depth="learned",
+                     depth_ckpt=str(paths["de"]), iterations=2, gamma=0.8)
+    svkr = SVKR.from_config(cfg)
+    assert isinstance(svkr.depth_estimator, LearnedDepth) and isinstance(svkr.sr_model, KernelConditionedSR)
+    assert (svkr.iterations, svkr.gamma) == (2, 0.8) and not svkr.training
+    a, b = svkr(batch["lr"]), ref(batch["lr"])
+    for x, y in zip(a.kernels + a.images + a.depths, b.kernels + b.images + b.depths):
+        torch.testing.assert_close(x, y, atol=0, rtol=0)
+    # a present KE but a missing NBSR checkpoint: the error names the NBSR path
+    missing = tmp_path / "no_nbsr" / "best.ckpt"
+    with pytest.raises(FileNotFoundError, match=str(missing)) as err:
+        SVKR.from_config(SVKRConfig(dkenet_ckpt=str(paths["ke"]), nbsr_ckpt=str(missing), depth="gt"))
+    assert "configs/nbsr.yaml" in str(err.value)
+    # stage checkpoints given in the wrong slots are refused, naming the file
+    with pytest.raises(ValueError, match=r"sr\.ckpt.*'nbsr'.*'dkenet'"):
+        SVKR.from_config(SVKRConfig(dkenet_ckpt=str(paths["sr"]), nbsr_ckpt=str(paths["ke"]), depth="gt"))
+
+
 def test_module_test_step_reports_every_iteration(batch: dict[str, torch.Tensor], tmp_path: Path) -> None:
-    module = SVKRModule(iterations=2, gamma=0.9, scale=S, num_figure_samples=2)
+    module = SVKRModule(svkr=SVKRConfig(iterations=2, gamma=0.9), scale=S, num_figure_samples=2)
     module.svkr = _make_svkr(iterations=2)
     module.eval()
     module.on_test_epoch_start()

@@ -1,0 +1,145 @@
+"""`ssr-ablate`: expand an ablation study into cells, train/evaluate what is missing, write the report.
+
+    ssr-ablate ablations/table2.yaml --dry-run            # the plan: cells, stage trainings + hashes, what is done
+    ssr-ablate ablations/table2.yaml                      # run it (tiny CPU defaults), then write the report
+    ssr-ablate ablations/table2.yaml --profile paper      # paper-size settings (GPU, DIV2K)
+    ssr-ablate ablations/table1.yaml --shard 0/3          # this machine's third of the cells (0-based)
+    ssr-ablate ablations/table2.yaml --report-only        # tables/figures from the cell JSONs written so far
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from ssr_lightning.ablate.execute import Executor, Layout
+from ssr_lightning.ablate.plan import Plan, expand, shard_cells
+from ssr_lightning.ablate.runner import CLIRunner
+from ssr_lightning.ablate.study import StudyError, load_study
+
+__all__ = ["format_plan", "main", "parse_shard"]
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"i/n"` → (i, n), 0-based; None for no sharding."""
+    if not text:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard wants i/n (0-based, e.g. 0/2 and 1/2), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
+def _short_args(args: tuple[str, ...], common: tuple[str, ...]) -> str:
+    """Arguments with the study's common overrides (identical for every stage) folded into one token."""
+    n = len(common)
+    if n and args[:n] == common:
+        return " ".join(["[common_overrides]", shlex.join(args[n:])]).strip()
+    return shlex.join(args)
+
+
+def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None) -> str:
+    """Human-readable plan: the stage trainings (hash, status, users) and the cells (status, stages, evaluation)."""
+    study = plan.study
+    cells = shard_cells(plan.cells, shard)
+    needed = {k for c in cells for k in c.stages}
+    head = (f"study {study.name}: {len(plan.cells)} cells = {len(study.rows)} rows x {len(study.datasets)} datasets x "
+            f"{len(study.seeds)} seeds; {len(plan.stages)} distinct stage trainings")
+    lines = [head, f"out: {layout.out}" + (f"   shard {shard[0]}/{shard[1]}: {len(cells)} cells" if shard else "")]
+    lines += [f"WARNING: {p}" for p in plan.problems]
+    lines.append("")
+    lines.append(f"stages ({len(needed)} needed by these cells):")
+    users = {k: sum(k in c.stages for c in plan.cells) for k in plan.stages}
+    for key, run in plan.stages.items():
+        if key not in needed:
+            continue
+        deps = ", ".join(f"{n}-{k[:12]}" for n, k in run.deps) or "-"
+        lines.append(f"  {run.artifact:<28} {layout.stage_status(run):<8} cells={users[key]:<3} deps={deps}")
+        lines.append(f"      fit --config {run.config} {_short_args(run.args, study.common_overrides)}")
+    lines.append("")
+    lines.append("cells:")
+    for cell in cells:
+        stages = " ".join(plan.stages[k].artifact for k in cell.stages) or "(no training)"
+        spec = cell.evaluate
+        how = "+".join(c for c in spec.commands if spec.source == "model" or c == "predict")
+        src = "" if spec.source == "model" else f" source={spec.source}"
+        lines.append(f"  [{layout.cell_status(cell):<6}] {cell.cell_id:<44} stages: {stages}")
+        extra = _short_args(cell.eval_args, study.common_overrides)
+        lines.append(f"      eval: {how} --config {cell.eval_config}{src} ckpt={spec.ckpt or '-'} {extra}")
+    return "\n".join(lines)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="ssr-ablate", description=__doc__, default_env=False)
+    p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
+    p.add_argument("study", type=str, help="study YAML file (schema: ablations/README.md)")
+    p.add_argument("--profile", type=str | None, default=None, help="merge profiles.<NAME> of the study on top (e.g. paper)")
+    p.add_argument("--out", type=str | None, default=None,
+                   help="results folder (default: the study's `out`, ablations/results/<name>)")
+    p.add_argument("--shard", type=str | None, default=None, help="run only cells k with k %% n == i (0-based i/n)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is already done; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the report from existing cell JSONs; run nothing")
+    p.add_argument("--no-report", action="store_true", help="do not write the report after running")
+    p.add_argument("--skip-failed", action="store_true", help="leave cells recorded as failed alone (default: retry)")
+    p.add_argument("--timeout", type=float | None, default=None, help="seconds allowed per ssr command (default: none)")
+    p.add_argument("--workdir", type=str, default=".", help="folder where config paths resolve and ssr runs (default: .)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ssr-ablate` console script; returns 0, or 1 when a cell failed."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.shard = parse_shard(args.shard)
+    except ValueError as err:
+        parser.error(str(err))
+    workdir = Path(args.workdir).resolve()
+    try:
+        study = load_study(args.study, profile=args.profile)
+        plan = expand(study, cwd=workdir)
+    except StudyError as err:
+        print(f"ssr-ablate: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else workdir / study.out
+    layout = Layout(out)
+    if args.dry_run:
+        try:
+            print(format_plan(plan, layout, args.shard))
+        except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    from ssr_lightning.ablate.report import write_report  # matplotlib/tensorboard only when a report is made
+
+    if args.report_only:
+        paths = write_report(plan, layout.out)
+        print("\n".join(f"report: {p}" for p in paths))
+        return 0
+    executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress)
+    records = executor.run(shard_cells(plan.cells, args.shard), retry_failed=not args.skip_failed)
+    failed = [r for r in records if r["status"] != "ok"]
+    for r in failed:
+        print(f"FAILED {r['cell_id']} at {r['error']['stage']}: {r['error']['message']}\n{r['error']['tail'][-1500:]}",
+              file=sys.stderr)
+    if not args.no_report:
+        paths = write_report(plan, layout.out)
+        table = next((Path(p) for p in paths if str(p).endswith(".md")), None)
+        if table is not None and table.is_file():
+            print("\n" + table.read_text())
+        for path in paths:
+            print(f"report: {path}")
+    print(f"{len(records) - len(failed)} cells ok, {len(failed)} failed, "
+          f"{len(shard_cells(plan.cells, args.shard)) - len(records)} already done -> {layout.out / 'cells'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""The diffusion process as a plain object (denoising-diffusion-pytorch's split: network | process | trainer).
+
+:class:`GaussianDiffusion` owns the noise schedule (a diffusers ``DDPMScheduler``), the Eq. 5 training loss and the
+sampling loop. It knows nothing about images, VAEs or Lightning: it works on latents with a ``denoise(z_t, t)``
+callable, so the same loop serves the tiny UNet, a Stable-Diffusion-sized one and tiled denoisers.
+
+Sampling (docs/DESIGN.md §4): DDIM ("trailing" spacing, η = 0, deterministic for a seed) or DDPM; ``strength`` 1 starts
+from pure noise (the paper), ``strength`` < 1 starts at ``t ≈ strength·T`` from a noised reference latent (img2img)
+and runs only the last ``round(strength·steps)`` steps. After every step the ``hooks`` may replace the latent: the
+place for guidance and other per-step corrections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Denoiser", "GaussianDiffusion", "Sampler", "StepHook", "StepState"]
+
+Sampler = Literal["ddim", "ddpm"]
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t, t) -> ε̂
+
+
+@dataclass
+class StepState:
+    """What a step hook sees: step ``index`` of ``num_steps``, its timestep ``t``, the new latent ``latent``
+    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``."""
+
+    index: int
+    num_steps: int
+    t: Tensor
+    latent: Tensor
+    eps: Tensor
+    x0: Tensor | None
+
+
+StepHook = Callable[[StepState], Tensor | None]  # returns a replacement latent, or None to keep it
+
+
+class GaussianDiffusion:
+    """Noise schedule, training loss and sampling loop of ε-prediction latent diffusion.
+
+    Args:
+        num_train_timesteps: Steps of the training schedule.
+        pretrained_path: A local diffusers folder whose ``scheduler/`` config replaces the default schedule.
+
+    The default schedule is Stable Diffusion's (scaled_linear 0.00085–0.012), which suits unit-variance latents.
+    """
+
+    def __init__(self, num_train_timesteps: int = 1000, pretrained_path: str | None = None) -> None:
+        from diffusers import DDPMScheduler
+
+        if pretrained_path is not None and (Path(pretrained_path) / "scheduler").is_dir():
+            self.scheduler = DDPMScheduler.from_pretrained(pretrained_path, subfolder="scheduler",
+                                                           local_files_only=True)
+        else:
+            self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
+                                           beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",
+                                           clip_sample=False)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def add_noise(self, z0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """``√ᾱ_t z0 + √(1 − ᾱ_t) ε``."""
+        return self.scheduler.add_noise(z0, noise, t)
+
+    def noise_and_timesteps(self, z0: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """ε ~ N(0, I) and t ~ U{0..T-1} per sample (from ``generator`` on the CPU when given, else the global RNG)."""
+        b = z0.shape[0]
+        noise = torch.randn(z0.shape, generator=generator).to(z0) if generator is not None else torch.randn_like(z0)
+        t = torch.randint(0, self.num_train_timesteps, (b,), generator=generator).to(z0.device)
+        return noise, t
+
+    def loss(
+        self, denoise: Denoiser, z0: Tensor, features: dict[str, Sequence[Tensor]] | None = None,
+        weights: dict[str, float] | None = None, generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """Eq. 5: ``‖ε − ε_θ(z_t, t)‖² + Σ_i λ_i ‖f_i‖₁`` → ``{"mse", "l1_<name>", "loss"}``.
+
+        ``features`` are the modality features f_i (a list of maps per modality; ``‖f_i‖₁`` = mean |f| over its
+        maps) and ``weights`` their λ_i. ``denoise`` must already close over those features.
+        """
+        noise, t = self.noise_and_timesteps(z0, generator)
+        eps = denoise(self.add_noise(z0, noise, t), t)
+        out = {"mse": F.mse_loss(eps.float(), noise.float())}
+        loss = out["mse"]
+        for name, maps in (features or {}).items():
+            out[f"l1_{name}"] = torch.stack([f.float().abs().mean() for f in maps]).mean()
+            loss = loss + (weights or {}).get(name, 0.0) * out[f"l1_{name}"]
+        out["loss"] = loss
+        return out
+
+    # --- sampling -----------------------------------------------------------------------------------------------
+    def sampling_scheduler(self, sampler: Sampler = "ddim") -> Any:
+        """A fresh scheduler for sampling (DDIM "trailing": the first step starts at t = T − 1, pure noise)."""
+        from diffusers import DDIMScheduler, DDPMScheduler
+
+        if sampler == "ddim":
+            return DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing",
+                                             set_alpha_to_one=False, clip_sample=False)
+        if sampler == "ddpm":
+            return DDPMScheduler.from_config(self.scheduler.config)
+        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+
+    @torch.no_grad()
+    def sample(
+        self, denoise: Denoiser, noise: Tensor, num_steps: int, strength: float = 1.0, reference: Tensor | None = None,
+        sampler: Sampler = "ddim", generator: torch.Generator | None = None, hooks: Sequence[StepHook] = (),
+    ) -> Tensor:
+        """Run the reverse process from ``noise`` (latent-shaped) and return the final latent.
+
+        ``strength < 1`` needs ``reference``: sampling starts from it, noised to the first kept timestep (the
+        high-noise steps, where an ε-model's x0 estimate is least reliable, are skipped).
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        sched = self.sampling_scheduler(sampler)
+        sched.set_timesteps(num_steps, device=noise.device)
+        timesteps = sched.timesteps
+        if strength < 1.0:
+            if reference is None:
+                raise ValueError("sampling with strength < 1 starts from a reference latent: pass reference=")
+            timesteps = timesteps[num_steps - max(1, int(round(num_steps * strength))):]
+            z = sched.add_noise(reference, noise, timesteps[:1].repeat(reference.shape[0]))
+        else:
+            z = noise * sched.init_noise_sigma
+        # DDIM with η = 0 is deterministic; DDPM draws fresh noise per step from the same generator.
+        kw = {"generator": generator} if sampler == "ddpm" else {}
+        for i, t in enumerate(timesteps):
+            eps = denoise(sched.scale_model_input(z, t), t)
+            out = sched.step(eps, t, z, **kw)
+            z = out.prev_sample
+            for hook in hooks:
+                new = hook(StepState(i, len(timesteps), t, z, eps, getattr(out, "pred_original_sample", None)))
+                if new is not None:
+                    z = new
+        return z

@@ -1,0 +1,213 @@
+"""The one checkpoint policy: where a stage's checkpoints live, which one is used, how a ``.ckpt`` becomes a network.
+
+Where: ``ssr fit`` writes ``<root>/<name>/version_N/checkpoints/`` (``root`` = ``runs``, ``name`` = the stage name
+unless ``--name``), holding ``best.ckpt`` (best validation metric), ``last.ckpt`` (refreshed every
+``fit.ckpt_every_n_steps``), ``last.prev.ckpt`` (the ``last.ckpt`` before it) and ``step=N.ckpt`` files.
+
+Which: :func:`find_checkpoint` takes the newest version (highest ``N``) that has the wanted file:
+``best`` (default for inference; falls back to ``last`` when a run has no validation yet), ``last`` (resuming) or
+``newest`` (the most recently written ``.ckpt`` of that version).
+
+How: :func:`read_checkpoint` loads a file with ``weights_only=True`` (never unpickling code) and checks it is a
+checkpoint of the expected stage; :func:`load_model` returns the stage's ready network in eval mode (the EMA weights
+for the diffusion stage). Checkpoints of the first format (before ``ssr_lightning`` 0.2) are upgraded on read
+(:mod:`ssr_lightning.inference.legacy`). Every failure names the file, the stage expected and, for a checkpoint of
+another stage, the stage found.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT", "STAGES", "CheckpointError", "StageInfo", "Which", "build_model", "checkpoint_stage", "find_checkpoint",
+    "load_model", "model_class", "read_checkpoint", "require_file", "resolve_checkpoint",
+]
+
+FORMAT = 2
+Which = Literal["best", "last", "newest"]
+_VERSION = re.compile(r"version_(\d+)$")
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """What a stage is called, the config that trains it and the class of its ready network."""
+
+    label: str
+    config: str
+    model_class: str
+
+    def train_hint(self, name: str) -> str:
+        return f"ssr fit --config {self.config}  (-> runs/{name}/version_N/checkpoints/best.ckpt)"
+
+
+STAGES: dict[str, StageInfo] = {
+    "dkenet": StageInfo("DKENet (KE)", "configs/dkenet.yaml", "DKENet"),
+    "nbsr": StageInfo("NBSR", "configs/nbsr.yaml", "KernelConditionedSR"),
+    "depth": StageInfo("depth network (DE)", "configs/depth.yaml", "DepthNet"),
+    "vae": StageInfo("VAE", "configs/vae.yaml", "VAELatents"),
+    "ssrdiffusion": StageInfo("SSR diffusion", "configs/ssr.yaml", "LatentDiffusionSR"),
+}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint of the expected stage (corrupt, not a checkpoint, wrong stage)."""
+
+
+def _label(stage: str | None) -> str:
+    return STAGES[stage].label if stage in STAGES else (stage or "an ssr_lightning")
+
+
+# --- where and which ----------------------------------------------------------------------------------------------
+def _versions(run_dir: Path) -> list[Path]:
+    """``version_N`` folders of a run, newest (highest N) first."""
+    found = [(int(m.group(1)), p) for p in run_dir.glob("version_*") if (m := _VERSION.search(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def _pick(ckpt_dir: Path, which: Which) -> Path | None:
+    if which == "newest":
+        files = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        return files[-1] if files else None
+    names = ("best.ckpt", "last.ckpt") if which == "best" else ("last.ckpt",)
+    return next((ckpt_dir / n for n in names if (ckpt_dir / n).is_file()), None)
+
+
+def find_checkpoint(name: str, root: str | os.PathLike[str] = "runs", which: Which = "best") -> Path | None:
+    """The ``which`` checkpoint of the newest version of run ``<root>/<name>`` that has one, else None."""
+    for version in _versions(Path(root) / name):
+        found = _pick(version / "checkpoints", which)
+        if found is not None:
+            return found
+    return None
+
+
+def resolve_checkpoint(path: str | os.PathLike[str] | None, stage: str, which: Which = "best",
+                       root: str | os.PathLike[str] = "runs") -> Path:
+    """A checkpoint file from a file path, a run/version folder, or (``path=None``) the stage's default run.
+
+    Raises ``FileNotFoundError`` naming what was looked for and the command that makes it.
+    """
+    info = STAGES.get(stage)
+    hint = info.train_hint(stage) if info else f"ssr fit ... (stage {stage})"
+    if path is None:
+        found = find_checkpoint(stage, root, which)
+        if found is None:
+            raise FileNotFoundError(f"no {_label(stage)} checkpoint under {Path(root) / stage}/version_*/checkpoints: "
+                                    f"train it first ({hint}) or pass the path of a .ckpt")
+        return found
+    p = Path(path)
+    if p.is_dir():
+        ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        found = _pick(ckpt_dir, which) or find_checkpoint("", p, which)
+        if found is None:
+            raise FileNotFoundError(f"{p} holds no {which} {_label(stage)} checkpoint (looked for {which}.ckpt in "
+                                    f"{ckpt_dir} and in version_*/checkpoints); pass a .ckpt file")
+        return found
+    return require_file(p, stage)
+
+
+def require_file(path: str | os.PathLike[str] | None, stage: str) -> Path:
+    """``Path(path)`` if it is a file, else ``FileNotFoundError`` naming it and the command that makes it."""
+    info = STAGES.get(stage)
+    if path is None or not Path(path).is_file():
+        hint = info.train_hint(stage) if info else "ssr fit ..."
+        raise FileNotFoundError(f"{_label(stage)} checkpoint not found: {path}. Train that stage first ({hint}), "
+                                "or pass the path of an existing best.ckpt/last.ckpt.")
+    return Path(path)
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+def checkpoint_stage(ckpt: dict[str, Any]) -> str | None:
+    """The stage a (format-2) checkpoint dict belongs to."""
+    meta = ckpt.get("ssr")
+    return meta.get("stage") if isinstance(meta, dict) else None
+
+
+def read_checkpoint(path: str | os.PathLike[str], stage: str | None = None,
+                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``, upgraded to the current format, of stage ``stage``."""
+    from ssr_lightning.inference.legacy import upgrade
+
+    p = require_file(path, stage or "checkpoint")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{p}: refused to load: it holds Python objects that only code execution could rebuild "
+            f"({str(err).splitlines()[0][:160]}). Only checkpoints written by `ssr fit` are accepted; expected "
+            f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint."
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise CheckpointError(
+            f"{p}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); the file is "
+            f"truncated or corrupt. Expected {'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint: use "
+            "the run's last.prev.ckpt or best.ckpt, or retrain."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict); expected "
+                              f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint written by `ssr fit`")
+    ckpt = upgrade(ckpt, p)
+    found = checkpoint_stage(ckpt)
+    if stage is not None and found != stage:
+        raise CheckpointError(f"{p} is a checkpoint of stage '{found or 'unknown'}' ({_label(found)}), but a "
+                              f"'{stage}' ({_label(stage)}) checkpoint is expected here: pass the {_label(stage)} "
+                              "checkpoint")
+    return ckpt
+
+
+def model_class(name: str) -> type[nn.Module]:
+    """The network class a checkpoint's ``ssr.model_class`` names (imported lazily)."""
+    if name == "DKENet":
+        from ssr_lightning.networks.dkenet import DKENet as cls
+    elif name == "KernelConditionedSR":
+        from ssr_lightning.networks.nbsr import KernelConditionedSR as cls
+    elif name == "DepthNet":
+        from ssr_lightning.networks.depthnet import DepthNet as cls
+    elif name == "VAELatents":
+        from ssr_lightning.diffusion.autoencoder import VAELatents as cls
+    elif name == "LatentDiffusionSR":
+        from ssr_lightning.diffusion.model import LatentDiffusionSR as cls
+    else:
+        raise CheckpointError(f"unknown model class {name!r} in checkpoint")
+    return cls
+
+
+def build_model(ckpt: dict[str, Any], ema: bool = True) -> nn.Module:
+    """Rebuild the network of a (format-2) checkpoint dict and load its weights (EMA ones if present and ``ema``)."""
+    meta = ckpt["ssr"]
+    model = model_class(meta["model_class"]).from_config(dict(meta["model_config"]))
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    # A frozen pretrained backbone is not saved in the checkpoint: it comes from its pretrained_path.
+    strict = not meta["model_config"].get("pretrained_path")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or (strict and missing):
+        raise CheckpointError(f"checkpoint weights do not match {meta['model_class']}: missing {missing[:4]} "
+                              f"({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")
+    shadow = (ckpt.get("ema") or {}).get("shadow") if ema else None
+    if shadow:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in shadow.items():
+                params[name].copy_(value)
+    return model
+
+
+def load_model(path: str | os.PathLike[str], stage: str, map_location: str | torch.device = "cpu",
+               ema: bool = True) -> nn.Module:
+    """The ready network (eval mode, no gradients) of a stage checkpoint: see :data:`STAGES` for the classes."""
+    ckpt = read_checkpoint(path, stage, map_location)
+    try:
+        model = build_model(ckpt, ema)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,198 @@
+"""What every stage's LightningModule shares: the fit arguments, the LR schedule, checkpoints, image grids, test reports.
+
+A stage module is thin (lightning-hydra-template style): it holds its ready network as ``self.model`` (a
+Lightning-free object from ``networks/`` or ``diffusion/``) and adds the optimiser, schedule, losses and logging.
+Its checkpoints carry an ``ssr`` block (stage, model class, model config) so that
+``ssr_lightning.inference.load_model`` rebuilds the network without this class (docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from ssr_lightning.inference.checkpoints import FORMAT
+from ssr_lightning.inference.legacy import upgrade
+
+__all__ = ["FitConfig", "StageModule", "as_config"]
+
+C = TypeVar("C")
+
+
+@dataclass
+class FitConfig:
+    """Training arguments every stage shares: Adam, linear warm-up then cosine decay, checkpoints, logged images."""
+
+    learning_rate: float = 2e-4
+    """Adam learning rate after warm-up."""
+    min_learning_rate: float = 1e-6
+    """Floor of the cosine schedule."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
+    ckpt_every_n_steps: int = 100
+    """How often last.ckpt is refreshed during training (the one before it is kept as last.prev.ckpt)."""
+    num_log_images: int = 4
+    """Samples shown in the TensorBoard grids at each validation."""
+
+
+def as_config(cls: type[C], value: Any) -> C:
+    """``value`` as a ``cls`` dataclass: an instance passes, a mapping (checkpoint hparams) is converted."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return cls(**dict(value))
+    if value is None:
+        return cls()
+    if dataclasses.is_dataclass(value):
+        return cls(**dataclasses.asdict(value))
+    return cls(**vars(value))
+
+
+def _plain(value: Any) -> Any:
+    """Hyper-parameter values as plain data (dataclasses → dicts), so checkpoints load with weights_only=True."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class StageModule(LightningModule):
+    """Base class of the stage modules.
+
+    Subclasses set ``stage`` (the checkpoint's stage name), ``monitor``/``monitor_mode`` (the validation metric
+    that picks ``best.ckpt``) and ``self.model``; they call :meth:`save_stage_hparams` first in ``__init__``, call
+    ``self.record_test(metrics_per_sample, names)`` from ``test_step`` and may use :meth:`log_grid`.
+    """
+
+    stage: str = "stage"
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+    fit_args: FitConfig
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._test_rows: list[dict[str, Any]] = []
+        self.fit_args = FitConfig()
+
+    def save_stage_hparams(self) -> None:
+        """``save_hyperparameters`` of the subclass's ``__init__`` arguments, with argument groups as plain dicts."""
+        frame = inspect.currentframe()
+        assert frame is not None and frame.f_back is not None
+        self.save_hyperparameters(frame=frame.f_back)
+        for key in list(self.hparams):
+            self.hparams[key] = _plain(self.hparams[key])
+        if "fit" in self.hparams:
+            self.fit_args = as_config(FitConfig, self.hparams["fit"])
+
+    # --- optimisation -------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        f = self.fit_args
+        opt = torch.optim.Adam(params, lr=f.learning_rate)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, base, floor = f.warmup_steps, f.learning_rate, f.min_learning_rate
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return (floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * t))) / base
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[Callback]:
+        # One callback keeps `last.ckpt` fresh during training (so a killed run loses at most N steps),
+        # the other keeps the best checkpoint by the stage's validation metric.
+        periodic = ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=0,
+                                   every_n_train_steps=self.fit_args.ckpt_every_n_steps)
+        best = ModelCheckpoint(
+            filename="best", monitor=self.monitor, mode=self.monitor_mode, save_top_k=1, auto_insert_metric_name=False
+        )
+        callbacks: list[Callback] = [periodic, best]
+        if self.logger is not None:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return callbacks
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    def model_config(self) -> dict[str, Any]:
+        """The plain config that rebuilds ``self.model`` (its diffusers ``register_to_config`` arguments)."""
+        return json.loads(json.dumps({k: v for k, v in self.model.config.items() if not k.startswith("_")}))
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """The ``ssr`` block of this stage's checkpoints (subclasses may add entries)."""
+        return {"format": FORMAT, "stage": self.stage, "model_class": type(self.model).__name__,
+                "model_config": self.model_config()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ssr"] = self.checkpoint_metadata()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming a checkpoint of the first format: rename its weights in place before Lightning loads them.
+        upgraded = upgrade(checkpoint)
+        checkpoint["state_dict"] = upgraded["state_dict"]
+        if "ema" in upgraded:
+            checkpoint["ema"] = upgraded["ema"]
+
+    # --- TensorBoard images -------------------------------------------------------------------------------------
+    def log_grid(self, tag: str, columns: list[Tensor], max_rows: int = 4) -> None:
+        """Log one image: rows are samples, columns the given `(B, 3, h, w)` tensors (resized to the largest)."""
+        logger = self.logger
+        if not isinstance(logger, TensorBoardLogger) or self.trainer.sanity_checking:
+            return
+        rows = min(max_rows, columns[0].shape[0])
+        height = max(c.shape[-2] for c in columns)
+        width = max(c.shape[-1] for c in columns)
+        tiles = []
+        for r in range(rows):
+            for col in columns:
+                img = col[r : r + 1].detach().float().clamp(0, 1)
+                if img.shape[1] == 1:
+                    img = img.expand(-1, 3, -1, -1)
+                img = torch.nn.functional.interpolate(img, size=(height, width), mode="nearest")
+                tiles.append(img[0].cpu())
+        grid = make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
+        logger.experiment.add_image(tag, grid, global_step=self.global_step)
+
+    # --- test reports -------------------------------------------------------------------------------------------
+    def record_test(self, metrics: dict[str, Tensor], names: list[str] | None = None) -> None:
+        """Keep per-sample test metrics; `on_test_epoch_end` logs their means and writes `test_metrics.json`."""
+        batch = next(iter(metrics.values())).shape[0]
+        for i in range(batch):
+            row = {k: float(v[i]) for k, v in metrics.items()}
+            if names is not None:
+                row["name"] = names[i]
+            self._test_rows.append(row)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        if not self._test_rows:
+            return
+        keys = [k for k in self._test_rows[0] if k != "name"]
+        summary = {k: sum(r[k] for r in self._test_rows) / len(self._test_rows) for k in keys}
+        for k, v in summary.items():
+            self.log(f"test/{k}", v, sync_dist=True)
+        out_dir = Path(self.trainer.log_dir or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = {"summary": summary, "num_samples": len(self._test_rows), "per_sample": self._test_rows,
+                  "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, type(None)))}}
+        path = out_dir / "test_metrics.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, path)
+        self.print(f"test metrics -> {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))

@@ -1,0 +1,280 @@
+"""SSRDiffusionModule: trains the AMF-conditioned latent diffusion stage of SSR (paper §3.3, docs/DESIGN.md §4).
+
+A thin LightningModule around :class:`~ssr_lightning.diffusion.LatentDiffusionSR` (latent space + AMF UNet + the
+diffusion process): it builds the model from its argument groups, picks the conditions (the batch's GT maps, or a
+frozen SVKR), runs Eq. 5 (``model.loss``), keeps an EMA of the trainable weights (diffusers' ``EMAModel``), and
+samples with the EMA weights for validation, test and predict (``model.super_resolve``).
+
+Backbone: a tiny ``UNet2DModel`` + the VAE of a ``VAEModule`` checkpoint (``backbone.vae_ckpt``), or a local
+pretrained diffusers folder (``backbone.pretrained_path``), frozen when ``backbone.freeze_backbone`` so only encoders +
+AMF (+ the null text token, + conv_in with ``concat_lr``) train; frozen pretrained weights are then left out of the
+checkpoints (they are reloaded from ``pretrained_path``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from diffusers.training_utils import EMAModel
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from ssr_lightning.diffusion.config import BackboneConfig, LossConfig, ModalityConfig, SamplingConfig
+from ssr_lightning.diffusion.model import LatentDiffusionSR
+from ssr_lightning.inference.checkpoints import read_checkpoint, resolve_checkpoint
+from ssr_lightning.inference.svkr import SVKR, SVKRConfig
+from ssr_lightning.metrics import psnr, psnr_y, ssim_y
+from ssr_lightning.modules.base import FitConfig, StageModule, as_config
+from ssr_lightning.visualize import heatmap, kernel_spread
+
+__all__ = ["ConditionConfig", "SSRDiffusionModule"]
+
+
+@dataclass
+class ConditionConfig(SVKRConfig):
+    """Where D_T and K_T come from: the batch's ground truth, or a frozen SVKR over trained stages."""
+
+    source: Literal["gt", "svkr"] = "gt"
+    """gt: the batch's GT depth and kernel field; svkr: SVKR's estimates (its checkpoints, T and γ below)."""
+
+
+class SSRDiffusionModule(StageModule):
+    """AMF-conditioned latent diffusion SR (see the module doc); ``self(lr, depth, kernel)`` super-resolves."""
+
+    stage = "ssrdiffusion"
+    monitor = "val/psnr_y"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 (argument groups are never mutated)
+        modalities: ModalityConfig = ModalityConfig(),  # noqa: B008
+        conditions: ConditionConfig = ConditionConfig(),  # noqa: B008
+        sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
+        loss: LossConfig = LossConfig(),  # noqa: B008
+        vae_arch: dict[str, Any] | None = None,
+        scale: int = 4,
+        fit: FitConfig = FitConfig(warmup_steps=100, ckpt_every_n_steps=200),  # noqa: B008
+    ) -> None:
+        """
+        Args:
+            backbone: The UNet, the autoencoder and the noise schedule.
+            modalities: Which conditions reach the UNet and how AMF fuses them (Table 2's switches).
+            conditions: Where D_T, K_T come from (GT maps or SVKR over trained stages).
+            sampling: Sampler, steps, start strength and seed of validation/test/predict samples.
+            loss: Eq. 5's λ weights and the EMA decay.
+            vae_arch: Filled automatically from backbone.vae_ckpt (so a diffusion checkpoint rebuilds its VAE without
+                that file); set by hand only to build an untrained tiny VAE (tests).
+            scale: SR factor (linked to data.scale).
+            fit: Optimiser, schedule, checkpoint interval and logged images.
+        """
+        super().__init__()
+        self.save_stage_hparams()
+        bb, mod = as_config(BackboneConfig, backbone), as_config(ModalityConfig, modalities)
+        self.conditions_cfg = as_config(ConditionConfig, conditions)
+        self.sampling_cfg, self.loss_cfg = as_config(SamplingConfig, sampling), as_config(LossConfig, loss)
+        if self.conditions_cfg.source not in ("gt", "svkr"):
+            raise ValueError(f"model.init_args.conditions.source must be 'gt' or 'svkr', got "
+                             f"{self.conditions_cfg.source!r}")
+        vae_state = None
+        if bb.pretrained_path is None and vae_arch is None:
+            vae_ckpt = read_checkpoint(resolve_checkpoint(bb.vae_ckpt, "vae"), "vae")
+            vae_arch = dict(vae_ckpt["ssr"]["model_config"])
+            vae_state = {k[len("model."):]: v for k, v in vae_ckpt["state_dict"].items() if k.startswith("model.")}
+        self.hparams["vae_arch"] = vae_arch  # recorded so the checkpoint alone rebuilds the VAE
+        unet = {"block_out_channels": list(bb.block_out_channels), "down_block_types": list(bb.down_block_types),
+                "up_block_types": list(bb.up_block_types), "layers_per_block": bb.layers_per_block,
+                **{k: v for k, v in dataclasses.asdict(mod).items()}, "map_out": mod.map_width}
+        self.model = LatentDiffusionSR(
+            autoencoder_config=vae_arch, unet_config=unet, pretrained_path=bb.pretrained_path,
+            num_train_timesteps=bb.num_train_timesteps, scale=scale, sampler=self.sampling_cfg.sampler,
+            num_inference_steps=self.sampling_cfg.num_inference_steps,
+            sample_strength=self.sampling_cfg.sample_strength,
+        )
+        if vae_state is not None:
+            self.model.latents.load_state_dict(vae_state)
+        self.model.latents.requires_grad_(False).eval()
+        self.frozen_backbone = bb.freeze_backbone and bb.pretrained_path is not None
+        if self.frozen_backbone:
+            self.model.unet.backbone.requires_grad_(False)
+            if mod.concat_lr:  # the zero-initialised LR input channels must learn
+                self.model.unet.backbone.conv_in.requires_grad_(True)
+            # Frozen pretrained weights are dropped from checkpoints (on_save_checkpoint), so load non-strictly.
+            self.strict_loading = False
+        if bb.gradient_checkpointing:
+            self.model.unet.backbone.enable_gradient_checkpointing()
+        self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.ema = (EMAModel([p for _, p in self._trainable()], decay=self.loss_cfg.ema_decay)
+                    if self.loss_cfg.ema_decay > 0 else None)
+        self._svkr: list[SVKR] = []  # a list keeps the frozen SVKR out of parameters and state_dict
+
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        params = dict(self.model.named_parameters())
+        return [(n, params[n]) for n in self._ema_names]
+
+    # --- conditions ---------------------------------------------------------------------------------------------
+    def _svkr_config(self) -> SVKRConfig:
+        c = self.conditions_cfg
+        return SVKRConfig(**{f.name: getattr(c, f.name) for f in dataclasses.fields(SVKRConfig)})
+
+    def svkr(self) -> SVKR:
+        """The frozen SVKR of ``conditions.source="svkr"`` (built on first use)."""
+        if not self._svkr:
+            c = self.conditions_cfg
+            svkr = SVKR.from_config(self._svkr_config())
+            self._svkr.append(svkr.eval().requires_grad_(False))
+            rank_zero_info(f"diffusion conditions on SVKR estimates (T={svkr.iterations}, γ={svkr.gamma}; "
+                           f"{c.dkenet_ckpt}, {c.nbsr_ckpt})")
+        return self._svkr[0].to(self.device)
+
+    def conditions(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
+        """(D_T, K_T) on the LR grid for the enabled modalities (None for a modality that is off)."""
+        uses = self.model.uses
+        if not (uses["depth"] or uses["kernel"]):
+            return None, None
+        if self.conditions_cfg.source == "svkr":
+            with torch.no_grad():
+                gt = batch.get("depth") if self.conditions_cfg.depth == "gt" else None  # oracle DE, learned KE
+                depth, kernel, _ = self.svkr()(batch["lr"], gt_depth=gt).final
+        else:
+            if uses["kernel"] and "kernel" not in batch:
+                raise ValueError("conditions.source='gt' needs GT kernel fields (HR data sets); use 'svkr' for "
+                                 "paired data")
+            depth, kernel = batch.get("depth_lr"), batch.get("kernel")
+        return (depth if uses["depth"] else None), (kernel if uses["kernel"] else None)
+
+    # --- training -----------------------------------------------------------------------------------------------
+    def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Eq. 5 terms of a batch: ``mse``, ``l1_<modality>``, ``loss``."""
+        depth, kernel = self.conditions(batch)
+        return self.model.loss(batch["hr"], batch["lr"], depth, kernel, self.loss_cfg.weights(), generator)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        terms = self.diffusion_loss(batch)
+        bs = batch["hr"].shape[0]
+        for k, v in terms.items():
+            self.log(f"train/{k}", v, prog_bar=k == "loss", batch_size=bs)
+        return terms["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.step([p for _, p in self._trainable()])
+
+    def on_fit_start(self) -> None:
+        if self.ema is not None:
+            self.ema.to(self.device)
+        m = self.model
+        total = sum(p.numel() for p in self.parameters())
+        train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        parts = {"unet.backbone": m.unet.backbone, "encoders": m.unet.encoders, "amf": m.unet.amf, "vae": m.latents}
+        detail = ", ".join(f"{k} {sum(p.numel() for p in mod.parameters()):,}" for k, mod in parts.items())
+        rank_zero_info(f"SSRDiffusionModule: {train:,} trainable of {total:,} parameters ({detail}); "
+                       f"modalities {m.unet.enabled or 'none'}, concat_lr={self.hparams.modalities['concat_lr']}")
+
+    # --- sampling -----------------------------------------------------------------------------------------------
+    def sample(self, lr: Tensor, depth: Tensor | None, kernel: Tensor | None, seed: int) -> Tensor:
+        """``model.super_resolve`` with this stage's sampling settings and a seeded CPU generator."""
+        return self.model.super_resolve(lr, depth, kernel, torch.Generator().manual_seed(seed))
+
+    def forward(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+        return self.model.super_resolve(lr, depth, kernel, generator)
+
+    # --- EMA weights for evaluation -----------------------------------------------------------------------------
+    def _use_ema(self) -> None:
+        if self.ema is not None and self.ema.optimization_step > 0:
+            params = [p for _, p in self._trainable()]
+            self.ema.store(params)
+            self.ema.copy_to(params)
+
+    def _restore(self) -> None:
+        if self.ema is not None and self.ema.temp_stored_params is not None:
+            self.ema.restore([p for _, p in self._trainable()])
+            self.ema.temp_stored_params = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._use_ema()
+
+    def on_validation_epoch_end(self) -> None:
+        self._restore()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        bs = batch["hr"].shape[0]
+        seed = self.sampling_cfg.seed
+        self.log("val/loss", self.diffusion_loss(batch, torch.Generator().manual_seed(seed + batch_idx))["mse"],
+                 batch_size=bs, sync_dist=True)
+        if batch_idx != 0 or self.sampling_cfg.num_val_samples <= 0:
+            return
+        n = min(self.sampling_cfg.num_val_samples, bs)
+        sub = {k: (v[:n] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == bs else v) for k, v in batch.items()}
+        depth, kernel = self.conditions(sub)
+        sr = self.sample(sub["lr"], depth, kernel, seed)
+        hr, s = sub["hr"], self.hparams.scale
+        self.log("val/psnr_y", psnr_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
+        self.log("val/ssim_y", ssim_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
+        cols = [sub["lr"], sr, hr]
+        d = depth if depth is not None else sub.get("depth_lr")
+        k = kernel if kernel is not None else sub.get("kernel")
+        if d is not None:
+            cols.append(heatmap(d, cmap="viridis", vmin=0.0, vmax=1.0))
+        if k is not None:
+            cols.append(heatmap(kernel_spread(k), cmap="magma"))
+        self.log_grid("val/lr|sr|hr|depth|kernel_spread", cols, max_rows=self.fit_args.num_log_images)
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._use_ema()
+
+    def on_test_epoch_end(self) -> None:
+        self._restore()
+        super().on_test_epoch_end()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        depth, kernel = self.conditions(batch)
+        sr = self.sample(batch["lr"], depth, kernel, self.sampling_cfg.seed + batch_idx)
+        hr, s = batch["hr"], self.hparams.scale
+        self.record_test({"psnr_y": psnr_y(sr, hr, crop_border=s), "ssim_y": ssim_y(sr, hr, crop_border=s),
+                          "psnr": psnr(sr, hr, crop_border=s)}, batch.get("name"))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        depth, kernel = self.conditions(batch)
+        return self.sample(batch["lr"], depth, kernel, self.sampling_cfg.seed + batch_idx)
+
+    def on_predict_start(self) -> None:
+        self._use_ema()
+
+    def on_predict_end(self) -> None:
+        self._restore()
+
+    # --- checkpoints --------------------------------------------------------------------------------------------
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        meta = super().checkpoint_metadata()
+        meta["svkr"] = dataclasses.asdict(self._svkr_config()) if self.conditions_cfg.source == "svkr" else {}
+        return meta
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.ema is not None:
+            state = self.ema.state_dict()
+            shadow = state.pop("shadow_params")
+            # Keyed by parameter name (not position), so inference applies them without rebuilding the optimiser.
+            checkpoint["ema"] = {**state, "shadow": {n: t.detach().cpu() for n, t in zip(self._ema_names, shadow,
+                                                                                         strict=True)}}
+        if self.frozen_backbone:
+            # Frozen pretrained weights are reloaded from pretrained_path; saving them would cost GBs per file.
+            keep = {f"model.{n}" for n in self._ema_names}
+            state_dict = checkpoint["state_dict"]
+            for key in [k for k in state_dict if k.startswith(("model.latents.", "model.unet.backbone."))
+                        and k not in keep]:
+                del state_dict[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("ema")
+        if self.ema is not None and saved and saved.get("shadow"):
+            state = {k: v for k, v in saved.items() if k != "shadow"}
+            state["shadow_params"] = [saved["shadow"][n].to(self.device) for n in self._ema_names]
+            self.ema.load_state_dict({**self.ema.state_dict(), **state})

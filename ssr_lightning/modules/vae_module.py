@@ -1,0 +1,126 @@
+"""VAEModule: trains the latent space of SSR's diffusion stage (paper §3.3, docs/DESIGN.md §4).
+
+Trains a tiny diffusers ``AutoencoderKL`` on HR patches (``ssr fit --config configs/vae.yaml``; loss L1 + a small KL,
+the Stable Diffusion recipe without the perceptual/GAN terms), or wraps/fine-tunes a pretrained one from a local
+folder. ``self.model`` is a :class:`~ssr_lightning.diffusion.VAELatents`; after each validation its ``scale`` is set
+to ``1 / std`` of the posterior means over the validation split, so the diffusion stage sees unit-variance latents
+(a pretrained VAE keeps its config's ``scaling_factor``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssr_lightning.diffusion.autoencoder import VAELatents
+from ssr_lightning.metrics import psnr, psnr_y, ssim_y
+from ssr_lightning.modules.base import FitConfig, StageModule
+
+__all__ = ["VAEModule"]
+
+
+class VAEModule(StageModule):
+    """Train (or wrap) the AutoencoderKL whose latents the SSR diffusion stage denoises.
+
+    Validation/test: reconstruction (posterior mean → decode) PSNR on RGB and Y, SSIM-Y, on HR val/test crops.
+    """
+
+    stage = "vae"
+    monitor = "val/psnr"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        block_out_channels: tuple[int, ...] = (32, 64, 64),
+        layers_per_block: int = 1,
+        latent_channels: int = 4,
+        mid_attention: bool = False,
+        pretrained_path: str | None = None,
+        kl_weight: float = 1e-6,
+        scale: int = 4,
+        fit: FitConfig = FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50),  # noqa: B008
+    ) -> None:
+        """
+        Args:
+            block_out_channels: Encoder/decoder widths; the latent is ``2**(len-1)`` times smaller than the image.
+            layers_per_block: ResNets per VAE block.
+            latent_channels: Latent channels (4 as in SD).
+            mid_attention: Self-attention in the VAE mid blocks (off: pure conv, cheaper, tile-invariant).
+            pretrained_path: Local diffusers folder with ``vae/``; replaces the tiny VAE (then ``fit`` fine-tunes).
+            kl_weight: Weight of the KL term, per image pixel (SD: 1e-6).
+            scale: SR factor (linked to data.scale; unused by the VAE, recorded for the diffusion stage).
+            fit: Optimiser, schedule, checkpoint interval and logged images.
+        """
+        super().__init__()
+        self.save_stage_hparams()
+        self.model = VAELatents(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+                                latent_channels=latent_channels, mid_attention=mid_attention,
+                                pretrained_path=pretrained_path)
+        self._std_sum: list[Tensor] = []
+
+    @property
+    def vae(self) -> Any:
+        """The diffusers ``AutoencoderKL``."""
+        return self.model.vae
+
+    def forward(self, img: Tensor) -> Tensor:
+        """Reconstruction of ``img`` through the posterior mean."""
+        return self.model(img)
+
+    # --- steps --------------------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        x = batch["hr"] * 2.0 - 1.0
+        dist = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(dist.sample()).sample
+        l1 = F.l1_loss(rec, x)
+        # diffusers' kl() sums over the latent; per image pixel it weighs like SD's (summed rec loss, 1e-6 KL).
+        kl = dist.kl().mean() / x[0].numel()
+        loss = l1 + self.hparams.kl_weight * kl
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/l1", l1, batch_size=bs)
+        self.log("train/kl", kl, batch_size=bs)
+        return loss
+
+    def _evaluate(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        hr = batch["hr"]
+        dist = self.vae.encode(hr * 2.0 - 1.0).latent_dist
+        z = dist.mode()
+        rec = ((self.vae.decode(z).sample + 1.0) / 2.0).clamp(0, 1)
+        s = self.hparams.scale
+        metrics = {"psnr": psnr(rec, hr, crop_border=s), "psnr_y": psnr_y(rec, hr, crop_border=s),
+                   "ssim_y": ssim_y(rec, hr, crop_border=s)}
+        return rec, z, metrics
+
+    def on_validation_epoch_start(self) -> None:
+        self._std_sum = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        rec, z, metrics = self._evaluate(batch)
+        bs = rec.shape[0]
+        for key, val in metrics.items():
+            self.log(f"val/{key}", val.mean(), prog_bar=key == "psnr", batch_size=bs, sync_dist=True)
+        self.log("val/loss", F.l1_loss(rec, batch["hr"]), batch_size=bs, sync_dist=True)
+        self._std_sum.append(torch.stack([z.float().pow(2).sum(), z.float().sum(), torch.tensor(z.numel())]))
+        if batch_idx == 0:
+            n = self.fit_args.num_log_images
+            self.log_grid("val/hr|rec", [batch["hr"][:n], rec[:n]], max_rows=n)
+
+    def on_validation_epoch_end(self) -> None:
+        # The latent std over the whole val split; only a trained (not pretrained) VAE records its own scale.
+        if self._std_sum and self.hparams.pretrained_path is None and not self.trainer.sanity_checking:
+            sq, s, n = torch.stack([t.cpu() for t in self._std_sum]).sum(0)
+            std = float((sq / n - (s / n) ** 2).clamp_min(1e-12).sqrt())
+            # float32 first: the scale is 1 / (the std as stored), as the previous format computed it
+            self.model.scale.fill_(1.0 / float(torch.tensor(std, dtype=torch.float32)))
+            self.log("val/latent_std", std)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, _, metrics = self._evaluate(batch)
+        self.record_test(metrics, batch.get("name"))
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        return self(batch["hr"]).clamp(0, 1)

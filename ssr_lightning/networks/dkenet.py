@@ -1,0 +1,224 @@
+"""DKENet: the Depth-Informed Kernel Estimate Network (paper §3.2, docs/DESIGN.md §3).
+
+Two branches on the LR grid:
+
+- LR branch: conv3x3 -> DABlock -> down (stride-2 conv) -> DABlock -> up (resize + conv, + U skip) -> DABlock
+  -> conv -> Softmax over the k*k kernel channels -> optional upscale layer (nearest, to the HR grid).
+- Depth branch (``use_depth=True``): the same U-shaped extractor built from plain residual conv blocks; its
+  features at each stage's resolution modulate every DABlock of that stage through SFT.
+
+Output: a kernel field ``(B, k*k, h, w)``, one non-negative kernel summing to 1 per LR pixel, laid out as in
+docs/ARCHITECTURE.md (channel ``dy*k + dx``). ``use_depth=False`` is the MANet-like "no DI-Kernel" baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import DABlock
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+__all__ = ["DKENet"]
+
+# Initial kernel: the softmax of the final conv's bias is a centred isotropic Gaussian of this std (HR px),
+# mid-range of the training kernels (σ in [0.6, 5]), so training starts from a plausible blur rather than
+# from the uniform 1/441 box a zero-initialised head would give.
+_INIT_SIGMA = 2.0
+# Scale on the final conv's default weights: keeps the initial field close to that Gaussian but not constant.
+_INIT_WEIGHT_GAIN = 0.1
+
+
+class _ResBlock(nn.Module):
+    """Plain residual block ``x + conv(ReLU(conv(x)))`` for the depth branch."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(ch, ch, 3, padding=1)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class _Up(nn.Module):
+    """Upsample to an exact size (bilinear) then conv3x3; exact size handles odd h/w after the stride-2 down."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self.conv(F.interpolate(x, size=size, mode="bilinear", align_corners=False))
+
+
+class _DepthEncoder(nn.Module):
+    """Depth feature extractor with the LR branch's U shape; returns features for the three stages."""
+
+    def __init__(self, depth_channels: int, ch: int, blocks_per_stage: int) -> None:
+        super().__init__()
+        self.head = nn.Conv2d(depth_channels, ch, 3, padding=1)
+        self.stage1 = nn.Sequential(*[_ResBlock(ch) for _ in range(blocks_per_stage)])
+        self.down = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.stage2 = nn.Sequential(*[_ResBlock(ch) for _ in range(blocks_per_stage)])
+        self.up = _Up(ch)
+        self.stage3 = nn.Sequential(*[_ResBlock(ch) for _ in range(blocks_per_stage)])
+
+    def forward(self, depth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        d1 = self.stage1(self.head(depth))
+        d2 = self.stage2(self.down(d1))
+        d3 = self.stage3(self.up(d2, d1.shape[-2:]) + d1)
+        return d1, d2, d3
+
+
+class DKENet(ModelMixin, ConfigMixin):
+    """Depth-Informed Kernel Estimate Network: LR image (+ depth) -> per-pixel blur kernel field."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        depth_channels: int = 1,
+        channels: int = 64,
+        kernel_size: int = 21,
+        scale: int = 4,
+        use_depth: bool = True,
+        blocks_per_stage: int = 1,
+        global_context: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
+        if scale < 1:
+            raise ValueError(f"scale must be >= 1, got {scale}")
+        if channels < 2:
+            raise ValueError(f"channels must be >= 2 (MAConv splits them in two), got {channels}")
+        if blocks_per_stage < 1:
+            raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
+        self.in_channels, self.depth_channels = in_channels, depth_channels
+        self.kernel_size, self.scale, self.use_depth = kernel_size, scale, use_depth
+
+        # A one-channel depth map needs less width than the RGB trunk; half keeps the depth branch + SFT from
+        # dwarfing the MAConv trunk (and the with/without-depth ablation closer in size).
+        self.depth_features = max(channels // 2, 4)
+        cond_ch = self.depth_features if use_depth else None
+        self.depth_encoder = _DepthEncoder(depth_channels, self.depth_features, blocks_per_stage) if use_depth else None
+
+        self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.stage1 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
+        self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.stage2 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
+        # Image-level context at the bottleneck: most of the kernel error is the per-image blur level (focus,
+        # aperture, optics), which a purely local receptive field cannot pool; see docs/EXPERIMENTS.md.
+        self.context = (
+            nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
+            if global_context
+            else None
+        )
+        self.up = _Up(channels)
+        self.stage3 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
+        self.tail = nn.Conv2d(channels, kernel_size * kernel_size, 3, padding=1)
+        self._init_tail()
+
+    # ----------------------------------------------------------------------------------------------- presets
+    @classmethod
+    def tiny(cls, **kw: object) -> DKENet:
+        """Small preset for tests and smoke runs (channels=16); keyword arguments override."""
+        return cls(**{"channels": 16, **kw})  # type: ignore[arg-type]
+
+    @classmethod
+    def paper(cls, **kw: object) -> DKENet:
+        """Paper-scale preset (channels=64, two DABlocks per stage); keyword arguments override."""
+        return cls(**{"channels": 64, "blocks_per_stage": 2, **kw})  # type: ignore[arg-type]
+
+    # -------------------------------------------------------------------------------------------- internals
+    @property
+    def kernel_channels(self) -> int:
+        """Number of output channels, ``kernel_size**2``."""
+        return self.kernel_size * self.kernel_size
+
+    def _init_tail(self) -> None:
+        k = self.kernel_size
+        with torch.no_grad():
+            self.tail.weight.mul_(_INIT_WEIGHT_GAIN)
+            r = torch.arange(k, dtype=torch.float32) - k // 2
+            r2 = r[:, None] ** 2 + r[None, :] ** 2  # (dy, dx) grid, flattened as dy*k + dx below
+            self.tail.bias.copy_((-r2 / (2 * _INIT_SIGMA**2)).flatten())
+
+    def _prepare_depth(self, depth: Tensor | None, size: tuple[int, int]) -> Tensor:
+        if depth is None:
+            raise ValueError(
+                "DKENet was built with use_depth=True, so depth is required: pass depth or build with use_depth=False"
+            )
+        if depth.dim() != 4:
+            raise ValueError(f"depth must be (B,{self.depth_channels},h,w), got shape {tuple(depth.shape)}")
+        h, w = size
+        dh, dw = depth.shape[-2:]
+        if (dh, dw) == (h, w):
+            return depth
+        if (dh, dw) == (self.scale * h, self.scale * w):
+            # HR-grid depth: take the LR sample positions, exactly how depth_lr is defined for training batches
+            # (docs/ARCHITECTURE.md), so the network sees the same input either way.
+            return depth[..., :: self.scale, :: self.scale]
+        return F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
+        """Upscale layer: ``(B,k*k,h,w) -> (B,k*k,s*h,s*w)`` by nearest repeat (each HR pixel takes the kernel
+        of the LR pixel whose s×s cell it lies in); normalisation is preserved exactly."""
+        s = self.scale if scale is None else scale
+        if s == 1:
+            return field
+        return F.interpolate(field, scale_factor=s, mode="nearest")
+
+    def forward(self, lr: Tensor, depth: Tensor | None = None, upscale: bool = False) -> Tensor:
+        """Estimate the kernel field.
+
+        Args:
+            lr: LR image ``(B, in_channels, h, w)`` in ``[0, 1]``.
+            depth: depth map ``(B, depth_channels, h', w')``; required iff ``use_depth``. An HR-grid map
+                (``h' = s*h``) is sampled at the LR positions; any other size is resized bilinearly.
+            upscale: return the field on the HR grid ``(B, k*k, s*h, s*w)`` instead of the LR grid.
+
+        Returns:
+            Softmax-normalised kernels ``(B, k*k, h, w)`` (or HR-grid), each non-negative and summing to 1.
+        """
+        if lr.dim() != 4:
+            raise ValueError(f"lr must be (B,{self.in_channels},h,w), got shape {tuple(lr.shape)}")
+        size = (lr.shape[-2], lr.shape[-1])
+        if self.depth_encoder is not None:
+            d1, d2, d3 = self.depth_encoder(self._prepare_depth(depth, size).to(lr.dtype))
+        else:
+            d1 = d2 = d3 = None  # depth, if given, is ignored: the MANet-like baseline
+
+        f1 = self.head(lr)
+        for block in self.stage1:
+            f1 = block(f1, d1)
+        f2 = self.down(f1)
+        for block in self.stage2:
+            f2 = block(f2, d2)
+        if self.context is not None:
+            f2 = f2 + self.context(f2.mean(dim=(2, 3)))[..., None, None]
+        f3 = self.up(f2, size) + f1  # U skip: keeps full-resolution detail the down/up path loses
+        for block in self.stage3:
+            f3 = block(f3, d3)
+
+        field = torch.softmax(self.tail(f3), dim=1)
+        return self.upscale_field(field) if upscale else field
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":  # quick size report: python -m ssr_lightning.networks.dkenet
+    for name in ("tiny", "paper"):
+        for use_depth in (True, False):
+            net = getattr(DKENet, name)(use_depth=use_depth)
+            print(f"{name:5s} use_depth={use_depth!s:5s} params={_num_params(net):,}")

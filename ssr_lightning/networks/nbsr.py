@@ -1,0 +1,225 @@
+"""NBSR: the lightweight, kernel-conditioned non-blind SR network of SVKR (paper §3.2, docs/DESIGN.md §3).
+
+ESRGAN's RRDB trunk (residual-in-residual dense blocks, residual scaling 0.2) where every RRDB is modulated by
+an SFT layer whose condition is the per-pixel kernel code map (PCA codes of the kernel field, see
+``ssr_lightning.networks.kernel_codec``) passed through a small conv net. Then conv -> PixelShuffle x s -> conv, plus a
+global residual: the bicubic-upsampled LR image, so the network only learns the correction to bicubic (a tiny
+model then trains in minutes instead of first having to learn the identity).
+
+Shapes: ``lr (B, 3, h, w)``, ``code (B, code_channels, h, w)`` on the LR grid -> ``(B, 3, s*h, s*w)``; any h, w.
+A zero code is the PCA *mean* kernel of the training distribution; ``code=None`` means exactly that (the
+"kernel condition zeroed" ablation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import SFT
+from .kernel_codec import KernelCodec
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+__all__ = ["NBSR", "RRDB", "SFTRRDB", "KernelConditionedSR", "ResidualDenseBlock"]
+
+# ESRGAN's residual scaling: keeps each block's contribution small so deep trunks train stably without BN.
+_RES_SCALE = 0.2
+# ESRGAN's `default_init_weights(scale=0.1)` for the dense-block convs, same reason.
+_INIT_SCALE = 0.1
+
+
+def _scaled_init(module: nn.Module, scale: float) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, a=0.0, mode="fan_in")
+            m.weight.data.mul_(scale)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class ResidualDenseBlock(nn.Module):
+    """ESRGAN's RDB: 5 densely connected 3x3 convs (LeakyReLU 0.2), ``x + 0.2 * conv5(...)``."""
+
+    def __init__(self, channels: int, growth: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [nn.Conv2d(channels + i * growth, growth, 3, padding=1) for i in range(4)]
+            + [nn.Conv2d(channels + 4 * growth, channels, 3, padding=1)]
+        )
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+        _scaled_init(self, _INIT_SCALE)
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = [x]
+        for conv in self.convs[:-1]:
+            feats.append(self.act(conv(torch.cat(feats, dim=1))))
+        return x + _RES_SCALE * self.convs[-1](torch.cat(feats, dim=1))
+
+
+class RRDB(nn.Module):
+    """Residual-in-residual dense block: three RDBs and an outer scaled residual."""
+
+    def __init__(self, channels: int, growth: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*[ResidualDenseBlock(channels, growth) for _ in range(3)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + _RES_SCALE * self.body(x)
+
+
+class SFTRRDB(nn.Module):
+    """RRDB whose input is modulated by the kernel condition: ``x + 0.2 * RDB³(SFT(x, cond))``.
+
+    SFT starts as the identity (zero-initialised gamma/beta heads), so a fresh block is a plain RRDB and the
+    condition is learned as a correction on top of it.
+    """
+
+    def __init__(self, channels: int, growth: int, cond_channels: int) -> None:
+        super().__init__()
+        self.sft = SFT(channels, cond_channels)
+        self.body = nn.Sequential(*[ResidualDenseBlock(channels, growth) for _ in range(3)])
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        return x + _RES_SCALE * self.body(self.sft(x, cond))
+
+
+def _upsampler(channels: int, scale: int) -> nn.Sequential:
+    """conv -> PixelShuffle stages: x2, x4 = two x2 stages (as ESRGAN), x3 = one x3 stage."""
+    if scale in (2, 4):
+        stages = [2] * (scale // 2)
+    elif scale == 3:
+        stages = [3]
+    else:
+        raise ValueError(f"NBSR supports scale 2, 3 or 4, got {scale}")
+    layers: list[nn.Module] = []
+    for f in stages:
+        layers += [nn.Conv2d(channels, channels * f * f, 3, padding=1), nn.PixelShuffle(f),
+                   nn.LeakyReLU(0.2, inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class NBSR(ModelMixin, ConfigMixin):
+    """Kernel-conditioned RRDB super-resolver: ``(lr, code) -> sr``."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        code_channels: int = 12,
+        channels: int = 64,
+        num_blocks: int = 8,
+        growth: int = 32,
+        scale: int = 4,
+        cond_channels: int | None = None,
+    ) -> None:
+        """
+        Args:
+            in_channels: Image channels (3, RGB).
+            code_channels: Length of the per-pixel kernel code (PCA components of the kernel basis).
+            channels: Trunk feature width.
+            num_blocks: Number of SFT-modulated RRDBs.
+            growth: Dense-block growth channels.
+            scale: SR factor (2, 3 or 4).
+            cond_channels: Width of the condition features fed to every SFT (default ``max(channels // 2, 8)``).
+        """
+        super().__init__()
+        if min(in_channels, code_channels, channels, num_blocks, growth) < 1:
+            raise ValueError("NBSR channel and block counts must be positive")
+        # Half width by default: the code is a smooth, low-dimensional map; the trunk's full width is not needed.
+        cond_channels = max(channels // 2, 8) if cond_channels is None else cond_channels
+        self.in_channels, self.code_channels, self.scale = in_channels, code_channels, scale
+        self.cond_channels = cond_channels
+
+        # Condition net on the code map: per-pixel mixing (1x1) then a little spatial context (3x3).
+        self.cond_net = nn.Sequential(
+            nn.Conv2d(code_channels, cond_channels, 1),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(cond_channels, cond_channels, 3, padding=1),
+            nn.LeakyReLU(0.1, inplace=True),
+            nn.Conv2d(cond_channels, cond_channels, 3, padding=1),
+        )
+        self.conv_first = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.blocks = nn.ModuleList([SFTRRDB(channels, growth, cond_channels) for _ in range(num_blocks)])
+        self.conv_body = nn.Conv2d(channels, channels, 3, padding=1)
+        self.upsample = _upsampler(channels, scale)
+        self.conv_hr = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv_last = nn.Conv2d(channels, in_channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+        # Small output at init: with the bicubic global residual the untrained network starts near bicubic.
+        _scaled_init(self.conv_last, _INIT_SCALE)
+
+    # ----------------------------------------------------------------------------------------------- presets
+    @classmethod
+    def tiny(cls, **kw: object) -> NBSR:
+        """CPU preset for tests and smoke runs (channels 16, 2 blocks, growth 8); keyword arguments override."""
+        return cls(**{"channels": 16, "num_blocks": 2, "growth": 8, **kw})  # type: ignore[arg-type]
+
+    @classmethod
+    def paper(cls, **kw: object) -> NBSR:
+        """Paper-scale preset: "lightweight" RRDB (channels 64, 8 blocks, growth 32; ESRGAN uses 23 blocks)."""
+        return cls(**{"channels": 64, "num_blocks": 8, "growth": 32, **kw})  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, lr: Tensor, code: Tensor | None = None) -> Tensor:
+        """Super-resolve ``lr (B, in_channels, h, w)`` under the kernel code map ``code (B, code_channels, h, w)``.
+
+        ``code=None`` is an all-zero code (the mean kernel). Returns ``(B, in_channels, s*h, s*w)``, not clamped
+        (callers clamp for display and metrics; the loss sees the raw output).
+        """
+        if lr.ndim != 4 or lr.shape[1] != self.in_channels:
+            raise ValueError(f"lr must be (B, {self.in_channels}, h, w), got shape {tuple(lr.shape)}")
+        b, _, h, w = lr.shape
+        if code is None:
+            code = lr.new_zeros(b, self.code_channels, h, w)
+        if code.shape != (b, self.code_channels, h, w):
+            raise ValueError(
+                f"code must be (B, {self.code_channels}, h, w) = {(b, self.code_channels, h, w)} on the LR grid, "
+                f"got {tuple(code.shape)}"
+            )
+        cond = self.cond_net(code.to(lr.dtype))
+        feat = self.conv_first(lr)
+        trunk = feat
+        for block in self.blocks:
+            trunk = block(trunk, cond)
+        feat = feat + self.conv_body(trunk)
+        out = self.conv_last(self.act(self.conv_hr(self.upsample(feat))))
+        base = F.interpolate(lr, size=(self.scale * h, self.scale * w), mode="bicubic", align_corners=False)
+        return base + out
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))
+
+
+class KernelConditionedSR(ModelMixin, ConfigMixin):
+    """NBSR on kernel *fields*: ``(lr, kernel (B, k², h, w) | None) -> sr``; the field is encoded by a :class:`KernelCodec`.
+
+    This is what SVKR and the pipeline call "NBSR". ``kernel=None`` is the zeroed code (the mean kernel).
+    """
+
+    @register_to_config
+    def __init__(
+        self, code_channels: int = 12, channels: int = 16, num_blocks: int = 2, growth: int = 8, scale: int = 4,
+        kernel_size: int = 21,
+    ) -> None:
+        super().__init__()
+        self.net = NBSR(code_channels=code_channels, channels=channels, num_blocks=num_blocks, growth=growth,
+                        scale=scale)
+        self.codec = KernelCodec(kernel_size, code_channels)
+
+    def encode(self, kernel: Tensor) -> Tensor:
+        """Kernel field → whitened code map."""
+        return self.codec.encode(kernel)
+
+    def forward(self, lr: Tensor, kernel: Tensor | None = None) -> Tensor:
+        return self.net(lr, None if kernel is None else self.codec.encode(kernel).to(lr.dtype))
+
+
+def _num_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+if __name__ == "__main__":  # quick size report: python -m ssr_lightning.networks.nbsr
+    for name in ("tiny", "paper"):
+        print(f"{name:5s} params={_num_params(getattr(NBSR, name)()):,}")

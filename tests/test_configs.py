@@ -1,0 +1,44 @@
+"""Every shipped stage config and ablation study parses (litgpt style), and configs are built from fragments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssr_lightning.ablate.plan import expand
+from ssr_lightning.ablate.study import load_study
+from ssr_lightning.cli.main import main
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+STUDIES = sorted((REPO / "ablations").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.name)
+def test_stage_config_parses(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = "test" if config.name == "svkr.yaml" else "fit"
+    with pytest.raises(SystemExit) as exc:
+        main([sub, "--config", str(config), "--print_config"])
+    assert exc.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["class_path"].startswith("ssr_lightning.modules.")
+    assert resolved["trainer"]["max_steps"] > 0 and resolved["data"]["scale"] == 4
+
+
+@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=lambda p: p.name)
+def test_stage_configs_name_fragments_instead_of_restating_blocks(config: Path) -> None:
+    raw = yaml.safe_load(config.read_text())
+    for block in ("trainer", "data"):
+        assert isinstance(raw[block], str), f"{config.name}: `{block}:` must name a fragment file, not restate it"
+        assert (config.parent / raw[block]).is_file(), f"{config.name}: fragment {raw[block]} is missing"
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda p: p.name)
+def test_study_and_its_profiles_parse_and_expand(study: Path) -> None:
+    raw = yaml.safe_load(study.read_text())
+    for profile in [None, *(raw.get("profiles") or {})]:
+        plan = expand(load_study(study, profile=profile), cwd=REPO)
+        assert plan.cells, f"{study.name} ({profile}) has no cells"
+        assert not [p for p in plan.problems if "not found" in p], plan.problems
