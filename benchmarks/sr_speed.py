@@ -37,11 +37,11 @@ import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # runnable without installing the package
+sys.path.insert(0, str(ROOT))  # runnable without installing the package
 
-from ssr_lightning.modules.diffusion_module import SSRDiffusionModule  # noqa: E402
-from ssr_lightning.pipeline import SSRPipeline  # noqa: E402
-from ssr_lightning.svkr import SVKR  # noqa: E402
+from ssr_lightning.diffusion.model import LatentDiffusionSR  # noqa: E402
+from ssr_lightning.inference import SSRPipeline, load_model  # noqa: E402
+from ssr_lightning.inference.svkr import SVKR, SVKRConfig  # noqa: E402
 
 SCALE = 4
 
@@ -73,21 +73,20 @@ def _init_args(config: str) -> dict[str, Any]:
     return dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"])
 
 
-def build(args: argparse.Namespace, device: torch.device) -> tuple[SSRDiffusionModule, SVKR, str]:
+def build(args: argparse.Namespace, device: torch.device) -> tuple[LatentDiffusionSR, SVKR, str]:
     """The diffusion model and SVKR: trained when checkpoints are given, else untrained tiny configs."""
+    from ssr_lightning.modules import DKENetModule, NBSRModule, SSRDiffusionModule
+
     if args.ckpt:
-        model = SSRDiffusionModule.load_from_checkpoint(args.ckpt, map_location="cpu")
-        model.use_ema_weights()
+        model = load_model(args.ckpt, "ssrdiffusion")
     else:
         kw = _init_args("ssr.yaml")
-        kw.update(vae_ckpt=None, vae_arch={"block_out_channels": [32, 64, 64]})
-        model = SSRDiffusionModule(**kw)
+        model = SSRDiffusionModule(**kw, vae_arch={"block_out_channels": [32, 64, 64]}).model
     if args.dkenet_ckpt and args.nbsr_ckpt and args.depth_ckpt:
-        svkr = SVKR.from_checkpoints(args.dkenet_ckpt, args.nbsr_ckpt, depth="learned", depth_path=args.depth_ckpt)
+        svkr = SVKR.from_config(SVKRConfig(args.dkenet_ckpt, args.nbsr_ckpt, "learned", args.depth_ckpt))
         weights = "trained" if args.ckpt else "trained SVKR, untrained diffusion"
     else:
-        from ssr_lightning.depth import LearnedDepth
-        from ssr_lightning.modules import DKENetModule, NBSRModule
+        from ssr_lightning.inference import LearnedDepth
         from ssr_lightning.networks.depthnet import DepthNet
 
         ke = {k: v for k, v in _init_args("dkenet.yaml").items() if k in ("channels", "blocks_per_stage", "use_depth")}
@@ -95,7 +94,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[SSRDiffusionM
         de = {k: v for k, v in _init_args("depth.yaml").items() if k in ("channels", "blocks_per_level", "output")}
         sr = NBSRModule(**nb)
         sr._ensure_basis()  # the PCA kernel basis artifact (fitted once if missing)
-        svkr = SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).eval(), sr.eval())
+        svkr = SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).model.eval(), sr.model.eval())
         weights = "untrained (architecture-only timing)" if not args.ckpt else "trained diffusion, untrained SVKR"
     return model.eval().to(device), svkr.eval().to(device), weights
 

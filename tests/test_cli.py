@@ -18,6 +18,9 @@ SSR = Path(sys.executable).with_name("ssr")
 STAGE_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
 TINY = [
     "--trainer", str(REPO / "configs/trainer/debug.yaml"), "--data", str(REPO / "configs/data/tiny.yaml"),
+    # smaller than tiny.yaml: 4 `ssr` runs in one test on a shared 2-core machine
+    "--data.num_train", "6", "--data.num_val", "2", "--data.num_test", "2", "--data.embedded_scene_size", "96",
+    "--data.batch_size", "2", "--data.val_batch_size", "2",
     "--model.init_args.channels", "8", "--model.init_args.fit.ckpt_every_n_steps", "2",
 ]
 

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun
-from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob, log_tail
+from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob
 
 __all__ = ["Executor", "Layout", "atomic_write_json", "file_lock"]
 
@@ -231,8 +231,3 @@ class Executor:
             bar.update(1)
         bar.close()
         return records
-
-
-def stage_log_tail(layout: Layout, run: StageRun) -> str:
-    """The end of a stage's training log (for the dry-run and for debugging)."""
-    return log_tail(layout.artifact(run) / "train.log")
