@@ -54,10 +54,13 @@ def test_bad_config_key_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     assert "chanels" in capsys.readouterr().err
 
 
-def test_missing_checkpoint_gives_clear_error(tmp_path: Path) -> None:
+def test_missing_checkpoint_gives_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope.ckpt"
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(SystemExit) as exc:
         main(["test", "--config", str(REPO / "configs/dkenet.yaml"), "--root", str(tmp_path), "--ckpt_path", str(missing), *TINY])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope.ckpt: no such checkpoint file" in err and "Traceback" not in err
 
 
 def _ssr(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

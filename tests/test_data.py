@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from ssr_lightning.data import (
+    DataError,
     EmbeddedScenes,
     EpochSampler,
     HRFolderDataset,
@@ -177,7 +178,7 @@ def test_hr_folder_dataset(tmp_path: Path) -> None:
     bad = [p.name for p in ds2.files].index("c.png")
     with pytest.raises(ImageReadError, match="c.png"):
         ds2[bad]
-    with pytest.raises(FileNotFoundError, match="missing_dir"):
+    with pytest.raises(DataError, match="missing_dir"):
         HRFolderDataset(tmp_path / "missing_dir")
 
 

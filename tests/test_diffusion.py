@@ -12,11 +12,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssr_lightning.modules.diffusion_module import SSRDiffusionModule, pad_reflect
+from ssr_lightning.diffusion.config import BackboneConfig, LossConfig, ModalityConfig, SamplingConfig
+from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
+from ssr_lightning.inference.checkpoints import load_model
+from ssr_lightning.inference.pipeline import SSRPipeline, blend_ramp, tile_starts, tiled_apply
+from ssr_lightning.inference.svkr import SVKRResult
+from ssr_lightning.modules.diffusion_module import SSRDiffusionModule
 from ssr_lightning.networks.amf import AMF
 from ssr_lightning.networks.ssr_unet import SSRUNet
-from ssr_lightning.pipeline import SSRPipeline, blend_ramp, tile_starts, tiled_apply
-from ssr_lightning.svkr import SVKRResult
 
 TINY_UNET: dict[str, Any] = dict(
     block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
@@ -34,12 +37,23 @@ def _one_thread() -> Any:
     torch.set_num_threads(n)
 
 
+_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "modalities": ModalityConfig, "sampling": SamplingConfig,
+                             "loss": LossConfig}
+
+
 def tiny_module(**kw: Any) -> SSRDiffusionModule:
-    """A seconds-fast module: untrained ×2 VAE (8/16 ch), 2-level UNet, 2 DDIM steps."""
-    args: dict[str, Any] = dict(vae_ckpt=None, vae_arch={"block_out_channels": [8, 16]}, amf_hidden=8, map_width=8,
-                                num_inference_steps=2, ema_decay=0.9, **TINY_UNET)
-    args.update(kw)
-    return SSRDiffusionModule(**args).eval()
+    """A seconds-fast module: untrained ×2 VAE (8/16 ch), 2-level UNet, 2 DDIM steps.
+
+    Keyword overrides are field names of the argument groups (``use_depth=False`` lands in ``modalities``)."""
+    groups: dict[str, dict[str, Any]] = {
+        "backbone": {**TINY_UNET, "vae_ckpt": None}, "modalities": {"amf_hidden": 8, "map_width": 8},
+        "sampling": {"num_inference_steps": 2}, "loss": {"ema_decay": 0.9},
+    }
+    for key, value in kw.items():
+        group = [g for g, cls in _GROUPS.items() if key in cls.__dataclass_fields__]
+        assert len(group) == 1, f"tiny_module: {key!r} is not a field of exactly one group"
+        groups[group[0]][key] = value
+    return SSRDiffusionModule(**groups, vae_arch={"block_out_channels": [8, 16]}).eval()
 
 
 def _randomise_amf(net: torch.nn.Module) -> None:
@@ -144,9 +158,9 @@ def test_switched_off_modality_has_no_parameters_and_no_effect(off: str) -> None
 def test_sampler_is_deterministic_for_a_seed() -> None:
     m = tiny_module(use_depth=False, use_kernel=False)
     lr = torch.rand(1, 3, 6, 5)
-    a = m.super_resolve(lr, generator=torch.Generator().manual_seed(3))
-    b = m.super_resolve(lr, generator=torch.Generator().manual_seed(3))
-    c = m.super_resolve(lr, generator=torch.Generator().manual_seed(4))
+    a = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3))
+    b = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3))
+    c = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(4))
     assert a.shape == (1, 3, 24, 20)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-4
@@ -181,7 +195,7 @@ class _FakeSVKR(torch.nn.Module):
 
 
 def test_tiled_pipeline_equals_untiled_when_one_tile_covers_the_image() -> None:
-    m = tiny_module()
+    m = tiny_module().model
     _randomise_amf(m.unet)
     lr = torch.rand(1, 3, 10, 9)
     one = SSRPipeline(m, _FakeSVKR(), tile=16, overlap=4, seed=5)(lr)
@@ -205,37 +219,73 @@ def test_pad_reflect_handles_tiny_maps() -> None:
 
 
 def _save_ckpt(m: SSRDiffusionModule, path: Path) -> Path:
-    ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
-            "pytorch-lightning_version": lightning.__version__}
+    """A checkpoint as Lightning writes it: state_dict + hparams, then the module's ``ssr`` and ``ema`` blocks."""
+    ckpt: dict[str, Any] = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                            "pytorch-lightning_version": lightning.__version__}
+    m.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
     return path
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
     m = tiny_module()
-    _randomise_amf(m.unet)
-    params = dict(m.named_parameters())
-    for _ in range(3):  # EMA buffers must survive the round trip too
+    _randomise_amf(m.model.unet)
+    params = dict(m._trainable())
+    raw_name = "unet.amf.in.mlp.lr.fc2.weight"
+    for _ in range(3):  # the EMA must survive the round trip too
         with torch.no_grad():
-            params["unet.amf.in.mlp.lr.fc2.weight"].add_(0.05)
-        m.ema.update(params)
+            params[raw_name].add_(0.05)
+        m.on_train_batch_end(None, None, 0)
+    assert m.ema is not None and m.ema.optimization_step == 3
+    shadow = dict(zip(m._ema_names, m.ema.shadow_params, strict=True))
+    assert (shadow[raw_name] - params[raw_name]).abs().max() > 1e-4, "the EMA lags the raw weights"
     path = _save_ckpt(m, tmp_path / "ssr.ckpt")
-    back = SSRDiffusionModule.load_from_checkpoint(path, map_location="cpu").eval()
-    assert back.hparams.vae_arch == {"block_out_channels": [8, 16]}
-    sd_a, sd_b = m.state_dict(), back.state_dict()
-    assert sd_a.keys() == sd_b.keys()
-    for k in sd_a:
-        torch.testing.assert_close(sd_a[k], sd_b[k], rtol=0, atol=0)
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    assert saved["ssr"]["format"] == 2 and saved["ssr"]["stage"] == "ssrdiffusion"
+    assert saved["ssr"]["model_class"] == "LatentDiffusionSR"
+    assert saved["hyper_parameters"]["vae_arch"] == {"block_out_channels": [8, 16]}
+    assert set(saved["ema"]["shadow"]) == set(m._ema_names)
+
+    # inference: the ready network, with the EMA weights
+    back = load_model(path, "ssrdiffusion")
+    assert isinstance(back, LatentDiffusionSR) and not back.training
+    sd_m, sd_b = m.model.state_dict(), back.state_dict()
+    assert sd_m.keys() == sd_b.keys()
+    for k in sd_m:
+        expected = shadow[k] if k in shadow else sd_m[k]  # trainable: EMA shadow; frozen VAE, buffers: as saved
+        torch.testing.assert_close(sd_b[k], expected, rtol=0, atol=0, msg=lambda e, k=k: f"{k}: {e}")
     lr, depth = torch.rand(1, 3, 6, 6), torch.rand(1, 1, 6, 6)
     kernel = torch.softmax(torch.randn(1, 441, 6, 6), 1)
     args = (lr, depth, kernel)
-    torch.testing.assert_close(m.super_resolve(*args, generator=torch.Generator().manual_seed(0)),
-                               back.super_resolve(*args, generator=torch.Generator().manual_seed(0)), rtol=0, atol=0)
+    raw = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+    m._use_ema()
+    try:
+        with_ema = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+    finally:
+        m._restore()
+    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0)), with_ema,
+                               rtol=0, atol=0)
+    assert (with_ema - raw).abs().max() > 0, "the EMA weights really change the sample"
+    torch.testing.assert_close(params[raw_name], dict(m._trainable())[raw_name], rtol=0, atol=0)
+    torch.testing.assert_close(m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0)), raw,
+                               rtol=0, atol=0, msg="_restore() puts the raw weights back")
+
+    # resuming training: the module comes back with its raw weights and its EMA state
+    resumed = SSRDiffusionModule.load_from_checkpoint(path, map_location="cpu").eval()
+    assert resumed.hparams.vae_arch == {"block_out_channels": [8, 16]}
+    sd_a, sd_r = m.state_dict(), resumed.state_dict()
+    assert sd_a.keys() == sd_r.keys()
+    for k in sd_a:
+        torch.testing.assert_close(sd_a[k], sd_r[k], rtol=0, atol=0)
+    assert resumed.ema is not None and resumed.ema.optimization_step == 3
+    for a, b in zip(m.ema.shadow_params, resumed.ema.shadow_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # --- the user command -----------------------------------------------------------------------------------------
 def test_sr_command_odd_rgba_and_corrupt_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ssr_lightning.cli import main as ssr_main
+    from ssr_lightning.cli.main import main as ssr_main
 
     ckpt = _save_ckpt(tiny_module(use_depth=False, use_kernel=False), tmp_path / "lr_only.ckpt")
     inp = tmp_path / "in"
@@ -256,10 +306,14 @@ def test_sr_command_odd_rgba_and_corrupt_file(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_sr_command_missing_checkpoint_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ssr_lightning.sr_command import main as sr_main
+    from ssr_lightning.cli.sr import main as sr_main
 
-    assert sr_main([str(tmp_path), "-o", str(tmp_path / "o"), "--ckpt", str(tmp_path / "nope.ckpt")]) == 2
-    assert "nope.ckpt" in capsys.readouterr().err
+    img = tmp_path / "in.png"  # a real input: the command reaches the model loading
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(img)
+    assert sr_main([str(img), "-o", str(tmp_path / "o"), "--ckpt", str(tmp_path / "nope.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.ckpt" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("*.png")), "nothing written"
 
 
 def test_pretrained_backbone_plugs_in_frozen(tmp_path: Path) -> None:
@@ -274,19 +328,28 @@ def test_pretrained_backbone_plugs_in_frozen(tmp_path: Path) -> None:
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, norm_num_groups=8,
                   up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "sd" / "vae")
     with pytest.raises(FileNotFoundError, match="nope"):
-        SSRDiffusionModule(vae_ckpt=None, pretrained_path=str(tmp_path / "nope"))
-    m = SSRDiffusionModule(vae_ckpt=None, pretrained_path=str(tmp_path / "sd"), amf_hidden=8, map_width=8,
-                           num_inference_steps=2)
+        SSRDiffusionModule(backbone={"vae_ckpt": None, "pretrained_path": str(tmp_path / "nope")})
+    m = SSRDiffusionModule(backbone={"vae_ckpt": None, "pretrained_path": str(tmp_path / "sd")},
+                           modalities={"amf_hidden": 8, "map_width": 8}, sampling={"num_inference_steps": 2})
     hr = torch.rand(2, 3, 16, 16)
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "depth_lr": torch.rand(2, 1, 4, 4),
              "kernel": torch.softmax(torch.randn(2, 441, 4, 4), 1)}
     m.diffusion_loss(batch)["loss"].backward()
-    frozen = [p for n, p in m.unet.backbone.named_parameters() if not n.startswith("conv_in.")]
-    assert all(p.grad is None for p in frozen) and m.unet.null_context.grad is not None
-    assert all(p.grad is not None for p in m.unet.amf.parameters())
+    frozen = [p for n, p in m.model.unet.backbone.named_parameters() if not n.startswith("conv_in.")]
+    assert all(p.grad is None for p in frozen) and m.model.unet.null_context.grad is not None
+    assert all(p.grad is not None for p in m.model.unet.amf.parameters())
+    assert all(p.grad is None for p in m.model.latents.parameters())
     ckpt = {"state_dict": m.state_dict()}
     m.on_save_checkpoint(ckpt)  # frozen pretrained weights are not duplicated into checkpoints
-    assert not any(k.startswith("vae.") for k in ckpt["state_dict"])
-    assert {k for k in ckpt["state_dict"] if k.startswith("unet.backbone.")} == {
-        "unet.backbone.conv_in.weight", "unet.backbone.conv_in.bias"}
-    assert m.super_resolve(batch["lr"][:1], batch["depth_lr"][:1], batch["kernel"][:1]).shape == (1, 3, 16, 16)
+    assert any(k.startswith("model.unet.amf.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("model.latents.") for k in ckpt["state_dict"])
+    assert {k for k in ckpt["state_dict"] if k.startswith("model.unet.backbone.")} == {
+        "model.unet.backbone.conv_in.weight", "model.unet.backbone.conv_in.bias"}
+    m.eval()
+    args = (batch["lr"][:1], batch["depth_lr"][:1], batch["kernel"][:1])
+    sr = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+    assert sr.shape == (1, 3, 16, 16)
+    # the slimmed checkpoint still rebuilds the same sampler: the frozen weights come back from pretrained_path
+    back = load_model(_save_ckpt(m, tmp_path / "ssr.ckpt"), "ssrdiffusion")
+    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0)), sr,
+                               rtol=0, atol=0)

@@ -16,15 +16,12 @@ machines sharing `<out>` train a shared stage once (the others wait and then reu
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import fcntl
 import json
 import os
 import socket
 import time
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +29,9 @@ from tqdm import tqdm
 
 from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun
 from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob
+from ssr_lightning.files import atomic_write_json, file_lock
 
-__all__ = ["Executor", "Layout", "atomic_write_json", "file_lock"]
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, blocking: bool = True) -> Iterator[bool]:
-    """Exclusive `flock` on `path`; yields False instead of waiting when `blocking` is off and it is held."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+__all__ = ["Executor", "Layout"]
 
 
 _CKPT_KINDS = ("ckpt", "best", "last")

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ssr_lightning.ablate.plan import Plan
 from ssr_lightning.ablate.report import Table
+from ssr_lightning.files import atomic_write
 
 __all__ = ["bar_chart", "qualitative_grid", "tensorboard_hparams"]
 
@@ -64,7 +65,7 @@ def bar_chart(table: Table, path: Path) -> Path | None:
     fig.suptitle(table.title, fontsize=10)
     rows_of_legend = math.ceil(len(labels) / 3) if labels else 0
     fig.tight_layout(rect=(0, 0.06 * rows_of_legend, 1, 1))
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
@@ -132,7 +133,7 @@ def qualitative_grid(plan: Plan, records: dict[str, dict[str, Any]], out: Path, 
         axes[i, 0].set_ylabel(name[:16], fontsize=7)
     fig.suptitle(f"{plan.study.name}: {dataset}, seed {seed}, centre crops of {crop} px", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from ssr_lightning.ablate.study import EvalSpec, Study, StudyError, parse_eval_spec, value_key
+from ssr_lightning.ablate.study import EvalSpec, Study, StudyError, check_keys, parse_eval_spec, value_key
 
 __all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "shard_cells", "slug"]
 
@@ -187,9 +187,7 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
         per_stage, eval_changes = _row_changes(study, row.settings)
         for stage, args in row.overrides.items():
             per_stage[stage] = (*per_stage.get(stage, ()), *args)
-        unknown = sorted(set(per_stage) - set(study.base_configs) - {"*"})
-        if unknown:
-            raise StudyError(f"row {row.label!r}: overrides for stage(s) {unknown} not in base_configs")
+        check_keys(per_stage, [*study.base_configs, "*"], f"row {row.label!r} overrides (stage names)")
         merged = {**base_eval, **eval_changes, **row.evaluate}
         if "stage" in {**eval_changes, **row.evaluate} and "ckpt" not in {**eval_changes, **row.evaluate}:
             merged["ckpt"] = f"{{stage:{merged['stage']}}}"  # a new evaluation stage brings its own checkpoint

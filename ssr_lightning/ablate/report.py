@@ -16,11 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssr_lightning.ablate.execute import Layout, atomic_write_json
+from ssr_lightning.ablate.execute import Layout
+from ssr_lightning.files import atomic_write_json, atomic_write_text, file_lock
 from ssr_lightning.ablate.plan import Plan
 from ssr_lightning.metrics.iqa import HIGHER_IS_BETTER, LABELS
 
-__all__ = ["Column", "Entry", "Table", "build_table", "to_csv", "to_json", "to_latex", "to_markdown", "write_report"]
+__all__ = ["Column", "Entry", "NothingToReport", "Table", "build_table", "to_csv", "to_json", "to_latex", "to_markdown", "write_report"]
 
 DECIMALS = {"psnr_y": 2, "psnr": 2, "resynth_psnr": 2, "ssim_y": 3, "ssim": 3, "lpips": 3, "musiq": 2,
             "clipiqa": 3, "niqe": 2, "kernel_l1": 4}
@@ -239,30 +240,47 @@ def to_json(table: Table) -> dict[str, Any]:
     }
 
 
+class NothingToReport(RuntimeError):
+    """No cell of the current study has a finished result: the existing report is left as it is."""
+
+
 def read_records(plan: Plan, out: str | Path) -> dict[str, dict[str, Any]]:
-    """The cell JSONs of a plan that exist under `<out>/cells`."""
+    """The cell JSONs of the *current* plan under `<out>/cells` (records of an older version of a cell are left out)."""
     layout = Layout(out)
-    return {c.cell_id: rec for c in plan.cells if (rec := layout.read_cell(c)) is not None}
+    return {c.cell_id: rec for c in plan.cells if (rec := layout.read_cell(c)) is not None and rec.get("key") == c.key}
 
 
 def write_report(plan: Plan, out: str | Path) -> list[Path]:
-    """Write `<out>/report/<name>.{md,csv,tex,json}`, the bar chart, the qualitative grid and TensorBoard hparams."""
+    """Write `<out>/report/<name>.{md,csv,tex,json}`, the figures and TensorBoard hparams, atomically and under a lock.
+
+    Raises :class:`NothingToReport` (writing nothing) when no cell of this version of the study has finished, so an
+    edited study never replaces a report with empty cells. A figure that cannot be drawn removes its old file.
+    """
     from ssr_lightning.ablate.figures import bar_chart, qualitative_grid, tensorboard_hparams
 
     out = Path(out)
-    records = read_records(plan, out)
-    table = build_table(plan, records)
-    folder = out / "report"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = plan.study.name
-    paths = [folder / f"{name}.md", folder / f"{name}.csv", folder / f"{name}.tex"]
-    for path, text in zip(paths, (to_markdown(table), to_csv(table), to_latex(table)), strict=True):
-        path.write_text(text)
-    atomic_write_json(folder / f"{name}.json", to_json(table))
-    paths.append(folder / f"{name}.json")
-    for fig in (bar_chart(table, folder / f"{name}_bars.png"),
-                qualitative_grid(plan, records, out, folder / f"{name}_qualitative.png")):
-        if fig is not None:
-            paths.append(fig)
-    tensorboard_hparams(plan, records, out / "tensorboard")
+    with file_lock(out / "report.lock"):
+        records = read_records(plan, out)
+        if not any(r.get("status") == "ok" for r in records.values()):
+            stale = sum(1 for c in plan.cells if Layout(out).cell_status(c) == "stale")
+            raise NothingToReport(
+                f"nothing to report in {out}: none of the {len(plan.cells)} cells of study {plan.study.name!r} has "
+                f"finished{f' ({stale} hold results of an earlier version of the study)' if stale else ''}; the "
+                "existing report was left unchanged. Run the study (without --report-only) first")
+        table = build_table(plan, records)
+        folder = out / "report"
+        name = plan.study.name
+        paths = [folder / f"{name}.md", folder / f"{name}.csv", folder / f"{name}.tex"]
+        for path, text in zip(paths, (to_markdown(table), to_csv(table), to_latex(table)), strict=True):
+            atomic_write_text(path, text)
+        atomic_write_json(folder / f"{name}.json", to_json(table))
+        paths.append(folder / f"{name}.json")
+        figures = {folder / f"{name}_bars.png": lambda target: bar_chart(table, target),
+                   folder / f"{name}_qualitative.png": lambda target: qualitative_grid(plan, records, out, target)}
+        for target, draw in figures.items():
+            if draw(target) is not None:
+                paths.append(target)
+            else:
+                target.unlink(missing_ok=True)  # a figure of the previous results must not stay beside new tables
+        tensorboard_hparams(plan, records, out / "tensorboard")
     return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "Dataset", "EvalSpec", "Row", "Study", "StudyError", "deep_merge", "load_study", "parse_eval_spec", "parse_study",
+    "Dataset", "EvalSpec", "Row", "Study", "StudyError", "check_keys", "deep_merge", "load_study", "parse_eval_spec",
+    "parse_study",
     "value_key",
 ]
 
@@ -20,6 +22,22 @@ _TOP_KEYS = {
     "overrides", "datasets", "metrics", "seeds", "seed_args", "evaluate", "report", "profiles",
 }
 _EVAL_KEYS = {"stage", "ckpt", "commands", "source", "overrides", "num_samples"}
+_ROW_KEYS = {"label", "settings", "overrides", "evaluate"}
+_REPORT_KEYS = {"title", "row_header", "factor_columns", "factor_labels", "metrics", "decimals", "qualitative",
+                "reference", "reference_lines"}
+_DATASET_KEYS = {"name", "path", "overrides"}
+
+
+def check_keys(given: Any, allowed: set[str] | list[str], where: str) -> None:
+    """Raise a StudyError for every key of ``given`` not in ``allowed``, with "did you mean" suggestions."""
+    unknown = [str(k) for k in given if str(k) not in allowed]
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, [str(a) for a in allowed], n=1, cutoff=0.6)
+        hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise StudyError(f"{where}: unknown key(s) {', '.join(hints)}; allowed: {', '.join(sorted(map(str, allowed)))}")
 _COMMANDS = ("test", "predict")
 
 
@@ -113,6 +131,7 @@ def _datasets(raw: Any) -> list[Dataset]:
         elif isinstance(item, str):  # a bare path: a folder of HR images
             out.append(Dataset(Path(item).name or item, ("--data.dataset", "folder", "--data.test_root", item)))
         elif isinstance(item, dict) and "name" in item:
+            check_keys(item, _DATASET_KEYS, f"datasets[{i}]")
             extra = _args(item.get("overrides"), f"datasets[{i}].overrides")
             if "path" in item:
                 extra = ("--data.dataset", "folder", "--data.test_root", str(item["path"]), *extra)
@@ -125,9 +144,7 @@ def _datasets(raw: Any) -> list[Dataset]:
 
 
 def parse_eval_spec(raw: dict[str, Any], where: str) -> EvalSpec:
-    unknown = set(raw) - _EVAL_KEYS
-    if unknown:
-        raise StudyError(f"{where}: unknown key(s) {sorted(unknown)}; allowed {sorted(_EVAL_KEYS)}")
+    check_keys(raw, _EVAL_KEYS, where)
     if "stage" not in raw:
         raise StudyError(f"{where}: 'stage' (the config whose `ssr test` scores a cell) is required")
     commands = tuple(raw.get("commands") or _COMMANDS)
@@ -148,6 +165,7 @@ def _rows(raw: dict[str, Any], factors: dict[str, list[Any]]) -> list[Row]:
         for i, r in enumerate(raw["rows"]):
             if not isinstance(r, dict) or "label" not in r:
                 raise StudyError(f"rows[{i}]: each row needs a 'label' (and optional settings/overrides/evaluate)")
+            check_keys(r, _ROW_KEYS, f"rows[{i}] ({r['label']!r})")
             settings = dict(r.get("settings") or {})
             per_stage = {str(k): _args(v, f"rows[{i}].overrides.{k}") for k, v in (r.get("overrides") or {}).items()}
             rows.append(Row(str(r["label"]), settings, per_stage, dict(r.get("evaluate") or {})))
@@ -176,6 +194,34 @@ def _validate_overrides(raw: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return out
 
 
+def _check_settings(rows: list[Row], factors: dict[str, list[Any]],
+                    overrides: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Every row's factor names and values must select something: a typo would silently drop its overrides."""
+    known = set(factors) | set(overrides)
+    for row in rows:
+        if known:
+            check_keys(row.settings, known, f"row {row.label!r} settings")
+        for name, value in row.settings.items():
+            values = overrides.get(name)
+            declared = [value_key(v) for v in factors.get(name, [])]
+            if values and value_key(value) not in values and value_key(value) not in declared:
+                choices = ", ".join(sorted(values))
+                raise StudyError(f"row {row.label!r}: {name}={value_key(value)} has no entry in overrides.{name} "
+                                 f"(values there: {choices})")
+
+
+def _check_report(report: dict[str, Any], rows: list[Row], raw: dict[str, Any]) -> None:
+    check_keys(report, _REPORT_KEYS, "report")
+    seen = {k for r in rows for k in r.settings}
+    check_keys(report.get("factor_columns") or [], seen, "report.factor_columns")
+    check_keys(report.get("factor_labels") or {}, seen, "report.factor_labels")
+    metrics = [str(m) for m in (raw.get("metrics") or ["psnr_y", "ssim_y"])]
+    check_keys(report.get("metrics") or [], metrics, "report.metrics (must be among the study's metrics)")
+    check_keys(report.get("decimals") or {}, metrics, "report.decimals")
+    if "reference" in report and report["reference"] not in [r.label for r in rows]:
+        check_keys([report["reference"]], [r.label for r in rows], "report.reference (a row label)")
+
+
 def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | None = None) -> Study:
     """Validate a study mapping (with `profiles[profile]` merged on top) into a `Study`."""
     if not isinstance(raw, dict):
@@ -183,11 +229,11 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
     if profile is not None:
         profiles = raw.get("profiles") or {}
         if profile not in profiles:
-            raise StudyError(f"profile {profile!r} not in this study; available: {sorted(profiles)}")
+            close = difflib.get_close_matches(profile, list(profiles), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise StudyError(f"profile {profile!r} not in this study{hint}; available: {sorted(profiles)}")
         raw = deep_merge(raw, profiles[profile])
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise StudyError(f"unknown top-level key(s) {sorted(unknown)}; allowed {sorted(_TOP_KEYS)}")
+    check_keys(raw, _TOP_KEYS, "top level")
     for key in ("name", "base_configs", "evaluate"):
         if key not in raw:
             raise StudyError(f"'{key}' is required")
@@ -202,6 +248,8 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
     for name in [evaluate.stage, *stage_overrides]:
         if name not in base:
             raise StudyError(f"stage {name!r} is used but not in base_configs ({sorted(base)})")
+    _check_settings(rows, factors, overrides)
+    _check_report(dict(raw.get("report") or {}), rows, raw)
     seeds = [int(s) for s in (raw.get("seeds") or [0])]
     return Study(
         name=str(raw["name"]), path=path, base_configs=base, rows=rows, factors=factors, overrides=overrides,

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.shard = parse_shard(args.shard)
     except ValueError as err:
-        parser.error(str(err))
+        print(f"ssr-ablate: {err}", file=sys.stderr)
+        return 2
     workdir = Path(args.workdir).resolve()
     try:
         study = load_study(args.study, profile=args.profile)
@@ -117,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    from ssr_lightning.ablate.report import write_report  # matplotlib/tensorboard only when a report is made
+    from ssr_lightning.ablate.report import NothingToReport, write_report  # matplotlib/tensorboard only here
 
     if args.report_only:
-        paths = write_report(plan, layout.out)
+        try:
+            paths = write_report(plan, layout.out)
+        except NothingToReport as err:
+            print(f"ssr-ablate: {err}", file=sys.stderr)
+            return 1
         print("\n".join(f"report: {p}" for p in paths))
         return 0
     executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress)
@@ -130,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {r['cell_id']} at {r['error']['stage']}: {r['error']['message']}\n{r['error']['tail'][-1500:]}",
               file=sys.stderr)
     if not args.no_report:
-        paths = write_report(plan, layout.out)
+        try:
+            paths = write_report(plan, layout.out)
+        except NothingToReport as err:
+            print(f"ssr-ablate: {err}", file=sys.stderr)
+            paths = []
         table = next((Path(p) for p in paths if str(p).endswith(".md")), None)
         if table is not None and table.is_file():
             print("\n" + table.read_text())

@@ -4,33 +4,47 @@
 signatures are the schema, so `ssr fit --help` and `ssr fit --model DKENetModule --help` list every option.
 
 Additions to the stock LightningCLI:
-- a run folder `runs/<name>/version_N` with TensorBoard logs, checkpoints and the resolved `config.yaml`
-  (`--name` picks `<name>`; the default is the stage's own name);
-- `--ckpt_path last` finds the newest `last.ckpt` of that run name and resumes it, logging into the same
-  version folder, so a killed run continues where it stopped;
+- a run folder `<root>/<name>/version_N` with TensorBoard logs, checkpoints and the resolved `config.yaml`
+  (`--name` picks `<name>`, default the stage's own name; `--root`, or `--trainer.default_root_dir`, picks `<root>`);
+- `--ckpt_path last` resumes the newest version's `last.ckpt` (falling back, with a message, to the
+  `last.prev.ckpt` kept beside it when `last.ckpt` is corrupt), logging into the same version folder;
+- resuming with model options that differ from the run's `config.yaml` is refused before anything is written;
+  other differences (trainer, data) are recorded in `config_resume_N.yaml`, never over `config.yaml`;
+- a `fit` that fails before its first step leaves no empty `version_N` behind;
 - `data.scale` is linked to `model.init_args.scale`;
-- with `--ckpt_path`, the checkpoint's hyperparameters rebuild the trained model (stock behaviour), but model
-  options given explicitly on the command line still win (test-time switches such as
-  `--model.init_args.condition_source svkr`).
+- with `--ckpt_path`, the checkpoint's hyperparameters rebuild the trained model (read with `weights_only=True`,
+  refused with a clear message when the checkpoint belongs to another stage), but model options given explicitly
+  on the command line still win (test-time switches such as `--model.init_args.conditions.source svkr`).
+
+Usage errors (bad options, missing or foreign checkpoints, a refused resume) end with one line naming the file or
+option and exit status 2; failed work (an exception while training) exits with status 1.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 from jsonargparse import Namespace, set_parsing_settings
-from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from ssr_lightning.data import SRDataModule
-from ssr_lightning.inference.checkpoints import STAGES, find_checkpoint, read_checkpoint
+from ssr_lightning.data import DataError, SRDataModule
+from ssr_lightning.inference.checkpoints import STAGES, CheckpointError, find_checkpoint, read_checkpoint
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit status 2."""
 
 
 def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int] | None:
@@ -39,6 +53,22 @@ def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int]
     if ckpt is None:
         return None
     return ckpt, int(ckpt.parent.parent.name.split("_", 1)[1])
+
+
+def readable_last(ckpt: Path) -> Path:
+    """``ckpt`` if it reads as a checkpoint, else the ``last.prev.ckpt`` beside it (with a message), else UsageError."""
+    try:
+        read_checkpoint(ckpt)
+        return ckpt
+    except CheckpointError as err:
+        prev = ckpt.with_name("last.prev.ckpt")
+        try:
+            read_checkpoint(prev)
+        except (CheckpointError, FileNotFoundError):
+            raise UsageError(f"{err} (and no readable {prev.name} beside it): resume from another checkpoint with "
+                             "--ckpt_path PATH or start a new run without --ckpt_path") from None
+        rank_zero_info(f"{ckpt} is corrupt; resuming from the previous checkpoint {prev} instead")
+        return prev
 
 
 def explicit_model_keys(args: list[str]) -> list[str]:
@@ -51,11 +81,6 @@ def explicit_model_keys(args: list[str]) -> list[str]:
         if key and key not in ("class_path", "help") and key not in keys:
             keys.append(key)
     return keys
-
-
-def _run_name_and_root(cfg: Namespace) -> tuple[str, str]:
-    """The run folder `<root>/<name>` of a subcommand's config (`--name`, else the stage name; `--root`)."""
-    return cfg.get("name") or _stage_name(cfg.get("model")), cfg.get("root") or "runs"
 
 
 def _stage_of(model_cfg: Namespace | None) -> str | None:
@@ -77,6 +102,52 @@ def _stage_name(model_cfg: Namespace | None) -> str:
     return short.removesuffix("Module").lower() or "run"
 
 
+def _plain(value: Any) -> Any:
+    """A config value as comparable plain data (Namespaces → dicts, tuples → lists)."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    return json.loads(json.dumps(value, default=str))
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the resolved config as the run's ``config.yaml``; a resumed run never replaces it.
+
+    On resume an identical config is not written again; a differing one (trainer, data; model differences are
+    refused earlier) goes to ``config_resume_N.yaml``.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = Path(trainer.log_dir or ".")  # every rank asks: log_dir broadcasts
+        if trainer.is_global_zero:
+            self._save(log_dir)
+        self.already_saved = trainer.strategy.broadcast(True)
+
+    def _save(self, log_dir: Path) -> None:
+        path = log_dir / self.config_filename
+        if path.is_file():
+            text = self.parser.dump(self.config, skip_none=False)
+            if yaml.safe_load(path.read_text()) == yaml.safe_load(text):
+                return
+            n = 1
+            while (log_dir / f"config_resume_{n}.yaml").exists():
+                n += 1
+            path = log_dir / f"config_resume_{n}.yaml"
+            rank_zero_info(f"the run's config.yaml is kept; this resume's config differs and goes to {path.name}")
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+
+
 class SSRCLI(LightningCLI):
     """LightningCLI with SSR's run-folder, resume and argument-link conventions."""
 
@@ -87,12 +158,21 @@ class SSRCLI(LightningCLI):
             default=None,
             help="Run name: logs, checkpoints and config land in <root>/<name>/version_N (default: the stage name).",
         )
-        parser.add_argument("--root", type=str, default="runs", help="Folder that holds the run folders.")
+        parser.add_argument("--root", type=str | None, default=None,
+                            help="Folder that holds the run folders (default: --trainer.default_root_dir, else runs).")
         parser.link_arguments("data.scale", "model.init_args.scale")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
         self._cli_args = [] if isinstance(args, (dict, Namespace)) else [str(a) for a in (sys.argv[1:] if args is None else args)]
         super().parse_arguments(parser, args)  # type: ignore[arg-type]
+
+    def _run_name_and_root(self, cfg: Namespace) -> tuple[str, str]:
+        """The run folder `<root>/<name>`: `--name` (else the stage name) under `--root` or the trainer's root dir."""
+        name = cfg.get("name") or _stage_name(cfg.get("model"))
+        root, trainer_root = cfg.get("root"), (cfg.get("trainer") or Namespace()).get("default_root_dir")
+        if root and trainer_root and Path(root).resolve() != Path(trainer_root).resolve():
+            raise UsageError(f"--root {root} and --trainer.default_root_dir {trainer_root} disagree: give one of them")
+        return name, str(root or trainer_root or "runs")
 
     def _resolve_ckpt_path(self) -> None:
         """`--ckpt_path last` → the newest last.ckpt of this run name; a missing file is an error, not a fresh run."""
@@ -101,27 +181,24 @@ class SSRCLI(LightningCLI):
         if not sub:
             return
         cfg = self.config[sub]
-        name, root = _run_name_and_root(cfg)
+        name, root = self._run_name_and_root(cfg)
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path == "last":
             found = find_last_checkpoint(root, name)
             if found is None:
                 if sub != "fit":
-                    raise FileNotFoundError(
-                        f"--ckpt_path last: no last.ckpt under {Path(root) / name}/version_*/checkpoints. "
-                        "Train the stage first, or pass --ckpt_path PATH/TO/file.ckpt."
-                    )
+                    raise UsageError(f"--ckpt_path last: no last.ckpt under {Path(root) / name}/version_*/checkpoints. "
+                                     "Train the stage first, or pass --ckpt_path PATH/TO/file.ckpt")
                 rank_zero_info(f"--ckpt_path last: nothing to resume under {Path(root) / name}; starting fresh.")
                 cfg.ckpt_path = None
             else:
                 ckpt, self._resume_version = found
+                ckpt = readable_last(ckpt)
                 rank_zero_info(f"Resuming from {ckpt}")
                 cfg.ckpt_path = str(ckpt)
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
-            raise FileNotFoundError(
-                f"--ckpt_path {ckpt_path!r}: no such checkpoint file. Give the path of a .ckpt "
-                f"(runs/<name>/version_N/checkpoints/last.ckpt) or 'last' to resume the newest run."
-            )
+            raise UsageError(f"--ckpt_path {ckpt_path}: no such checkpoint file. Give the path of a .ckpt "
+                             "(runs/<name>/version_N/checkpoints/last.ckpt) or 'last' to resume the newest run")
 
     def _parse_ckpt_path(self) -> None:
         self._resolve_ckpt_path()
@@ -151,7 +228,10 @@ class SSRCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        ckpt = read_checkpoint(ckpt_path, _stage_of(self.config[sub].get("model")))
+        try:
+            ckpt = read_checkpoint(ckpt_path, _stage_of(self.config[sub].get("model")))
+        except CheckpointError as err:
+            raise UsageError(f"--ckpt_path {err}") from None
         hparams = dict(ckpt.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         if not hparams:
@@ -164,10 +244,29 @@ class SSRCLI(LightningCLI):
             sys.stderr.write(f"Parsing the hyper-parameters of {ckpt_path} failed (see above)\n")
             raise
 
+    def _check_resume_model(self, cfg: Namespace, run_dir: Path) -> None:
+        """Refuse to resume a run with model options its checkpoints were not trained with."""
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            return
+        old_cfg = yaml.safe_load(saved.read_text()) or {}
+        # model.init_args.scale is a link target (from data.scale): compare data.scale instead
+        old = {"model": old_cfg.get("model") or {}, "data.scale": (old_cfg.get("data") or {}).get("scale")}
+        new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
+        for side in (old, new):
+            (side["model"].get("init_args") or {}).pop("scale", None)
+        diff = _differences(_plain(old), new)
+        if diff:
+            raise UsageError(f"cannot resume {run_dir}: the model options differ from its config.yaml "
+                             f"({'; '.join(diff[:4])}). Resume with the run's own options, or start a new run "
+                             "(another --name, no --ckpt_path)")
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
-        name, root = _run_name_and_root(cfg)
+        name, root = self._run_name_and_root(cfg)
         version = getattr(self, "_resume_version", None)
+        if self.subcommand == "fit" and version is not None:
+            self._check_resume_model(cfg, Path(root) / name / f"version_{version}")
         if self.subcommand != "fit":
             # evaluation gets its own folder beside the training versions, so it never overwrites their config
             name, version = f"{name}_{self.subcommand}", None
@@ -182,6 +281,27 @@ class SSRCLI(LightningCLI):
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            self._remove_empty_run(subcommand)
+            raise
+
+    def _remove_empty_run(self, subcommand: str) -> None:
+        """A fit that failed before its first step (no checkpoint, step 0) leaves no version folder behind."""
+        trainer = getattr(self, "trainer", None)
+        if subcommand != "fit" or trainer is None or getattr(self, "_resume_version", None) is not None:
+            return
+        log_dir = Path(trainer.log_dir) if trainer.log_dir else None
+        if (log_dir is None or not log_dir.is_dir() or trainer.global_step > 0
+                or any(log_dir.glob("checkpoints/*.ckpt"))):
+            return
+        shutil.rmtree(log_dir, ignore_errors=True)
+        if log_dir.parent.is_dir() and not any(log_dir.parent.iterdir()):
+            log_dir.parent.rmdir()
+        print(f"ssr: removed {log_dir}: the run failed before its first step", file=sys.stderr)
+
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the `ssr` console script (`ssr sr ...` is dispatched to `ssr_lightning.cli.sr`)."""
@@ -193,16 +313,20 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(sr_main(list(argv[1:])))
     # dataclass fields (DegradationConfig, KernelConfig) document themselves with attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    SSRCLI(
-        LightningModule,
-        SRDataModule,
-        subclass_mode_model=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"default_env": False},
-        args=args,
-        auto_configure_optimizers=False,
-        seed_everything_default=0,
-    )
+    try:
+        SSRCLI(
+            LightningModule,
+            SRDataModule,
+            subclass_mode_model=True,
+            save_config_callback=RunConfigCallback,
+            parser_kwargs={"default_env": False},
+            args=args,
+            auto_configure_optimizers=False,
+            seed_everything_default=0,
+        )
+    except (UsageError, CheckpointError, DataError) as err:
+        print(f"ssr {argv[0] if argv else ''}: {err}".replace("  ", " "), file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

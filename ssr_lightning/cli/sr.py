@@ -2,12 +2,21 @@
 
 INPUT is image files and/or folders (their images, sorted, not recursive). Every file is decoded with
 ``ssr_lightning.data.image_io.load_image`` (grayscale, palette, RGBA composited on white, 16-bit), odd sizes are
-reflect-padded and cropped back. A missing path or a file that cannot be decoded prints one clear line and the
-other files still complete; the exit code is 1 if any file failed (2 if the models could not be loaded).
+reflect-padded and cropped back.
 
-Output: ``OUT/<stem>.png``; with one input file, ``-o result.png`` names the file itself. ``--save-maps`` writes
-``<stem>_depth.png`` (SVKR's D_T, 16-bit, black = near), ``<stem>_kernel_var.png`` (per-pixel kernel variance,
-magma colour map) and ``<stem>_maps.npz`` (both as float arrays) beside it.
+Before any model is loaded, the options, the inputs and the outputs are checked: an output that would replace an
+input, or an earlier result without ``--overwrite``, or an output folder that cannot be written, stops the command
+with exit status 2; a missing, undecodable or too small input (< 8×8 px) is reported and the other files still
+complete (exit status 1 if any failed). Every file is written atomically (temporary file + rename).
+
+Output: ``OUT/<stem>.png``; inputs that share a stem (``a.jpg``, ``a.png``) get ``OUT/<stem>_<ext>.png`` each. With
+one input file, ``-o result.png`` names the file itself. ``--save-maps`` writes ``<stem>_depth.png`` (SVKR's D_T,
+16-bit, black = near), ``<stem>_kernel_var.png`` (per-pixel kernel variance, magma colour map) and
+``<stem>_maps.npz`` (both as float arrays) beside it.
+
+Memory: activations follow the tile size, but the output canvas (two float32 maps of the output size, ~24 bytes per
+output pixel: 0.3 GB for 4000×3000) and SVKR on the whole LR image grow with the image. Large inputs show a per-tile
+progress bar with an ETA.
 
 Examples::
 
@@ -18,8 +27,9 @@ Examples::
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,8 +38,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ssr_lightning.data.image_io import IMAGE_EXTENSIONS, load_image, save_image
+from ssr_lightning.files import atomic_write
 
-__all__ = ["build_parser", "collect_inputs", "main", "output_path"]
+__all__ = ["build_parser", "collect_inputs", "main", "output_path", "plan_outputs"]
+
+MIN_SIDE = 8  # LR pixels: below this the depth and diffusion networks have no spatial extent left
 
 
 def build_parser() -> ArgumentParser:
@@ -55,6 +68,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
     return p
 
 
@@ -70,11 +84,86 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def output_path(src: Path, output: Path, single: bool) -> Path:
-    """Where the SR of ``src`` goes: ``output`` itself for one input with a .png name, else ``output/<stem>.png``."""
+def output_path(src: Path, output: Path, single: bool, tag: str = "") -> Path:
+    """Where the SR of ``src`` goes: ``output`` itself for one input with a .png name, else ``output/<stem><tag>.png``."""
     if single and output.suffix.lower() == ".png":
         return output
-    return output / f"{src.stem}.png"
+    return output / f"{src.stem}{tag}.png"
+
+
+def _map_paths(dst: Path) -> list[Path]:
+    return [dst.with_name(f"{dst.stem}_{k}") for k in ("depth.png", "kernel_var.png", "maps.npz")]
+
+
+def plan_outputs(files: list[Path], output: Path, single: bool) -> dict[Path, Path]:
+    """``input -> output`` with distinct outputs: inputs sharing a stem get ``_<ext>`` (``a_jpg.png``, ``a_png.png``)."""
+    stems: dict[str, int] = {}
+    for f in files:
+        stems[f.stem] = stems.get(f.stem, 0) + 1
+    return {f: output_path(f, output, single, f"_{f.suffix.lstrip('.').lower()}" if stems[f.stem] > 1 else "")
+            for f in files}
+
+
+def _usage(message: str) -> int:
+    print(f"ssr sr: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_options(args: Any) -> str | None:
+    if args.steps is not None and args.steps < 1:
+        return f"--steps {args.steps}: must be >= 1 (leave it out for the model's default)"
+    if args.strength is not None and not 0.0 < args.strength <= 1.0:
+        return f"--strength {args.strength}: must be in (0, 1] (1 = from pure noise)"
+    if args.tile < 0 or args.overlap < 0:
+        return f"--tile {args.tile} / --overlap {args.overlap}: must be >= 0 (--tile 0: no tiling)"
+    if args.tile and args.overlap >= args.tile:
+        return f"--overlap {args.overlap} must be smaller than --tile {args.tile}"
+    return None
+
+
+def _check_inputs(files: list[Path]) -> dict[Path, str]:
+    """Problems of the inputs found without decoding whole images: missing, unreadable, too small."""
+    bad: dict[Path, str] = {}
+    for f in files:
+        if not f.is_file():
+            bad[f] = "no such file"
+            continue
+        try:
+            with Image.open(f) as im:
+                w, h = im.size
+        except Exception as err:  # noqa: BLE001 - any decoder error means "not an image we can read"
+            bad[f] = f"not a readable image ({type(err).__name__}); convert it to PNG or JPEG"
+            continue
+        if min(w, h) < MIN_SIDE:
+            bad[f] = f"{w}x{h} px is too small: ssr sr needs at least {MIN_SIDE}x{MIN_SIDE} LR pixels"
+    return bad
+
+
+def _check_outputs(plan: dict[Path, Path], inputs: list[Path], save_maps: bool, overwrite: bool) -> str | None:
+    sources = {f.resolve() for f in inputs if f.exists()}
+    existing = []
+    for dst in plan.values():
+        for target in [dst, *(_map_paths(dst) if save_maps else [])]:
+            if target.resolve() in sources:
+                return (f"output {target} is one of the inputs: it would be replaced by its own SR result. Choose "
+                        "another output folder (-o)")
+            if target.exists():
+                existing.append(target)
+    if existing and not overwrite:
+        more = f" and {len(existing) - 3} more" if len(existing) > 3 else ""
+        return (f"{', '.join(str(e) for e in existing[:3])}{more} already exist: pass --overwrite to replace them, "
+                "or choose another output folder (-o)")
+    return None
+
+
+def _check_writable(folder: Path) -> str | None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ssr_sr_write_test_"):
+            pass
+    except OSError as err:
+        return f"cannot write to the output folder {folder}: {err.strerror or err}. Choose a writable folder (-o)"
+    return None
 
 
 def _save_maps(dst: Path, depth: torch.Tensor | None, kvar: torch.Tensor | None) -> None:
@@ -84,19 +173,41 @@ def _save_maps(dst: Path, depth: torch.Tensor | None, kvar: torch.Tensor | None)
     if depth is not None:
         d = depth[0, 0].clamp(0, 1).numpy()
         arrays["depth"] = d
-        Image.fromarray((d * 65535.0 + 0.5).astype(np.uint16)).save(dst.with_name(f"{dst.stem}_depth.png"))
+        depth16 = Image.fromarray((d * 65535.0 + 0.5).astype(np.uint16))
+        atomic_write(dst.with_name(f"{dst.stem}_depth.png"), lambda tmp: depth16.save(tmp, format="PNG"))
     if kvar is not None:
         arrays["kernel_var"] = kvar[0, 0].numpy()
         save_image(dst.with_name(f"{dst.stem}_kernel_var.png"), heatmap(kvar)[0].permute(1, 2, 0).numpy())
     if arrays:
-        np.savez_compressed(dst.with_name(f"{dst.stem}_maps.npz"), **arrays)
+        atomic_write(dst.with_name(f"{dst.stem}_maps.npz"), lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit code (0 all done, 1 some file failed, 2 models not loadable)."""
+    """Run the command; returns the exit code (0 all done, 1 some file failed, 2 usage error or models not loadable)."""
     args = build_parser().parse_args(argv)
+    problem = _check_options(args)
+    if problem:
+        return _usage(problem)
+    files = collect_inputs(args.inputs)
+    if not files:
+        return _usage(f"no images found in {' '.join(args.inputs)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    output = Path(args.output)
+    single = len(files) == 1 and not Path(args.inputs[0]).is_dir()
+    plan = plan_outputs(files, output, single)
+    bad = _check_inputs(files)
+    problem = (_check_outputs({f: d for f, d in plan.items() if f not in bad}, files, args.save_maps, args.overwrite)
+               or _check_writable(output.parent if single and output.suffix.lower() == ".png" else output))
+    if problem:
+        return _usage(problem)
+    for f, why in bad.items():
+        print(f"ssr sr: FAILED {f}: {why}", file=sys.stderr)
+    renamed = [f"{f.name} -> {d.name}" for f, d in plan.items() if d.stem != f.stem and not single]
+    if renamed:
+        print(f"ssr sr: inputs share a stem, so their outputs are named apart: {', '.join(renamed)}", file=sys.stderr)
+    todo = [f for f in files if f not in bad]
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
+        from ssr_lightning.inference.checkpoints import CheckpointError
         from ssr_lightning.inference.pipeline import SSRPipeline
         from ssr_lightning.inference.svkr import SVKRConfig
 
@@ -106,24 +217,17 @@ def main(argv: list[str] | None = None) -> int:
                               depth_ckpt=args.depth_ckpt)
         pipe = SSRPipeline.from_checkpoint(
             args.ckpt, svkr=svkr, device=device, tile=args.tile, overlap=args.overlap,
-            num_inference_steps=args.steps, seed=args.seed, strength=args.strength,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"ssr sr: cannot load the models: {err}", file=sys.stderr)
-        return 2
-    files = collect_inputs(args.inputs)
-    if not files:
-        print(f"ssr sr: no images found in {' '.join(args.inputs)}", file=sys.stderr)
-        return 1
-    output = Path(args.output)
-    single = len(files) == 1 and not Path(args.inputs[0]).is_dir()
-    failed: list[str] = []
-    for src in tqdm(files, desc="ssr sr", unit="img"):
+            num_inference_steps=args.steps, seed=args.seed, strength=args.strength, progress=True,
+        ) if todo else None
+    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
+        return _usage(f"cannot load the models: {err}")
+    failed: list[str] = [str(f) for f in bad]
+    for src in tqdm(todo, desc="ssr sr", unit="img", disable=len(todo) < 2):
         try:
             img = load_image(src)  # raises FileNotFoundError / ImageReadError with a clear message
             lr = torch.from_numpy(img).permute(2, 0, 1)[None].float()
             result = pipe(lr)
-            dst = output_path(src, output, single)
+            dst = plan[src]
             save_image(dst, result.sr[0].permute(1, 2, 0).numpy())
             if args.save_maps:
                 _save_maps(dst, result.depth, result.kernel_var)

@@ -17,6 +17,7 @@ from .augment import (
     sample_seed,
 )
 from .datasets import (
+    DataError,
     HRFolderDataset,
     PairedFolderDataset,
     SRPatchDataset,
@@ -43,6 +44,7 @@ from .scenes import (
 )
 
 __all__ = [
+    "DataError",
     "EmbeddedScenes",
     "EpochSampler",
     "HRFolderDataset",

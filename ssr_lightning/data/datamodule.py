@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssr_lightning.degradation import DegradationConfig, Degrader
 
 from .augment import EpochSampler
-from .datasets import HRFolderDataset, PairedFolderDataset, SRPatchDataset, collate
+from .datasets import DataError, HRFolderDataset, PairedFolderDataset, SRPatchDataset, collate, scan_images
 from .scenes import EmbeddedScenes
 
 __all__ = ["SRDataModule"]
@@ -98,19 +98,28 @@ class SRDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if dataset not in ("embedded", "folder", "paired"):
-            raise ValueError(f"data.dataset must be 'embedded', 'folder' or 'paired', got {dataset!r}")
+            raise DataError(f"data.dataset must be 'embedded', 'folder' or 'paired', got {dataset!r}")
         if scale < 1:
-            raise ValueError(f"data.scale must be >= 1, got {scale}")
+            raise DataError(f"data.scale must be >= 1, got {scale}")
+        positive = {"patch_size": patch_size, "batch_size": batch_size, "val_batch_size": val_batch_size,
+                    "test_batch_size": test_batch_size, "embedded_scene_size": embedded_scene_size,
+                    "num_train": num_train, "num_val": num_val, "num_test": num_test}
+        for name, value in positive.items():
+            if value < 1:
+                raise DataError(f"data.{name}={value}: must be >= 1")
+        for name, value in (("val_size", val_size), ("test_size", test_size), ("num_workers", num_workers)):
+            if value is not None and value < 0:
+                raise DataError(f"data.{name}={value}: must be >= 0 (0 keeps whole images / loads in the main process)")
         for name, size in (("patch_size", patch_size), ("val_size", val_size), ("test_size", test_size)):
             if size and size % scale:
-                raise ValueError(
+                raise DataError(
                     f"data.{name}={size} is not a multiple of data.scale={scale}; "
                     f"use {size - size % scale} or {size - size % scale + scale}"
                 )
         if dataset == "embedded":
             for name, size in (("patch_size", patch_size), ("val_size", val_size), ("test_size", test_size)):
                 if size and size > embedded_scene_size:
-                    raise ValueError(
+                    raise DataError(
                         f"data.{name}={size} exceeds data.embedded_scene_size={embedded_scene_size}: "
                         f"lower data.{name} or raise data.embedded_scene_size"
                     )
@@ -140,22 +149,32 @@ class SRDataModule(L.LightningDataModule):
         root = self.roots[split]
         if root is None:
             if split == "train":
-                raise ValueError(f"data.dataset={self.dataset!r} needs data.train_root (a folder of HR images)")
+                raise DataError(f"data.dataset={self.dataset!r} needs data.train_root (a folder of HR images)")
             return None
         if self.dataset == "folder":
             return HRFolderDataset(root, self.scale, depth_dir=self.depth_dir, depth_inverse=self.depth_inverse)
         lr_root = self.lr_roots[split]
         if lr_root is None:
-            raise ValueError(f"data.dataset='paired' needs data.{split}_lr_root next to data.{split}_root")
+            raise DataError(f"data.dataset='paired' needs data.{split}_lr_root next to data.{split}_root")
         return PairedFolderDataset(lr_root, root, self.scale)
 
     def _make(self, split: str) -> SRPatchDataset | None:
         if split not in self.datasets:
             base = self._base(split)
+            self._scan(base, split)
             self.datasets[split] = (
                 None if base is None else SRPatchDataset(base, split, self.sizes[split], self.scale, self.seed)
             )
         return self.datasets[split]
+
+    def _scan(self, base: Dataset | None, split: str) -> None:
+        """Decode every file of a folder data set once, before training, and report all bad files together."""
+        size = self.sizes[split]
+        if isinstance(base, HRFolderDataset):
+            scan_images(base.files, self.scale, size, f"{split} image")
+        elif isinstance(base, PairedFolderDataset):
+            scan_images([lr for lr, _ in base.pairs], self.scale, size, f"{split} pair",
+                        partners=[hr for _, hr in base.pairs])
 
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets a stage needs (files are listed here, decoded only per item)."""
@@ -193,7 +212,7 @@ class SRDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self._make("test") is None:
-            raise ValueError(f"data.dataset={self.dataset!r} needs data.test_root to test or predict")
+            raise DataError(f"data.dataset={self.dataset!r} needs data.test_root to test or predict")
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:

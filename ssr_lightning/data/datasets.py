@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from .augment import PatchAugment, center_crop, paired_augment, sample_seed
 from .image_io import (
@@ -28,7 +29,55 @@ from .image_io import (
     normalize_depth,
 )
 
-__all__ = ["HRFolderDataset", "PairedFolderDataset", "SRPatchDataset", "collate", "list_images"]
+__all__ = ["DataError", "HRFolderDataset", "PairedFolderDataset", "SRPatchDataset", "collate", "list_images",
+           "scan_images"]
+
+
+class DataError(ValueError):
+    """A problem with the user's data or data options; the message names the files or the option."""
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(height, width) of a fully decoded image; raises on a corrupt or truncated file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()  # decodes every pixel: a truncated file fails here, not mid-training
+        w, h = im.size
+    return h, w
+
+
+def scan_images(files: Sequence[Path], scale: int, min_side: int | None, what: str,
+                partners: Sequence[Path] | None = None) -> None:
+    """Decode every file once and raise one :class:`DataError` listing *every* bad file.
+
+    Checks: decodable; at least ``min_side`` px per side (after cropping to a multiple of ``scale``); with
+    ``partners`` (HR files of paired data, one per LR file) each HR must be exactly ``scale`` × its LR.
+    """
+    bad: list[str] = []
+    for i, f in enumerate(tqdm(files, desc=f"checking {what}", leave=False, disable=len(files) < 200)):
+        try:
+            h, w = _image_size(f)
+        except Exception as err:  # noqa: BLE001 - every decoder error means "unusable file"
+            bad.append(f"{f}: cannot be decoded ({type(err).__name__}: {str(err)[:80]})")
+            continue
+        if partners is not None:
+            try:
+                hh, hw = _image_size(partners[i])
+            except Exception as err:  # noqa: BLE001
+                bad.append(f"{partners[i]}: cannot be decoded ({type(err).__name__}: {str(err)[:80]})")
+                continue
+            if (hh, hw) != (h * scale, w * scale):
+                bad.append(f"{partners[i]} is {hw}×{hh} but its LR {f.name} is {w}×{h}: at scale {scale} the HR "
+                           f"must be {w * scale}×{h * scale}")
+            h, w = hh, hw
+        side = min(h - h % scale, w - w % scale)
+        if min_side and side < min_side:
+            bad.append(f"{f}: {w}×{h} px is smaller than the {min_side} px patch/crop")
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(f"{len(bad)} unusable {what} file(s) (remove or fix them, or lower data.patch_size / "
+                        f"data.val_size / data.test_size): {shown}")
 
 DEPTH_SUFFIXES = ("_depth.npy", "_depth.npz", "_depth.png", "_depth.tif", "_depth.tiff", "_depth.exr")
 _SCALE_TAG = re.compile(r"([_\-.](lr|hr)\d*|[_\-.]?x\d+)+$", re.IGNORECASE)
@@ -42,9 +91,9 @@ def list_images(root: str | Path, exclude: Sequence[Path] = ()) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), skipping ``*_depth.*`` files and ``exclude`` folders."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data folder not found: '{root}'")
+        raise DataError(f"data folder not found: '{root}'; check data.train_root / val_root / test_root")
     if not root.is_dir():
-        raise NotADirectoryError(f"expected a folder of images, got a file: '{root}'")
+        raise DataError(f"expected a folder of images, got a file: '{root}'")
     excl = [Path(e).resolve() for e in exclude]
     files = []
     for p in sorted(root.rglob("*")):
@@ -55,7 +104,7 @@ def list_images(root: str | Path, exclude: Sequence[Path] = ()) -> list[Path]:
             continue
         files.append(p)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in '{root}'")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in '{root}'")
     return files
 
 

@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageFile
 from scipy import ndimage
 
+from ssr_lightning.files import atomic_write
+
 PathLike = str | os.PathLike
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -159,8 +161,7 @@ def save_image(path: PathLike, img: np.ndarray) -> None:
         arr = (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(str(path), format="PNG")
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(str(tmp), format="PNG"))
 
 
 def load_depth(path: PathLike) -> np.ndarray:

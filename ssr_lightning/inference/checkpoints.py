@@ -189,7 +189,12 @@ def build_model(ckpt: dict[str, Any], ema: bool = True) -> nn.Module:
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     # A frozen pretrained backbone is not saved in the checkpoint: it comes from its pretrained_path.
     strict = not meta["model_config"].get("pretrained_path")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"checkpoint weights do not match {meta['model_class']}{dict(meta['model_config'])}: "
+                              f"{detail}") from None
     if unexpected or (strict and missing):
         raise CheckpointError(f"checkpoint weights do not match {meta['model_class']}: missing {missing[:4]} "
                               f"({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)})")

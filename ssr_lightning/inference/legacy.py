@@ -26,7 +26,7 @@ def legacy_stage(ckpt: dict[str, Any]) -> str | None:
     cls = str(hp.get("_class_path", "")).rsplit(".", 1)[-1]
     if cls in _CLASS_STAGE:
         return _CLASS_STAGE[cls]
-    keys = set(hp)
+    keys = set(hp) | ({"blocks_per_level"} if "depthnet_config" in ckpt else set())
     for stage, marker in (("ssrdiffusion", "amf_hidden"), ("nbsr", "code_channels"), ("dkenet", "blocks_per_stage"),
                           ("depth", "blocks_per_level"), ("vae", "kl_weight"), ("svkr", "iterations")):
         if marker in keys:

@@ -28,7 +28,7 @@ from torchvision.utils import make_grid
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
 
-__all__ = ["FitConfig", "StageModule", "as_config"]
+__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "as_config"]
 
 C = TypeVar("C")
 
@@ -67,6 +67,18 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
+
+
+class KeepPreviousCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that moves the previous ``last.ckpt`` to ``last.prev.ckpt`` before writing a new one, so a
+    checkpoint corrupted by a kill mid-write still has a readable predecessor (``ssr fit --ckpt_path last`` falls
+    back to it)."""
+
+    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
+        path = Path(filepath)
+        if trainer.is_global_zero and path.name == "last.ckpt" and path.is_file():
+            os.replace(path, path.with_name("last.prev.ckpt"))
+        super()._save_checkpoint(trainer, filepath)
 
 
 class StageModule(LightningModule):
@@ -117,8 +129,8 @@ class StageModule(LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         # One callback keeps `last.ckpt` fresh during training (so a killed run loses at most N steps),
         # the other keeps the best checkpoint by the stage's validation metric.
-        periodic = ModelCheckpoint(filename="step{step}", save_last=True, save_top_k=0,
-                                   every_n_train_steps=self.fit_args.ckpt_every_n_steps)
+        periodic = KeepPreviousCheckpoint(filename="step{step}", save_last=True, save_top_k=0,
+                                          every_n_train_steps=self.fit_args.ckpt_every_n_steps)
         best = ModelCheckpoint(
             filename="best", monitor=self.monitor, mode=self.monitor_mode, save_top_k=1, auto_insert_metric_name=False
         )

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ssr_lightning.degradation.blur import KernelBasis
+from ssr_lightning.files import atomic_write, atomic_write_json
 from ssr_lightning.degradation.kernels import KernelConfig, sample_kernel_field
 
 __all__ = [
@@ -127,18 +128,12 @@ def kernel_config_dict(cfg: KernelConfig) -> dict[str, Any]:
 
 
 def save_basis_atomic(basis: KernelBasis, path: Path) -> None:
-    # Write-then-rename: several DDP ranks (or runs) may fit the same missing artifact at once; readers must
-    # never see a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    basis.save(tmp)
-    os.replace(tmp, path)
+    # Several DDP ranks (or runs) may fit the same missing artifact at once; readers never see a half-written file.
+    atomic_write(path, basis.save)
 
 
 def write_report_atomic(path: Path, report: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(path, report)
 
 
 def load_or_fit_basis(
