@@ -298,8 +298,9 @@ class SSRCLI(LightningCLI):
                 or any(log_dir.glob("checkpoints/*.ckpt"))):
             return
         shutil.rmtree(log_dir, ignore_errors=True)
-        if log_dir.parent.is_dir() and not any(log_dir.parent.iterdir()):
-            log_dir.parent.rmdir()
+        for parent in (log_dir.parent, log_dir.parent.parent):  # <root>/<name>, then <root>, when left empty
+            if parent.is_dir() and parent.resolve() != Path.cwd().resolve() and not any(parent.iterdir()):
+                parent.rmdir()
         print(f"ssr: removed {log_dir}: the run failed before its first step", file=sys.stderr)
 
 

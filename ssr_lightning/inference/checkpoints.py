@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -147,7 +146,7 @@ def read_checkpoint(path: str | os.PathLike[str], stage: str | None = None,
             f"({str(err).splitlines()[0][:160]}). Only checkpoints written by `ssr fit` are accepted; expected "
             f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint."
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - any other failure to unpickle means a corrupt or foreign file
         raise CheckpointError(
             f"{p}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); the file is "
             f"truncated or corrupt. Expected {'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint: use "
