@@ -27,7 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing the package
 
-from ssr_lightning.degradation import KernelBasis, KernelConfig, blur_downsample, sample_kernel_field
+from ssr_lightning.degradation import (
+    KernelBasis,
+    KernelConfig,
+    blur_downsample,
+    sample_kernel_field,
+)
 
 PATCH = 192
 SCALE = 4

@@ -261,7 +261,13 @@ def _records(plan: Any) -> dict[str, dict[str, Any]]:
 
 
 def test_report_tables_bold_arrows_pm_and_text_cells(tmp_path: Path) -> None:
-    from ssr_lightning.ablate.report import build_table, to_csv, to_json, to_latex, to_markdown
+    from ssr_lightning.ablate.report import (
+        build_table,
+        to_csv,
+        to_json,
+        to_latex,
+        to_markdown,
+    )
 
     _write_configs(tmp_path)
     plan = expand(parse_study(_study(seeds=[0, 1])), cwd=tmp_path)

@@ -12,10 +12,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssr_lightning.diffusion.config import BackboneConfig, LossConfig, ModalityConfig, SamplingConfig
+from ssr_lightning.diffusion.config import (
+    BackboneConfig,
+    LossConfig,
+    ModalityConfig,
+    SamplingConfig,
+)
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
 from ssr_lightning.inference.checkpoints import load_model
-from ssr_lightning.inference.pipeline import SSRPipeline, blend_ramp, tile_starts, tiled_apply
+from ssr_lightning.inference.pipeline import (
+    SSRPipeline,
+    blend_ramp,
+    tile_starts,
+    tiled_apply,
+)
 from ssr_lightning.inference.svkr import SVKRResult
 from ssr_lightning.modules.diffusion_module import SSRDiffusionModule
 from ssr_lightning.networks.amf import AMF

@@ -13,6 +13,9 @@ import torch
 from ssr_lightning.cli import kernel_basis
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.degradation.kernels import KernelConfig, sample_kernel_field
+from ssr_lightning.inference.checkpoints import load_model
+from ssr_lightning.metrics import psnr_y, rgb_to_y, ssim, ssim_y
+from ssr_lightning.modules import NBSRModule
 from ssr_lightning.networks.kernel_codec import (
     default_basis_path,
     fit_kernel_basis,
@@ -20,9 +23,6 @@ from ssr_lightning.networks.kernel_codec import (
     reconstruction_error,
     sample_kernels,
 )
-from ssr_lightning.metrics import psnr_y, rgb_to_y, ssim, ssim_y
-from ssr_lightning.inference.checkpoints import load_model
-from ssr_lightning.modules import NBSRModule
 from ssr_lightning.networks.nbsr import NBSR, KernelConditionedSR
 
 # Small fits keep the file fast; the bounds below were measured for these sizes (12 components, 4000 kernels,

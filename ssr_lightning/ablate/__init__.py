@@ -7,7 +7,13 @@ writer.py is the Lightning callback that scores `ssr predict` outputs with the p
 
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Cell, Plan, StageRun, expand, shard_cells
-from ssr_lightning.ablate.runner import CLIRunner, CommandFailed, EvalJob, Runner, StageJob
+from ssr_lightning.ablate.runner import (
+    CLIRunner,
+    CommandFailed,
+    EvalJob,
+    Runner,
+    StageJob,
+)
 from ssr_lightning.ablate.study import Study, StudyError, load_study, parse_study
 
 __all__ = [

@@ -148,7 +148,9 @@ def tensorboard_hparams(plan: Plan, records: dict[str, dict[str, Any]], folder: 
     A cell's entry is rewritten only when its result changed (its key and finish time are kept beside it),
     so repeated reports do not pile up duplicate runs in TensorBoard's HPARAMS tab.
     """
-    from torch.utils.tensorboard import SummaryWriter  # tensorboard is heavy: only when a report is written
+    from torch.utils.tensorboard import (
+        SummaryWriter,  # tensorboard is heavy: only when a report is written
+    )
 
     written = 0
     for cell in plan.cells:

@@ -18,7 +18,14 @@ from typing import Any
 
 import yaml
 
-from ssr_lightning.ablate.study import EvalSpec, Study, StudyError, check_keys, parse_eval_spec, value_key
+from ssr_lightning.ablate.study import (
+    EvalSpec,
+    Study,
+    StudyError,
+    check_keys,
+    parse_eval_spec,
+    value_key,
+)
 
 __all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "shard_cells", "slug"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from ssr_lightning.ablate.execute import Layout
-from ssr_lightning.files import atomic_write_json, atomic_write_text, file_lock
 from ssr_lightning.ablate.plan import Plan
+from ssr_lightning.files import atomic_write_json, atomic_write_text, file_lock
 from ssr_lightning.metrics.iqa import HIGHER_IS_BETTER, LABELS
 
 __all__ = ["Column", "Entry", "NothingToReport", "Table", "build_table", "to_csv", "to_json", "to_latex", "to_markdown", "write_report"]
@@ -256,7 +256,11 @@ def write_report(plan: Plan, out: str | Path) -> list[Path]:
     Raises :class:`NothingToReport` (writing nothing) when no cell of this version of the study has finished, so an
     edited study never replaces a report with empty cells. A figure that cannot be drawn removes its old file.
     """
-    from ssr_lightning.ablate.figures import bar_chart, qualitative_grid, tensorboard_hparams
+    from ssr_lightning.ablate.figures import (
+        bar_chart,
+        qualitative_grid,
+        tensorboard_hparams,
+    )
 
     out = Path(out)
     with file_lock(out / "report.lock"):

@@ -11,9 +11,7 @@ at the end it writes `<out_dir>/predict_metrics.json` (`summary`, `available`, `
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +21,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import save_image
 
+from ssr_lightning.files import atomic_write, atomic_write_json
 from ssr_lightning.metrics.iqa import PAPER_METRICS, MetricSuite
 
 __all__ = ["SAMPLES_ENV", "EvalWriter", "sample_paths"]
@@ -113,7 +112,8 @@ class EvalWriter(Callback):
         paths = sample_paths(self.out_dir / "samples", name)
         paths["sr"].parent.mkdir(parents=True, exist_ok=True)
         for kind, img in (("lr", lr), ("sr", sr), ("hr", hr)):
-            save_image(img.detach().float().clamp(0, 1).cpu(), paths[kind])
+            pixels = img.detach().float().clamp(0, 1).cpu()
+            atomic_write(paths[kind], lambda tmp, pixels=pixels: save_image(pixels, tmp, format="png"))
         self._saved += 1
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -130,6 +130,4 @@ class EvalWriter(Callback):
         report = {"summary": summary, "available": self._suite.available(), "source": self.source,
                   "num_samples": len(self._rows), "per_sample": self._rows}
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_dir / f".predict_metrics.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, self.out_dir / "predict_metrics.json")
+        atomic_write_json(self.out_dir / "predict_metrics.json", report)

@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    from ssr_lightning.ablate.report import NothingToReport, write_report  # matplotlib/tensorboard only here
+    from ssr_lightning.ablate.report import (  # matplotlib/tensorboard only here
+        NothingToReport,
+        write_report,
+    )
 
     if args.report_only:
         try:

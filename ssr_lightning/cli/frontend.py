@@ -11,7 +11,6 @@ their meaning: ``ssr_lightning.ablate.frontend``.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +26,7 @@ from ssr_lightning.ablate.frontend import (
     make_test_batches,
     svkr_gap,
 )
+from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.inference.checkpoints import load_model, resolve_checkpoint
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 
@@ -87,8 +87,8 @@ def run(argv: list[str]) -> list[FrontendRow]:
     out.mkdir(parents=True, exist_ok=True)
     report = {"rows": [asdict(r) for r in rows], "svkr_minus_upper_bound": gap,
               "args": {k: str(v) for k, v in vars(args).items()}, "num_samples": rows[0].num_samples}
-    (out / "frontend.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    (out / "frontend.md").write_text(md + "\n")
+    atomic_write_json(out / "frontend.json", report)
+    atomic_write_text(out / "frontend.md", md + "\n")
     print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}")
     return rows
 

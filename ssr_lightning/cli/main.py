@@ -34,11 +34,20 @@ import torch
 import yaml
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from lightning.pytorch.utilities import rank_zero_info
 
 from ssr_lightning.data import DataError, SRDataModule
-from ssr_lightning.inference.checkpoints import STAGES, CheckpointError, find_checkpoint, read_checkpoint
+from ssr_lightning.inference.checkpoints import (
+    STAGES,
+    CheckpointError,
+    find_checkpoint,
+    read_checkpoint,
+)
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 

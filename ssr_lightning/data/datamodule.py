@@ -19,7 +19,14 @@ from torch.utils.data import DataLoader, Dataset
 from ssr_lightning.degradation import DegradationConfig, Degrader
 
 from .augment import EpochSampler
-from .datasets import DataError, HRFolderDataset, PairedFolderDataset, SRPatchDataset, collate, scan_images
+from .datasets import (
+    DataError,
+    HRFolderDataset,
+    PairedFolderDataset,
+    SRPatchDataset,
+    collate,
+    scan_images,
+)
 from .scenes import EmbeddedScenes
 
 __all__ = ["SRDataModule"]

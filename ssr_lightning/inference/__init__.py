@@ -9,7 +9,12 @@ from ssr_lightning.inference.checkpoints import (
     read_checkpoint,
     resolve_checkpoint,
 )
-from ssr_lightning.inference.depth import DepthEstimator, GroundTruthDepth, LearnedDepth, build_depth_estimator
+from ssr_lightning.inference.depth import (
+    DepthEstimator,
+    GroundTruthDepth,
+    LearnedDepth,
+    build_depth_estimator,
+)
 from ssr_lightning.inference.pipeline import SRResult, SSRPipeline
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig, SVKRResult, load_depth
 

@@ -27,7 +27,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
-from ssr_lightning.inference.checkpoints import build_model, read_checkpoint, resolve_checkpoint
+from ssr_lightning.inference.checkpoints import (
+    build_model,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.visualize import kernel_spread
 

@@ -27,7 +27,11 @@ import torch
 from torch import Tensor, nn
 
 from ssr_lightning.inference.checkpoints import load_model, resolve_checkpoint
-from ssr_lightning.inference.depth import DepthEstimator, build_depth_estimator, resize_depth
+from ssr_lightning.inference.depth import (
+    DepthEstimator,
+    build_depth_estimator,
+    resize_depth,
+)
 
 __all__ = ["SVKR", "DepthKind", "SVKRConfig", "SVKRResult", "load_depth"]
 

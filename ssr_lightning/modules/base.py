@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torchvision.utils import make_grid
 
+from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
 
@@ -203,8 +204,5 @@ class StageModule(LightningModule):
         out_dir.mkdir(parents=True, exist_ok=True)
         report = {"summary": summary, "num_samples": len(self._test_rows), "per_sample": self._test_rows,
                   "hparams": {k: v for k, v in self.hparams.items() if isinstance(v, (int, float, str, bool, type(None)))}}
-        path = out_dir / "test_metrics.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, path)
+        path = atomic_write_json(out_dir / "test_metrics.json", report)
         self.print(f"test metrics -> {path}: " + ", ".join(f"{k}={v:.4f}" for k, v in summary.items()))

@@ -22,7 +22,12 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ssr_lightning.diffusion.config import BackboneConfig, LossConfig, ModalityConfig, SamplingConfig
+from ssr_lightning.diffusion.config import (
+    BackboneConfig,
+    LossConfig,
+    ModalityConfig,
+    SamplingConfig,
+)
 from ssr_lightning.diffusion.model import LatentDiffusionSR
 from ssr_lightning.inference.checkpoints import read_checkpoint, resolve_checkpoint
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig

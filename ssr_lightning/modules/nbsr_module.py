@@ -10,7 +10,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from ssr_lightning.degradation.kernels import KernelConfig
-from ssr_lightning.inference.checkpoints import load_model, read_checkpoint, require_file
+from ssr_lightning.inference.checkpoints import (
+    load_model,
+    read_checkpoint,
+    require_file,
+)
 from ssr_lightning.metrics import psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks.kernel_codec import code_std, load_or_fit_basis

@@ -10,7 +10,7 @@ against HR (``scale`` px cropped) as ``t{t}/absrel``, ``t{t}/kernel_l1``, ``t{t}
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ssr_lightning.files import atomic_write
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig, SVKRResult
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
 from ssr_lightning.modules.base import StageModule, as_config
@@ -226,7 +227,7 @@ class SVKRModule(StageModule):
                           names=[r["name"] for r in rows])
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / FIGURE_NAME
-        fig.savefig(path, dpi=120)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
         logger = self.logger
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image("test/svkr_iterations", _figure_to_tensor(fig), global_step=self.global_step)

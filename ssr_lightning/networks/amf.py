@@ -32,7 +32,6 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 __all__ = ["AMF", "AMFMode", "ModalityMLP"]
 
 AMFMode = Literal["residual", "paper"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from .blocks import DABlock
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
 
 __all__ = ["DKENet"]
 

@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from ssr_lightning.degradation.blur import KernelBasis
-from ssr_lightning.files import atomic_write, atomic_write_json
 from ssr_lightning.degradation.kernels import KernelConfig, sample_kernel_field
+from ssr_lightning.files import atomic_write, atomic_write_json
 
 __all__ = [
     "DEFAULT_COMPONENTS",

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from .blocks import SFT
 from .kernel_codec import KernelCodec
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
 
 __all__ = ["NBSR", "RRDB", "SFTRRDB", "KernelConditionedSR", "ResidualDenseBlock"]
 

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from .amf import AMF, AMFMode
 from .cond_encoders import Level, LREncoder, MapEncoder
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
 
 __all__ = ["MODALITIES", "SSRUNet", "load_pretrained_unet"]
 
