@@ -175,7 +175,7 @@ def test_concurrent_report_writers_do_not_race(tmp_path: Path) -> None:
     def write() -> None:
         try:
             for _ in range(2):
-                for rec in (out / "cells").glob("*.json"):  # a new finish time makes every hparams entry rewrite
+                for rec in sorted((out / "cells").glob("[!.]*.json")):  # a new finish time: every hparams entry rewrites
                     data = json.loads(rec.read_text())
                     data["finished_at"] = f"{threading.get_ident()}-{os.urandom(4).hex()}"
                     atomic_write_json(rec, data)
