@@ -22,7 +22,7 @@ from ssr_lightning.networks.nbsr import KernelConditionedSR
 
 __all__ = ["NBSRModule"]
 
-KernelSource = Literal["gt", "dkenet"]
+KernelSource = Literal["gt", "dkenet", "none"]
 
 
 class NBSRModule(StageModule):
@@ -52,6 +52,9 @@ class NBSRModule(StageModule):
         kernel_source: KernelSource = "gt",
         dkenet_ckpt: str | None = None,
         init_ckpt: str | None = None,
+        noise_condition: bool = False,
+        input_condition: bool = False,
+        sft_init: float = 0.0,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
@@ -65,16 +68,20 @@ class NBSRModule(StageModule):
             basis_path: Kernel-basis artifact; None: `artifacts/kernel_basis_c{code_channels}_{key}.pt` (or under
                 $SSR_ARTIFACTS). Fitted from the data's kernel distribution and saved there when missing.
             basis_samples: Kernels the basis is fitted on when it has to be fitted.
-            kernel_source: "gt": condition on the batch's GT kernel field; "dkenet": on a frozen DKENet's estimate.
+            kernel_source: "gt": condition on the batch's GT kernel field; "dkenet": on a frozen DKENet's estimate;
+                "none": never (the zeroed code): a blind RRDB of the same size and budget, the no-kernel baseline.
             dkenet_ckpt: DKENet checkpoint (`runs/dkenet/version_N/checkpoints/best.ckpt`), for "dkenet".
             init_ckpt: NBSR checkpoint whose weights (and basis) start a new fit, e.g. the GT-kernel model that
                 a "dkenet" fine-tune starts from. Loaded in `setup("fit")`, so `--ckpt_path` resuming still wins.
+            noise_condition: Add a noise-level channel to the condition, estimated from the LR pixels.
+            input_condition: Also concatenate the condition map to the LR image at the input (SRMD-style).
+            sft_init: Std of the SFT heads' last layers at initialisation (0: identity SFTs).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
         self.save_stage_hparams()
-        if kernel_source not in ("gt", "dkenet"):
-            raise ValueError(f"model.init_args.kernel_source must be 'gt' or 'dkenet', got {kernel_source!r}")
+        if kernel_source not in ("gt", "dkenet", "none"):
+            raise ValueError(f"model.init_args.kernel_source must be 'gt', 'dkenet' or 'none', got {kernel_source!r}")
         if kernel_source == "dkenet":
             # Fail at construction, before any data is built or a step is run.
             if dkenet_ckpt is None:
@@ -85,7 +92,9 @@ class NBSRModule(StageModule):
                 )
             require_file(dkenet_ckpt, "dkenet")
         self.model = KernelConditionedSR(code_channels=code_channels, channels=channels, num_blocks=num_blocks,
-                                         growth=growth, scale=scale, kernel_size=kernel_size)
+                                         growth=growth, scale=scale, kernel_size=kernel_size,
+                                         noise_condition=noise_condition, input_condition=input_condition,
+                                         sft_init=sft_init)
         self._basis_checked = False
         # A plain list keeps the frozen DKENet out of this module's parameters, state_dict and train()/eval().
         self._dkenet: list[Any] = []
@@ -139,7 +148,9 @@ class NBSRModule(StageModule):
         est = self._dkenet[0]
         return est.to(self.device)
 
-    def _kernel(self, batch: dict[str, Any]) -> Tensor:
+    def _kernel(self, batch: dict[str, Any]) -> Tensor | None:
+        if self.hparams.kernel_source == "none":
+            return None
         if self.hparams.kernel_source == "dkenet":
             with torch.no_grad():
                 ke = self._dkenet_model()

@@ -20,6 +20,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from .blocks import SFT
+from ssr_lightning.degradation.noise import estimate_noise
+
 from .kernel_codec import KernelCodec
 
 __all__ = ["NBSR", "RRDB", "SFTRRDB", "KernelConditionedSR", "ResidualDenseBlock"]
@@ -113,16 +115,22 @@ class NBSR(ModelMixin, ConfigMixin):
         growth: int = 32,
         scale: int = 4,
         cond_channels: int | None = None,
+        input_condition: bool = False,
+        sft_init: float = 0.0,
     ) -> None:
         """
         Args:
             in_channels: Image channels (3, RGB).
-            code_channels: Length of the per-pixel kernel code (PCA components of the kernel basis).
+            code_channels: Length of the per-pixel condition (PCA kernel code, plus a noise channel if any).
             channels: Trunk feature width.
             num_blocks: Number of SFT-modulated RRDBs.
             growth: Dense-block growth channels.
             scale: SR factor (2, 3 or 4).
             cond_channels: Width of the condition features fed to every SFT (default ``max(channels // 2, 8)``).
+            input_condition: Also concatenate the code map to the LR image at the input (SRMD's stretched
+                degradation maps), so the first convolution sees the condition directly.
+            sft_init: Std of the SFT heads' last layers at initialisation (0: zero, every SFT starts as the
+                identity; > 0: the condition acts from the first step instead of waiting for a gradient path).
         """
         super().__init__()
         if min(in_channels, code_channels, channels, num_blocks, growth) < 1:
@@ -140,7 +148,8 @@ class NBSR(ModelMixin, ConfigMixin):
             nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(cond_channels, cond_channels, 3, padding=1),
         )
-        self.conv_first = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.input_condition = input_condition
+        self.conv_first = nn.Conv2d(in_channels + (code_channels if input_condition else 0), channels, 3, padding=1)
         self.blocks = nn.ModuleList([SFTRRDB(channels, growth, cond_channels) for _ in range(num_blocks)])
         self.conv_body = nn.Conv2d(channels, channels, 3, padding=1)
         self.upsample = _upsampler(channels, scale)
@@ -149,6 +158,10 @@ class NBSR(ModelMixin, ConfigMixin):
         self.act = nn.LeakyReLU(0.2, inplace=True)
         # Small output at init: with the bicubic global residual the untrained network starts near bicubic.
         _scaled_init(self.conv_last, _INIT_SCALE)
+        if sft_init > 0:
+            for block in self.blocks:
+                for branch in (block.sft.gamma, block.sft.beta):
+                    nn.init.normal_(branch[-1].weight, std=sft_init)
 
     # ----------------------------------------------------------------------------------------------- presets
     @classmethod
@@ -178,8 +191,9 @@ class NBSR(ModelMixin, ConfigMixin):
                 f"code must be (B, {self.code_channels}, h, w) = {(b, self.code_channels, h, w)} on the LR grid, "
                 f"got {tuple(code.shape)}"
             )
-        cond = self.cond_net(code.to(lr.dtype))
-        feat = self.conv_first(lr)
+        code = code.to(lr.dtype)
+        cond = self.cond_net(code)
+        feat = self.conv_first(torch.cat([lr, code], dim=1) if self.input_condition else lr)
         trunk = feat
         for block in self.blocks:
             trunk = block(trunk, cond)
@@ -195,25 +209,42 @@ class NBSR(ModelMixin, ConfigMixin):
 class KernelConditionedSR(ModelMixin, ConfigMixin):
     """NBSR on kernel *fields*: ``(lr, kernel (B, k², h, w) | None) -> sr``; the field is encoded by a :class:`KernelCodec`.
 
-    This is what SVKR and the pipeline call "NBSR". ``kernel=None`` is the zeroed code (the mean kernel).
+    This is what SVKR and the pipeline call "NBSR". ``kernel=None`` is the zeroed code (the mean kernel). With
+    ``noise_condition`` the condition also carries a noise-level channel (SRMD conditions on noise as well as on the
+    kernel, so a network trained on noisy data still knows when the kernel's detail is recoverable): the noise
+    level is *estimated from the LR pixels* (:func:`~ssr_lightning.degradation.noise.estimate_noise`), the same way at
+    training and at test time, so no ground truth is needed; zeroing the kernel code leaves that channel in place.
     """
 
     @register_to_config
     def __init__(
         self, code_channels: int = 12, channels: int = 16, num_blocks: int = 2, growth: int = 8, scale: int = 4,
-        kernel_size: int = 21,
+        kernel_size: int = 21, noise_condition: bool = False, input_condition: bool = False, sft_init: float = 0.0,
     ) -> None:
         super().__init__()
-        self.net = NBSR(code_channels=code_channels, channels=channels, num_blocks=num_blocks, growth=growth,
-                        scale=scale)
+        self.noise_condition = noise_condition
+        self.net = NBSR(code_channels=code_channels + int(noise_condition), channels=channels, num_blocks=num_blocks,
+                        growth=growth, scale=scale, input_condition=input_condition, sft_init=sft_init)
         self.codec = KernelCodec(kernel_size, code_channels)
 
     def encode(self, kernel: Tensor) -> Tensor:
         """Kernel field → whitened code map."""
         return self.codec.encode(kernel)
 
+    def condition(self, lr: Tensor, kernel: Tensor | None) -> Tensor | None:
+        """The condition map: the kernel code (zeros for ``kernel=None``) and, if enabled, the noise channel."""
+        code = None if kernel is None else self.codec.encode(kernel).to(lr.dtype)
+        if not self.noise_condition:
+            return code
+        b, _, h, w = lr.shape
+        if code is None:
+            code = lr.new_zeros(b, self.codec.n_components, h, w)
+        # σ̂ in 8-bit levels mapped to about [-1, 1] over the training range (1-30 levels)
+        level = (estimate_noise(lr) * 255.0 / 15.0 - 1.0).to(lr.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
+        return torch.cat([code, level], dim=1)
+
     def forward(self, lr: Tensor, kernel: Tensor | None = None) -> Tensor:
-        return self.net(lr, None if kernel is None else self.codec.encode(kernel).to(lr.dtype))
+        return self.net(lr, self.condition(lr, kernel))
 
 
 def _num_params(module: nn.Module) -> int:
