@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.ablate.frontend import evaluate_frontend, format_markdown, svkr_gap
+from ssr_lightning.ablate.frontend import evaluate_ladder, format_markdown, ladder_figure, merge_seeds, summarize
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.depth import LearnedDepth, resize_depth
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
@@ -155,20 +155,31 @@ def test_module_test_step_reports_every_iteration(batch: dict[str, torch.Tensor]
     assert path.name == FIGURE_NAME and path.stat().st_size > 0
 
 
-def test_frontend_rows_are_finite(batch: dict[str, torch.Tensor]) -> None:
+def test_frontend_ladder_rows_statistics_and_figure(batch: dict[str, torch.Tensor], tmp_path: Path) -> None:
     svkr = _make_svkr(iterations=2)
     nodepth = DKENet(channels=8, kernel_size=K, scale=S, use_depth=False).eval()
-    rows = evaluate_frontend([batch], svkr, nodepth, scale=S, gammas=[1.0], iterations=[1, 2])
-    names = [r.method for r in rows]
-    for prefix in ("bicubic", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth", "NBSR + DKENet w/ depth (K0",
-                   "NBSR + SVKR", "NBSR + GT kernel"):
-        assert any(n.startswith(prefix) for n in names), prefix
-    assert sum(n.startswith("sweep:") for n in names) == 2
-    for r in rows:
-        assert r.num_samples == 2 and math.isfinite(r.psnr_y) and math.isfinite(r.ssim_y)
-    main = next(r for r in rows if r.method.startswith("NBSR + SVKR"))
-    assert main.kernel_l1 is not None and main.absrel is not None
-    # the γ=1.0, T=2 sweep row and the main row (γ=0.9, T=2) come from different EMA weights
-    assert any(r.method == "sweep: SVKR γ=1, T=2" for r in rows)
-    md = format_markdown(rows, svkr_gap(rows))
-    assert "upper bound" in md and md.count("\n| ") == len(rows) + 1
+    blind = svkr.sr_model  # any (lr, None) -> sr network stands in for the blind RRDB here
+    kernel = batch["kernel"].clone()
+    kernel[0] = kernel[0, :, :1, :1].expand_as(kernel[0])  # sample 0 is spatially invariant
+    batch = {**batch, "kernel": kernel, "invariant": torch.tensor([True, False])}
+    lad = evaluate_ladder([batch, batch], svkr, blind=blind, dkenet_nodepth=nodepth, scale=S, gammas=[1.0],
+                          sweep=[1, 2])
+    for row in ("bicubic", "blind RRDB", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth",
+                "NBSR + DKENet, depth from LR (K0)", "NBSR + SVKR T=1", "NBSR + SVKR T=2", "NBSR + DKENet, GT depth",
+                "NBSR + GT kernel"):
+        assert len(lad.rows[row]["psnr_y"]) == 4, row
+    assert sum(r.startswith("sweep:") for r in lad.rows) == 2
+    assert set(lad.premise) == {"from HR", "from NBSR + GT-kernel SR", "from bicubic LR", "from LR"}
+    summary = summarize(lad)
+    gap = summary["oracle_gap"]
+    gt, zero = lad.rows["NBSR + GT kernel"]["psnr_y"], lad.rows["NBSR, kernel zeroed"]["psnr_y"]
+    assert gap["mean"] == pytest.approx(sum(gt) / 4 - sum(zero) / 4) and gap["lo"] <= gap["mean"] <= gap["hi"]
+    k0 = summary["rows"]["NBSR + DKENet, depth from LR (K0)"]
+    assert "recovered_fraction" in k0 and k0["kernel_l1_invariant"]["n"] == 2
+    assert summary["rows"]["oracle: per-image mean kernel"]["kernel_l1_invariant"]["mean"] == pytest.approx(0, abs=1e-5)
+    md = format_markdown(summary)
+    assert "Oracle gap" in md and "SVKR premise" in md and md.count("\n| ") == len(summary["rows"]) + 2
+    png = ladder_figure(summary, tmp_path / "ladder.png")
+    assert png.stat().st_size > 10_000
+    merged, seeds = merge_seeds([lad, lad])
+    assert merged.rows["NBSR + GT kernel"]["psnr_y"] == gt and seeds["NBSR + GT kernel"]["psnr_y"][1] == 0.0

@@ -1,167 +1,278 @@
-"""The blind-SR front-end table (what SVKR's stages give before the diffusion model); the ``ssr-frontend`` command.
+"""The blind-SR front-end ladder: what SVKR's stages give before the diffusion model (docs/DESIGN.md §5).
 
-On the embedded test split (``configs/data/embedded.yaml``, test scenes centre-cropped to ``val_size``) it reports
-PSNR/SSIM-Y (``scale`` px cropped) and, where a kernel field is estimated, its kernel L1 to the GT field, for:
+Every row is scored per test image, so each number carries a 95 % bootstrap CI and every comparison is a paired
+per-image difference:
 
-====================================  ============================================================
-bicubic                                bicubic upsampling of LR
-NBSR, kernel zeroed                    NBSR with the zero code (the PCA mean kernel): no kernel knowledge
-NBSR + DKENet w/o depth                KE without the depth branch (MANet-like), one pass
-NBSR + DKENet w/ depth (K0)            KE with depth estimated from LR, one pass (= SVKR's t = 0)
-NBSR + SVKR (T, γ)                     Algorithm 1
-NBSR + GT kernel                       the upper bound of the front end
-====================================  ============================================================
+==========================================  ==============================================================
+bicubic                                      bicubic upsampling of LR
+blind RRDB                                   an NBSR of the same size and budget trained without any code
+NBSR, kernel zeroed                          the kernel-conditioned NBSR given the zero code (mean kernel)
+NBSR + DKENet w/o depth                      KE without its depth branch (MANet-like), one pass
+NBSR + DKENet, depth from LR (K0)            KE with depth estimated from the LR image (= SVKR's t = 0)
+NBSR + SVKR T=t                              Algorithm 1 after t refinements (t = 1 .. T)
+NBSR + DKENet, GT depth                      KE with the ground-truth depth (depth oracle)
+CMOS (σ map + semantics)                     the CMOS peer: blur map + semantic map → σ-conditioned NBSR
+NBSR + GT kernel                             the kernel oracle: the front end's upper bound
+==========================================  ==============================================================
 
-plus the SVKR → upper-bound gap in dB and, with ``--gammas``/``--iterations``, one row per (γ, T) to show when
-the refinement helps. A diagnostic row "DKENet w/ GT depth (oracle)" separates depth quality from the rest.
-
-    ssr-frontend --dkenet runs/dkenet/version_0/checkpoints/best.ckpt \
-                 --dkenet-nodepth runs/dkenet_nodepth/version_0/checkpoints/best.ckpt \
-                 --nbsr runs/nbsr/version_0/checkpoints/best.ckpt --depth-ckpt runs/depth/version_0/checkpoints/best.ckpt \
-                 --gammas 0.5,0.9,1.0 --iterations 1,3,5 --out results/frontend
+Summaries: the oracle gap PSNR(GT kernel) − PSNR(zeroed), each KE row's recovered fraction
+(PSNR_row − PSNR_zeroed) / gap (bootstrapped over images as a ratio of means), SVKR T vs the single pass, KE's
+kernel L1 on spatially invariant samples next to the per-image mean-kernel oracle, and the SVKR premise: depth
+AbsRel from HR, from NBSR + GT-kernel SR, from bicubic-upsampled LR and from LR itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ssr_lightning.inference.depth import normalize_depth_map
-from ssr_lightning.inference.svkr import SVKR, SVKRResult
+from ssr_lightning.inference.depth import resize_depth
+from ssr_lightning.inference.svkr import SVKR
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
+from ssr_lightning.metrics.stats import Estimate, bootstrap_ci, paired_difference, seed_summary
 
-__all__ = ["FrontendRow", "evaluate_frontend", "format_markdown", "make_test_batches", "svkr_gap"]
+__all__ = ["Ladder", "evaluate_ladder", "format_markdown", "ladder_figure", "make_test_batches", "merge_seeds",
+           "summarize"]
 
 _DATA_CONFIG = Path("configs/data/embedded.yaml")
+BICUBIC, BLIND, ZEROED, NODEPTH = "bicubic", "blind RRDB", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth"
+K0, GT_DEPTH, CMOS, GT_KERNEL = ("NBSR + DKENet, depth from LR (K0)", "NBSR + DKENet, GT depth",
+                                "CMOS (σ map + semantics)", "NBSR + GT kernel")
+HEADLINE = (ZEROED, K0, "SVKR_T", GT_KERNEL)  # rows repeated over training seeds ("SVKR_T": the main SVKR row)
+
+
+def svkr_row(t: int) -> str:
+    return f"NBSR + SVKR T={t}"
 
 
 @dataclass
-class FrontendRow:
-    """One table row: means over the test samples (``kernel_l1``/``absrel`` None where not applicable)."""
+class Ladder:
+    """Per-image values: ``rows[row][metric]`` lists, all in the order of ``names``."""
 
-    method: str
-    psnr_y: float
-    ssim_y: float
-    kernel_l1: float | None = None
-    absrel: float | None = None
-    num_samples: int = 0
+    names: list[str] = field(default_factory=list)
+    invariant: list[bool] = field(default_factory=list)
+    rows: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    premise: dict[str, list[float]] = field(default_factory=dict)
+    iterations: int = 3
+    gamma: float = 0.9
 
-
-class _Acc:
-    """Running per-sample sums for one row."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.n = 0
-
-    def add(self, values: dict[str, Tensor]) -> None:
+    def add(self, row: str, values: dict[str, Tensor]) -> None:
+        target = self.rows.setdefault(row, {})
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.double().sum())
-        self.n += next(iter(values.values())).shape[0]
+            target.setdefault(k, []).extend(float(x) for x in v.detach().double().cpu().reshape(-1))
 
-    def row(self, method: str) -> FrontendRow:
-        m = {k: v / max(self.n, 1) for k, v in self.sums.items()}
-        return FrontendRow(method, m["psnr_y"], m["ssim_y"], m.get("kernel_l1"), m.get("absrel"), self.n)
+    def order(self) -> list[str]:
+        main = [BICUBIC, BLIND, ZEROED, NODEPTH, K0, *(svkr_row(t) for t in range(1, self.iterations + 1)), GT_DEPTH,
+                CMOS, GT_KERNEL]
+        return [r for r in main if r in self.rows] + [r for r in self.rows if r not in main]
 
 
-def _image_metrics(sr: Tensor, hr: Tensor, scale: int) -> dict[str, Tensor]:
+def _image(sr: Tensor, hr: Tensor, scale: int) -> dict[str, Tensor]:
+    sr = sr.clamp(0, 1)
     return {"psnr_y": psnr_y(sr, hr, crop_border=scale), "ssim_y": ssim_y(sr, hr, crop_border=scale)}
 
 
-def _iterate_scores(res: SVKRResult, t: int, batch: dict[str, Any], scale: int) -> dict[str, Tensor]:
-    """Image metrics of I^t, kernel L1 of K^t and (with GT depth) AbsRel of D^t."""
-    out = {**_image_metrics(res.images[t], batch["hr"], scale), "kernel_l1": kernel_l1(res.kernels[t], batch["kernel"])}
-    if batch.get("depth_lr") is not None:
-        out["absrel"] = aligned_depth_metrics(res.depths[t], batch["depth_lr"])["absrel"]
-    return out
+def _absrel(depth: Tensor, gt_lr: Tensor) -> Tensor:
+    return aligned_depth_metrics(depth, gt_lr.to(depth))["absrel"]
 
 
 @torch.no_grad()
-def evaluate_frontend(
-    batches: Iterable[dict[str, Any]],
-    svkr: SVKR,
-    dkenet_nodepth: nn.Module | None = None,
-    scale: int = 4,
-    gammas: Iterable[float] = (),
-    iterations: Iterable[int] = (),
-    oracle_depth: bool = True,
-    progress: bool = False,
-) -> list[FrontendRow]:
-    """Evaluate every front-end row over degraded ``batches`` (dicts with lr, hr, kernel, depth, depth_lr).
+def evaluate_ladder(
+    batches: Iterable[dict[str, Any]], svkr: SVKR, *, blind: nn.Module | None = None,
+    dkenet_nodepth: nn.Module | None = None, cmos: nn.Module | None = None, scale: int = 4,
+    gammas: Sequence[float] = (), sweep: Sequence[int] = (), progress: bool = False,
+) -> Ladder:
+    """Score every row on degraded ``batches`` (dicts with lr, hr, kernel, depth, depth_lr, invariant, name).
 
-    ``svkr`` holds KE (with depth), DE and NBSR (also used for the zeroed-kernel and GT-kernel rows); its T and γ
-    make the main row. One SVKR run per γ at the largest T gives every smaller T too (iterates are prefixes).
+    ``svkr`` holds DE, KE (with depth) and NBSR; its T and γ make the SVKR rows (every t ≤ T). ``gammas`` ×
+    ``sweep`` (T values) add "sweep" rows.
     """
-    gammas, iterations = [float(g) for g in gammas], sorted({int(t) for t in iterations})
-    t_main, g_main = svkr.iterations, svkr.gamma
-    accs: dict[str, _Acc] = {}
-
-    def acc(name: str) -> _Acc:
-        return accs.setdefault(name, _Acc())
-
-    main_name = f"NBSR + SVKR (T={t_main}, γ={g_main:g})"
-    sweep = [(g, t) for g in gammas for t in iterations]
-    for batch in tqdm(batches, desc="front-end", disable=not progress, leave=False):
+    lad = Ladder(iterations=svkr.iterations, gamma=svkr.gamma)
+    t_max = max([svkr.iterations, *sweep])
+    for batch in tqdm(list(batches), desc="front-end ladder", disable=not progress, leave=False):
         lr, hr, gt_kernel = batch["lr"], batch["hr"], batch["kernel"]
+        b = lr.shape[0]
+        lad.names += [str(n) for n in batch.get("name", [f"img{len(lad.names) + i}" for i in range(b)])]
+        lad.invariant += [bool(x) for x in torch.as_tensor(batch.get("invariant", torch.zeros(b))).reshape(-1)]
         up = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
-        acc("bicubic").add(_image_metrics(up, hr, scale))
-        acc("NBSR, kernel zeroed").add(_image_metrics(svkr.super_resolve(lr, None), hr, scale))
+        lad.add(BICUBIC, _image(up, hr, scale))
+        if blind is not None:
+            lad.add(BLIND, _image(blind(lr, None), hr, scale))
+        lad.add(ZEROED, _image(svkr.super_resolve(lr, None), hr, scale))
         if dkenet_nodepth is not None:
             k = dkenet_nodepth(lr, None).float()
-            acc("NBSR + DKENet w/o depth").add(
-                {**_image_metrics(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
-        if oracle_depth and batch.get("depth_lr") is not None:
-            # GT depth as is, and GT depth normalised per image as DE outputs are: separates depth *quality*
-            # from the loss of absolute depth that any relative-depth estimator has.
-            for name, d in (("NBSR + DKENet w/ GT depth (oracle)", batch["depth_lr"]),
-                            ("NBSR + DKENet w/ GT depth, per-image normalised", normalize_depth_map(batch["depth_lr"]))):
-                k = svkr.estimate_kernel(lr, d)
-                acc(name).add({**_image_metrics(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
-        runs = {g_main: svkr(lr, gt_depth=batch.get("depth"), iterations=max([t_main, *iterations]), gamma=g_main)}
+            lad.add(NODEPTH, {**_image(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
+        gt_depth = batch.get("depth")
+        res = svkr(lr, gt_depth=gt_depth, iterations=t_max)
+        for t in range(svkr.iterations + 1):
+            vals = {**_image(res.images[t], hr, scale), "kernel_l1": kernel_l1(res.kernels[t], gt_kernel)}
+            if batch.get("depth_lr") is not None:
+                vals["absrel"] = _absrel(res.depths[t], batch["depth_lr"])
+            lad.add(K0 if t == 0 else svkr_row(t), vals)
         for g in gammas:
-            if g not in runs:
-                runs[g] = svkr(lr, gt_depth=batch.get("depth"), iterations=max(iterations, default=0), gamma=g)
-        acc("NBSR + DKENet w/ depth (K0, no SVKR)").add(_iterate_scores(runs[g_main], 0, batch, scale))
-        acc(main_name).add(_iterate_scores(runs[g_main], t_main, batch, scale))
-        for g, t in sweep:
-            acc(f"sweep: SVKR γ={g:g}, T={t}").add(_iterate_scores(runs[g], t, batch, scale))
-        acc("NBSR + GT kernel (upper bound)").add(
-            {**_image_metrics(svkr.super_resolve(lr, gt_kernel), hr, scale), "kernel_l1": torch.zeros(lr.shape[0])})
-    order = ["bicubic", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth", "NBSR + DKENet w/ depth (K0, no SVKR)",
-             main_name, "NBSR + GT kernel (upper bound)", "NBSR + DKENet w/ GT depth (oracle)",
-             "NBSR + DKENet w/ GT depth, per-image normalised"]
-    order += [k for k in accs if k.startswith("sweep:")]
-    return [accs[name].row(name) for name in order if name in accs]
+            run = res if g == svkr.gamma else svkr(lr, gt_depth=gt_depth, iterations=t_max, gamma=g)
+            for t in sweep:
+                lad.add(f"sweep: SVKR γ={g:g}, T={t}", {**_image(run.images[t], hr, scale),
+                                                       "kernel_l1": kernel_l1(run.kernels[t], gt_kernel)})
+        if batch.get("depth_lr") is not None:
+            k = svkr.estimate_kernel(lr, batch["depth_lr"])
+            lad.add(GT_DEPTH, {**_image(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
+        if cmos is not None:
+            lad.add(CMOS, _image(cmos(lr), hr, scale))
+        sr_gt = svkr.super_resolve(lr, gt_kernel)
+        lad.add(GT_KERNEL, {**_image(sr_gt, hr, scale), "kernel_l1": torch.zeros(b)})
+        # mean-kernel oracles: each image's own mean GT kernel (exact for invariant samples) and the batch's
+        per_image = gt_kernel.mean(dim=(2, 3), keepdim=True).expand_as(gt_kernel)
+        lad.add("oracle: per-image mean kernel", {"kernel_l1": kernel_l1(per_image, gt_kernel)})
+        if batch.get("depth_lr") is not None:
+            size = lr.shape[-2:]
+            premise = {"from HR": hr, "from NBSR + GT-kernel SR": sr_gt, "from bicubic LR": up, "from LR": lr}
+            for name, image in premise.items():
+                depth = resize_depth(svkr.depth_estimator(image.clamp(0, 1)), size).float()
+                lad.premise.setdefault(name, []).extend(_absrel(depth, batch["depth_lr"]).double().tolist())
+    return lad
 
 
-def svkr_gap(rows: list[FrontendRow]) -> dict[str, float]:
-    """PSNR/SSIM of the main SVKR row minus the GT-kernel upper bound (negative = below the bound)."""
-    main = next(r for r in rows if r.method.startswith("NBSR + SVKR"))
-    bound = next(r for r in rows if r.method.startswith("NBSR + GT kernel"))
-    return {"psnr_y_db": main.psnr_y - bound.psnr_y, "ssim_y": main.ssim_y - bound.ssim_y}
+def _fraction(row: Sequence[float], zero: Sequence[float], gt: Sequence[float], n_boot: int = 2000,
+              seed: int = 0) -> Estimate:
+    """(mean(row) − mean(zero)) / (mean(gt) − mean(zero)) with a bootstrap CI over images."""
+    r, z, g = (np.asarray(v, dtype=np.float64) for v in (row, zero, gt))
+    n = r.size
+    ratio = (r.mean() - z.mean()) / (g.mean() - z.mean()) if g.mean() != z.mean() else math.nan
+    if n < 2:
+        return Estimate(float(ratio), float(ratio), float(ratio), n)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    num, den = (r[idx] - z[idx]).mean(1), (g[idx] - z[idx]).mean(1)
+    boots = np.where(den != 0, num / np.where(den == 0, 1, den), np.nan)
+    lo, hi = np.nanquantile(boots, [0.025, 0.975])
+    return Estimate(float(ratio), float(lo), float(hi), n)
 
 
-def format_markdown(rows: list[FrontendRow], gap: dict[str, float] | None = None) -> str:
-    """The table as Markdown (PSNR-Y dB, SSIM-Y, kernel L1, depth AbsRel of the final iterate)."""
-    def fmt(x: float | None, d: int) -> str:
-        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+def summarize(lad: Ladder, seeds: dict[str, dict[str, tuple[float, float, int]]] | None = None) -> dict[str, Any]:
+    """Per-row estimates (mean + CI of every metric), paired Δ vs the zeroed code, the oracle gap, recovered
+    fractions, SVKR vs the single pass, invariant-sample kernel errors and the depth premise."""
+    rows: dict[str, Any] = {}
+    zero = lad.rows.get(ZEROED, {}).get("psnr_y")
+    gt = lad.rows.get(GT_KERNEL, {}).get("psnr_y")
+    inv = np.asarray(lad.invariant, dtype=bool)
+    for name in lad.order():
+        vals = lad.rows[name]
+        entry: dict[str, Any] = {m: bootstrap_ci(v).as_dict() for m, v in vals.items()}
+        if "psnr_y" in vals and zero is not None and name != ZEROED:
+            entry["delta_vs_zeroed"] = paired_difference(vals["psnr_y"], zero).as_dict()
+            if gt is not None and name not in (GT_KERNEL, BICUBIC):
+                entry["recovered_fraction"] = _fraction(vals["psnr_y"], zero, gt).as_dict()
+        if "kernel_l1" in vals and inv.any():
+            kl = np.asarray(vals["kernel_l1"])
+            entry["kernel_l1_invariant"] = bootstrap_ci(kl[inv]).as_dict()
+            entry["kernel_l1_variant"] = bootstrap_ci(kl[~inv]).as_dict()
+        if seeds and name in seeds:
+            entry["seeds"] = {m: {"mean": s[0], "std": s[1], "n": s[2]} for m, s in seeds[name].items()}
+        rows[name] = entry
+    out: dict[str, Any] = {"rows": rows, "num_images": len(lad.names), "num_invariant": int(inv.sum()),
+                           "iterations": lad.iterations, "gamma": lad.gamma}
+    if zero is not None and gt is not None:
+        out["oracle_gap"] = paired_difference(gt, zero).as_dict()
+    main, k0 = lad.rows.get(svkr_row(lad.iterations)), lad.rows.get(K0)
+    if main is not None and k0 is not None:
+        out["svkr_minus_single_pass"] = paired_difference(main["psnr_y"], k0["psnr_y"]).as_dict()
+    out["depth_premise_absrel"] = {k: bootstrap_ci(v).as_dict() for k, v in lad.premise.items()}
+    return out
 
-    lines = ["| method | PSNR-Y (dB) | SSIM-Y | kernel L1 | depth AbsRel | n |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r.method} | {fmt(r.psnr_y, 2)} | {fmt(r.ssim_y, 4)} | {fmt(r.kernel_l1, 4)} | "
-              f"{fmt(r.absrel, 4)} | {r.num_samples} |" for r in rows]
-    if gap is not None:
-        lines += ["", f"SVKR − upper bound: {gap['psnr_y_db']:+.2f} dB PSNR-Y, {gap['ssim_y']:+.4f} SSIM-Y"]
-    return "\n".join(lines)
+
+def _fmt(e: dict[str, Any] | None, digits: int, signed: bool = False) -> str:
+    if e is None or e.get("n", 0) == 0 or not math.isfinite(e["mean"]):
+        return "–"
+    est = Estimate(e["mean"], e["lo"], e["hi"], e["n"])
+    text = est.format(digits, signed)
+    return text + (" *" if signed and est.significant else "")
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    """The ladder as Markdown: means with [95 % CI], Δ vs the zeroed code (* = CI excludes 0), seeds mean ± std."""
+    n, n_inv = summary["num_images"], summary["num_invariant"]
+    lines = [f"Front-end ladder: {n} test images ({n_inv} spatially invariant); mean [95 % bootstrap CI]; "
+             "Δ = paired per-image difference vs the zeroed code, * where its CI excludes 0.", "",
+             "| method | PSNR-Y (dB) | Δ PSNR-Y vs zeroed | share of oracle gap | SSIM-Y | kernel L1 | "
+             "kernel L1 (invariant) | depth AbsRel | seeds: PSNR-Y mean ± std |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in summary["rows"].items():
+        seeds = r.get("seeds", {}).get("psnr_y")
+        seed_txt = f"{seeds['mean']:.2f} ± {seeds['std']:.2f} (n={seeds['n']})" if seeds else "–"
+        frac = r.get("recovered_fraction")
+        frac_txt = "–" if frac is None else _fmt({**frac, "mean": 100 * frac["mean"], "lo": 100 * frac["lo"],
+                                                    "hi": 100 * frac["hi"]}, 0) + " %"
+        lines.append(f"| {name} | {_fmt(r.get('psnr_y'), 2)} | {_fmt(r.get('delta_vs_zeroed'), 2, True)} | "
+                     f"{frac_txt} | {_fmt(r.get('ssim_y'), 4)} | {_fmt(r.get('kernel_l1'), 3)} | "
+                     f"{_fmt(r.get('kernel_l1_invariant'), 3)} | {_fmt(r.get('absrel'), 3)} | {seed_txt} |")
+    lines.append("")
+    if "oracle_gap" in summary:
+        lines.append(f"Oracle gap PSNR(GT kernel) − PSNR(zeroed): {_fmt(summary['oracle_gap'], 2, True)} dB.")
+    if "svkr_minus_single_pass" in summary:
+        lines.append(f"SVKR T={summary['iterations']} − single pass (K0): "
+                     f"{_fmt(summary['svkr_minus_single_pass'], 3, True)} dB.")
+    if summary.get("depth_premise_absrel"):
+        premise = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in summary["depth_premise_absrel"].items())
+        lines.append(f"SVKR premise, depth AbsRel of DE applied to: {premise}.")
+    return "\n".join(lines) + "\n"
+
+
+def ladder_figure(summary: dict[str, Any], path: Path) -> Path:
+    """PSNR-Y of every row with its 95 % CI (honest axis), reference lines at the zeroed code and the GT kernel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ssr_lightning.files import atomic_write
+
+    rows = [(k, v["psnr_y"]) for k, v in summary["rows"].items() if "psnr_y" in v]
+    fig = Figure(figsize=(7.5, 0.42 * len(rows) + 1.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    ys = np.arange(len(rows))[::-1]
+    means = np.array([r["mean"] for _, r in rows])
+    err = np.array([[r["mean"] - r["lo"], r["hi"] - r["mean"]] for _, r in rows]).T
+    ax.errorbar(means, ys, xerr=err, fmt="o", color="#1f4e79", ecolor="#1f4e79", capsize=3)
+    for name, colour in ((ZEROED, "#999999"), (GT_KERNEL, "#2e7d32"), (BICUBIC, "#c62828")):
+        if name in summary["rows"]:
+            ax.axvline(summary["rows"][name]["psnr_y"]["mean"], ls="--", lw=1, color=colour, label=name)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([k for k, _ in rows], fontsize=8)
+    ax.set_xlabel("PSNR-Y (dB), mean over test images with 95 % bootstrap CI")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"Front-end ladder ({summary['num_images']} images)", fontsize=10)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def merge_seeds(ladders: Sequence[Ladder]) -> tuple[Ladder, dict[str, dict[str, tuple[float, float, int]]]]:
+    """One ladder of per-image values averaged over seeds (rows every seed has), and each row's per-seed means
+    summarised as (mean, std, n) per metric."""
+    base = ladders[0]
+    merged = Ladder(list(base.names), list(base.invariant), iterations=base.iterations, gamma=base.gamma)
+    seeds: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for name in base.order():
+        if not all(name in lad.rows for lad in ladders):
+            continue
+        merged.rows[name] = {}
+        seeds[name] = {}
+        for metric in base.rows[name]:
+            per_seed = np.array([lad.rows[name][metric] for lad in ladders], dtype=np.float64)
+            merged.rows[name][metric] = per_seed.mean(0).tolist()
+            seeds[name][metric] = seed_summary(per_seed.mean(1).tolist())
+    for key in base.premise:
+        merged.premise[key] = np.mean([lad.premise[key] for lad in ladders], axis=0).tolist()
+    return merged, seeds
 
 
 def _data_config(path: Path) -> dict[str, Any]:
@@ -173,17 +284,18 @@ def _data_config(path: Path) -> dict[str, Any]:
 
 def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = None, batch_size: int = 8,
                       limit: int | None = None, noise: bool = True, jpeg: bool = True,
-                      ) -> tuple[list[dict[str, Any]], int]:
+                      overrides: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
     """Degraded test batches of the data config's SRDataModule (test crop ``test_size``, default its val_size).
 
-    ``noise=False``/``jpeg=False`` switch those degradation steps off (same kernels: the seeds are unchanged).
+    ``noise=False``/``jpeg=False`` switch those degradation steps off (same kernels: the seeds are unchanged);
+    ``overrides`` replace data options (e.g. ``{"dataset": "photos"}``).
     """
     from ssr_lightning.data import SRDataModule
     from ssr_lightning.degradation.degrader import DegradationConfig
     from ssr_lightning.degradation.kernels import KernelConfig
 
-    cfg = _data_config(data_config)
-    cfg["test_size"] = test_size or cfg.get("test_size") or cfg.get("val_size")
+    cfg = {**_data_config(data_config), **(overrides or {})}
+    cfg["test_size"] = test_size if test_size is not None else (cfg.get("test_size") or cfg.get("val_size"))
     cfg["test_batch_size"] = batch_size
     deg = dict(cfg.get("degradation") or {})
     if isinstance(deg.get("kernel"), dict):

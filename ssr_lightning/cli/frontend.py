@@ -1,18 +1,25 @@
-"""``ssr-frontend``: print and save the blind-SR front-end table (bicubic … NBSR + GT kernel).
+"""``ssr-frontend``: the blind-SR front-end ladder with 95 % CIs, saved as JSON, Markdown and a PNG.
 
-    ssr-frontend --dkenet runs/dkenet/version_0/checkpoints/best.ckpt \\
-                 --dkenet-nodepth runs/dkenet_nodepth/version_0/checkpoints/best.ckpt \\
-                 --nbsr runs/nbsr/version_0/checkpoints/best.ckpt --depth-ckpt runs/depth/version_0/checkpoints/best.ckpt \\
-                 --gammas 0.5,0.9,1.0 --iterations 1,3,5 --out results/frontend
+Evaluate checkpoints you trained::
 
-Checkpoints left out default to the newest ``runs/<stage>`` run (docs/ARCHITECTURE.md, checkpoint policy). Rows and
-their meaning: ``ssr_lightning.ablate.frontend``.
+    ssr-frontend --dkenet runs/dkenet/version_0/checkpoints/best.ckpt --nbsr runs/nbsr/version_0/checkpoints/best.ckpt \\
+                 --depth-ckpt runs/depth/version_0/checkpoints/best.ckpt [--dkenet-nodepth ...] [--blind ...] [--cmos ...]
+
+or train every stage the ladder needs and evaluate it over training seeds (the front-end study)::
+
+    ssr-frontend --train --seeds 0 1 2 --out results/frontend
+
+``--train`` runs ``ssr fit`` for each stage (``--stages``) and seed into ``<out>/runs/seed_<s>/<stage>``, resuming
+what a kill interrupted; the headline stages (DKENet, NBSR, DepthNet) run for every seed, the others
+(``--single-seed-stages``) for the first seed only. Checkpoints left out default to the newest ``runs/<stage>`` run.
+Rows and summaries: ``ssr_lightning.ablate.frontend``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
-from dataclasses import asdict
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,19 +27,31 @@ import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ssr_lightning.ablate.frontend import (
-    FrontendRow,
-    evaluate_frontend,
+    Ladder,
+    evaluate_ladder,
     format_markdown,
+    ladder_figure,
     make_test_batches,
-    svkr_gap,
+    merge_seeds,
+    summarize,
 )
+from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
-from ssr_lightning.inference.checkpoints import load_model, resolve_checkpoint
+from ssr_lightning.inference.checkpoints import find_checkpoint, load_model, resolve_checkpoint
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["STAGE_RUNS", "build_parser", "main", "run"]
 
 _DATA_CONFIG = "configs/data/embedded.yaml"
+# stage name -> (checkpoint stage, config, extra ssr fit arguments)
+STAGE_RUNS: dict[str, tuple[str, str, list[str]]] = {
+    "dkenet": ("dkenet", "configs/dkenet.yaml", []),
+    "dkenet_nodepth": ("dkenet", "configs/dkenet.yaml", ["--model.init_args.use_depth", "false"]),
+    "nbsr": ("nbsr", "configs/nbsr.yaml", []),
+    "blind": ("nbsr", "configs/nbsr.yaml", ["--model.init_args.kernel_source", "none"]),
+    "depth": ("depth", "configs/depth.yaml", []),
+    "cmos": ("cmos", "configs/cmos.yaml", []),
+}
 
 
 def _floats(text: str | None, kind: type) -> list[Any]:
@@ -43,54 +62,129 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="ssr-frontend", description=__doc__.split("\n\n")[0], default_env=False)
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     p.add_argument("--dkenet", type=str | None, default=None, help="DKENet (with depth) checkpoint")
-    p.add_argument("--dkenet-nodepth", type=str | None, default=None,
-                   help="DKENet use_depth=false checkpoint (row skipped if absent)")
-    p.add_argument("--nbsr", type=str | None, default=None, help="NBSR checkpoint (GT-kernel trained or fine-tuned on KE)")
+    p.add_argument("--dkenet-nodepth", type=str | None, default=None, help="DKENet use_depth=false checkpoint")
+    p.add_argument("--nbsr", type=str | None, default=None, help="kernel-conditioned NBSR checkpoint")
+    p.add_argument("--blind", type=str | None, default=None, help="blind RRDB checkpoint (NBSR, kernel_source none)")
+    p.add_argument("--cmos", type=str | None, default=None, help="CMOS checkpoint (ssr fit --config configs/cmos.yaml)")
     p.add_argument("--depth", type=Literal["gt", "learned", "midas", "dpt"], default="learned", help="DE for SVKR")
     p.add_argument("--depth-ckpt", type=str | None, default=None, help="DE weights (DepthModule ckpt, MiDaS .pt, DPT folder)")
-    p.add_argument("--T", dest="T", type=int, default=3, help="SVKR iterations of the main row (paper: 3)")
-    p.add_argument("--gamma", type=float, default=0.9, help="SVKR γ of the main row (paper: 0.9)")
+    p.add_argument("--T", dest="T", type=int, default=3, help="SVKR iterations of the main rows (paper: 3)")
+    p.add_argument("--gamma", type=float, default=0.9, help="SVKR γ of the main rows (paper: 0.9)")
     p.add_argument("--gammas", type=str | None, default=None, help="sweep: comma-separated γ values, e.g. 0.5,0.9,1.0")
     p.add_argument("--iterations", type=str | None, default=None, help="sweep: comma-separated T values, e.g. 1,3,5")
     p.add_argument("--data-config", type=str, default=_DATA_CONFIG, help="data fragment of the test split")
-    p.add_argument("--test-size", type=int | None, default=None, help="HR test crop (default: the config's val_size)")
+    p.add_argument("--dataset", type=str | None, default=None, help="data.dataset override (e.g. photos)")
+    p.add_argument("--test-size", type=int | None, default=None, help="HR test crop (default: the config's val_size; 0: whole)")
     p.add_argument("--batch-size", type=int, default=8, help="test batch size")
     p.add_argument("--limit-batches", type=int | None, default=None, help="evaluate only this many batches")
-    p.add_argument("--no-noise", action="store_true", help="diagnosis: test data without additive noise")
-    p.add_argument("--no-jpeg", action="store_true", help="diagnosis: test data without JPEG")
-    p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.json/.md")
+    p.add_argument("--no-noise", action="store_true", help="test data without additive noise")
+    p.add_argument("--no-jpeg", action="store_true", help="test data without JPEG")
+    p.add_argument("--train", action="store_true", help="train the stages first (ssr fit), per seed, resumable")
+    p.add_argument("--seeds", type=list[int], default=[0], help="training seeds of the headline stages")
+    p.add_argument("--stages", type=list[str], default=list(STAGE_RUNS), help="stages --train trains")
+    p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
+                   help="stages trained for the first seed only")
+    p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
+    p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (and runs/)")
     return p
+
+
+def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
+    """``ssr fit`` every requested stage per seed (skipping finished runs); returns their best checkpoints."""
+    runner = CLIRunner(cwd=Path.cwd())
+    ckpts: dict[int, dict[str, Path]] = {}
+    for i, seed in enumerate(args.seeds):
+        root = out / "runs" / f"seed_{seed}"
+        ckpts[seed] = {}
+        for stage in args.stages:
+            if stage not in STAGE_RUNS:
+                raise SystemExit(f"ssr-frontend: unknown stage {stage!r} in --stages; choose from {sorted(STAGE_RUNS)}")
+            if i > 0 and stage in args.single_seed_stages:
+                continue
+            _, config, extra = STAGE_RUNS[stage]
+            if not Path(config).is_file():
+                print(f"ssr-frontend: {config} not found: stage {stage} skipped", file=sys.stderr)
+                continue
+            done = root / stage / "DONE"
+            if not done.is_file():
+                t0 = time.time()
+                print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
+                cmd = ["fit", "--config", config, *extra, *args.fit_args, "--seed_everything", str(seed),
+                       "--root", str(root), "--name", stage, "--ckpt_path", "last"]
+                try:
+                    runner.execute(cmd, root / f"{stage}.log", {})
+                except CommandFailed as err:
+                    raise SystemExit(f"ssr-frontend: training {stage} failed; see {root / f'{stage}.log'}:\n"
+                                     f"{err.tail[-2000:]}") from None
+                atomic_write_text(done, f"{time.time() - t0:.1f} s\n")
+            found = find_checkpoint(stage, root, "best")
+            if found is not None:
+                ckpts[seed][stage] = found
+    return ckpts
+
+
+def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: list[dict[str, Any]],
+              scale: int) -> Ladder:
+    svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=stage_ckpts.get("dkenet"), nbsr_ckpt=stage_ckpts.get("nbsr"),
+                                       depth=args.depth, depth_ckpt=stage_ckpts.get("depth"), iterations=args.T,
+                                       gamma=args.gamma))
+
+    def optional(key: str, stage: str) -> Any:
+        path = stage_ckpts.get(key)
+        return load_model(resolve_checkpoint(path, stage), stage) if path else None
+
+    gammas, iters = _floats(args.gammas, float), _floats(args.iterations, int)
+    if bool(gammas) != bool(iters):  # a sweep needs both axes; fill the missing one with the main setting
+        gammas, iters = gammas or [args.gamma], iters or [args.T]
+    return evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"),
+                           dkenet_nodepth=optional("dkenet_nodepth", "dkenet"), cmos=optional("cmos", "cmos"),
+                           scale=scale, gammas=gammas, sweep=iters, progress=True)
+
+
+def run(argv: list[str]) -> dict[str, Any]:
+    """Parse ``argv``, (train,) evaluate, print the Markdown ladder and write frontend.{json,md,png}."""
+    args = build_parser().parse_args(argv)
+    torch.manual_seed(0)
+    out = Path(args.out)
+    overrides = {"dataset": args.dataset} if args.dataset else None
+    batches, scale = make_test_batches(Path(args.data_config), args.test_size, args.batch_size, args.limit_batches,
+                                       noise=not args.no_noise, jpeg=not args.no_jpeg, overrides=overrides)
+    if args.train:
+        per_seed = _train(args, out)
+        first = per_seed[args.seeds[0]]
+        ladders = [_evaluate(args, {**first, **per_seed[s]} if s != args.seeds[0] else first, batches, scale)
+                   for s in args.seeds]
+        for seed, lad in zip(args.seeds, ladders, strict=True):
+            atomic_write_json(out / f"frontend_seed{seed}.json", summarize(lad))
+        ladder, seeds = merge_seeds(ladders)
+        if len(ladders) > 1:  # single-seed rows are the first seed's: merge_seeds keeps rows every seed has
+            for name, row in ladders[0].rows.items():
+                ladder.rows.setdefault(name, row)
+    else:
+        ckpts = {"dkenet": args.dkenet, "nbsr": args.nbsr, "depth": args.depth_ckpt, "blind": args.blind,
+                 "dkenet_nodepth": args.dkenet_nodepth, "cmos": args.cmos}
+        ladder, seeds = _evaluate(args, ckpts, batches, scale), None
+    summary = summarize(ladder, seeds)
+    summary["seeds"] = args.seeds if args.train else None
+    summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
+                       "jpeg": not args.no_jpeg, "test_size": args.test_size}
+    md = format_markdown(summary)
+    print(md)
+    atomic_write_json(out / "frontend.json", summary)
+    atomic_write_text(out / "frontend.md", md)
+    fig = ladder_figure(summary, out / "frontend.png")
+    print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}, {fig}")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``ssr-frontend`` (see :func:`run`)."""
-    run(sys.argv[1:] if argv is None else argv)
-
-
-def run(argv: list[str]) -> list[FrontendRow]:
-    """Parse ``argv``, evaluate, print the Markdown table and write ``frontend.json``/``frontend.md``."""
-    args = build_parser().parse_args(argv)
-    torch.manual_seed(0)
-    gammas, iters = _floats(args.gammas, float), _floats(args.iterations, int)
-    if bool(gammas) != bool(iters):  # a sweep needs both axes; fill the missing one with the main setting
-        gammas, iters = gammas or [args.gamma], iters or [args.T]
-    svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=args.dkenet, nbsr_ckpt=args.nbsr, depth=args.depth,
-                                       depth_ckpt=args.depth_ckpt, iterations=args.T, gamma=args.gamma))
-    nodepth = load_model(resolve_checkpoint(args.dkenet_nodepth, "dkenet"), "dkenet") if args.dkenet_nodepth else None
-    batches, scale = make_test_batches(Path(args.data_config), args.test_size, args.batch_size, args.limit_batches,
-                                       noise=not args.no_noise, jpeg=not args.no_jpeg)
-    rows = evaluate_frontend(batches, svkr, nodepth, scale=scale, gammas=gammas, iterations=iters, progress=True)
-    gap = svkr_gap(rows)
-    md = format_markdown(rows, gap)
-    print(md)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"rows": [asdict(r) for r in rows], "svkr_minus_upper_bound": gap,
-              "args": {k: str(v) for k, v in vars(args).items()}, "num_samples": rows[0].num_samples}
-    atomic_write_json(out / "frontend.json", report)
-    atomic_write_text(out / "frontend.md", md + "\n")
-    print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}")
-    return rows
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ssr-frontend: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
