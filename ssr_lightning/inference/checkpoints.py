@@ -55,6 +55,7 @@ STAGES: dict[str, StageInfo] = {
     "depth": StageInfo("depth network (DE)", "configs/depth.yaml", "DepthNet"),
     "vae": StageInfo("VAE", "configs/vae.yaml", "VAELatents"),
     "ssrdiffusion": StageInfo("SSR diffusion", "configs/ssr.yaml", "LatentDiffusionSR"),
+    "cmos": StageInfo("CMOS (blur map + semantics)", "configs/cmos.yaml", "CMOS"),
 }
 
 
@@ -176,6 +177,8 @@ def model_class(name: str) -> type[nn.Module]:
         from ssr_lightning.diffusion.autoencoder import VAELatents as cls
     elif name == "LatentDiffusionSR":
         from ssr_lightning.diffusion.model import LatentDiffusionSR as cls
+    elif name == "CMOS":
+        from ssr_lightning.networks.cmos import CMOS as cls
     else:
         raise CheckpointError(f"unknown model class {name!r} in checkpoint")
     return cls

@@ -4,6 +4,7 @@ The networks they train live in ``ssr_lightning.networks`` and ``ssr_lightning.d
 """
 
 from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.cmos_module import CMOSModule  # noqa: F401 (the CMOS peer row)
 from ssr_lightning.modules.depth_module import DepthModule
 from ssr_lightning.modules.diffusion_module import ConditionConfig, SSRDiffusionModule
 from ssr_lightning.modules.dkenet_module import DKENetModule

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ssr_lightning.degradation import blur_downsample
 from ssr_lightning.metrics import kernel_l1, psnr
+from ssr_lightning.inference.depth import normalize_depth_map
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks import DKENet
 from ssr_lightning.visualize import heatmap, kernel_spread
@@ -34,6 +35,8 @@ class DKENetModule(StageModule):
         global_context: bool = True,
         kernel_size: int = 21,
         scale: int = 4,
+        depth_dropout: float = 0.0,
+        normalize_depth: bool = False,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
@@ -45,6 +48,10 @@ class DKENetModule(StageModule):
                 kernel can draw on the image's overall blur level.
             kernel_size: Kernel side k; the field has k² channels.
             scale: SR factor s (linked to data.scale).
+            depth_dropout: Training only: the fraction of samples whose depth is replaced by the constant 0.5
+                ("no depth"), so the LR branch must read the blur from the pixels instead of leaning on depth.
+            normalize_depth: Feed depth normalised per image (robust min/max, as every depth estimator's output
+                is at test time) instead of the data's absolute [0, 1] depth, in training and evaluation.
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
@@ -62,7 +69,14 @@ class DKENetModule(StageModule):
         return self.model(lr, depth_lr if self.hparams.use_depth else None)
 
     def _estimate(self, batch: dict[str, Any]) -> Tensor:
-        return self(batch["lr"], batch.get("depth_lr"))
+        depth = batch.get("depth_lr")
+        if depth is not None and self.hparams.use_depth:
+            if self.hparams.normalize_depth:
+                depth = normalize_depth_map(depth)
+            if self.training and self.hparams.depth_dropout > 0:
+                drop = torch.rand(depth.shape[0], 1, 1, 1, device=depth.device) < self.hparams.depth_dropout
+                depth = torch.where(drop, torch.full_like(depth, 0.5), depth)
+        return self(batch["lr"], depth)
 
     @staticmethod
     def _require_kernel(batch: dict[str, Any]) -> Tensor:

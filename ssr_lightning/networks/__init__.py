@@ -3,6 +3,7 @@ builders, AMF, the condition encoders and the SSR UNet. Top-level networks are d
 ``ConfigMixin`` classes: ``net.config`` holds the arguments that rebuild them (``Class.from_config``)."""
 
 from ssr_lightning.networks.blocks import SFT, DABlock, MAConv, split_sizes
+from ssr_lightning.networks.cmos import CMOS  # noqa: F401 (the CMOS peer row)
 from ssr_lightning.networks.depthnet import DepthNet
 from ssr_lightning.networks.dkenet import DKENet
 from ssr_lightning.networks.kernel_codec import KernelCodec
