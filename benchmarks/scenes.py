@@ -1,4 +1,4 @@
-"""Time embedded-scene rendering and a full data batch (render + crop + degrade) on this machine.
+"""Time embedded-scene rendering (all kinds mixed, and per kind) and a full data batch (render + crop + degrade).
 
     python benchmarks/scenes.py [--n 24 --size 256 --out benchmarks/results/scenes.json]
 """
@@ -14,7 +14,20 @@ from pathlib import Path
 import torch
 
 from ssr_lightning.data import SRDataModule
-from ssr_lightning.data.scenes import render_scene, split_indices
+from ssr_lightning.data.scenes import (
+    _KIND_CYCLE,
+    render_scene,
+    scene_kind,
+    split_indices,
+)
+
+
+def _ms_per_scene(ids: list[int], size: int) -> tuple[float, float]:
+    """(wall, CPU) milliseconds per scene over ``ids``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for i in ids:
+        render_scene(i, size)
+    return 1000 * (time.perf_counter() - wall) / len(ids), 1000 * (time.process_time() - cpu) / len(ids)
 
 
 def main() -> None:
@@ -26,12 +39,14 @@ def main() -> None:
     args = parser.parse_args()
 
     ids = split_indices("train", args.n)
-    render_scene(ids[0], args.size)  # decode the source photos once
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in ids:
-        render_scene(i, args.size)
-    per_scene_wall = (time.perf_counter() - wall) / len(ids)
-    per_scene_cpu = (time.process_time() - cpu) / len(ids)
+    for i in split_indices("train", len(_KIND_CYCLE)):
+        render_scene(i, args.size)  # decode the source photos of every kind once
+    per_scene_wall, per_scene_cpu = _ms_per_scene(ids, args.size)
+    per_kind = {}
+    pool = split_indices("train", 8 * args.n)
+    for kind in dict.fromkeys(_KIND_CYCLE):
+        kind_ids = [i for i in pool if scene_kind(i) == kind][: args.n]
+        per_kind[f"ms_per_scene_{kind}_wall"], per_kind[f"ms_per_scene_{kind}_cpu"] = _ms_per_scene(kind_ids, args.size)
 
     dm = SRDataModule()
     dm.setup("fit")
@@ -43,8 +58,9 @@ def main() -> None:
         times.append(time.perf_counter() - t)
     result = {
         "scene_size": args.size,
-        "ms_per_scene_wall": 1000 * per_scene_wall,
-        "ms_per_scene_cpu": 1000 * per_scene_cpu,
+        "ms_per_scene_wall": per_scene_wall,
+        "ms_per_scene_cpu": per_scene_cpu,
+        **per_kind,
         "batch_size": dm.batch_size,
         "patch_size": dm.sizes["train"],
         "ms_per_training_batch_median": 1000 * sorted(times)[len(times) // 2],

@@ -52,7 +52,7 @@ def _small_dm(**kw):
 
 # ------------------------------------------------------------------------ embedded scenes
 def test_render_scene_deterministic_and_typed() -> None:
-    for idx in (0, 3):  # a layer scene and a motorcycle scene
+    for idx in (0, 1, 3):  # a perspective, a layer and a motorcycle scene
         a_img, a_d = render_scene(idx, 96, seed=5)
         b_img, b_d = render_scene(idx, 96, seed=5)
         np.testing.assert_array_equal(a_img, b_img)
@@ -66,8 +66,9 @@ def test_render_scene_deterministic_and_typed() -> None:
         assert torch.equal(ds1[i]["hr"], ds2[i]["hr"]) and torch.equal(ds1[i]["depth"], ds2[i]["depth"])
     assert torch.equal(ds1[1]["hr"], ds1[1]["hr"])  # cached copy equals a fresh render
     item = ds1[0]
-    assert set(item) == {"hr", "depth", "index", "name"}
+    assert set(item) == {"hr", "depth", "segmentation", "has_segmentation", "index", "name"}
     assert item["hr"].shape == (3, 64, 64) and item["depth"].shape == (1, 64, 64)
+    assert item["segmentation"].shape == (1, 64, 64) and item["segmentation"].dtype == torch.int64
 
 
 def test_splits_disjoint() -> None:
@@ -101,7 +102,7 @@ def test_motorcycle_regions_do_not_overlap() -> None:
 
 def test_depth_consistent_with_occlusion() -> None:
     checked = 0
-    for i in split_indices("train", 24):
+    for i in split_indices("train", 64):
         _, depth, info = render_scene_info(i, 128, seed=2)
         if info["kind"] != "layers":
             continue
@@ -117,6 +118,8 @@ def test_depth_consistent_with_occlusion() -> None:
                 assert (depth[m] < planes[j][m]).all(), (i, k, j)
             checked += 1
         assert (depth[layer_id == 0] >= 0.72 - 1e-6).all()  # background is far
+        # segmentation: background 0, layer k → k + 1
+        np.testing.assert_array_equal(info["segmentation"], np.where(layer_id > 0, layer_id + 1, 0))
     assert checked > 20
 
 
@@ -125,6 +128,7 @@ def test_patch_augment_identical_on_image_and_depth() -> None:
     rng = np.random.default_rng(0)
     img = rng.random((64, 64, 3), dtype=np.float32)
     depth = img[..., 1].copy()
+    seg = (img[..., 2] * 1000).astype(np.int64)
     aug = PatchAugment(32)
     outs = [aug(img, depth, s) for s in range(6)]
     for o_img, o_d in outs:
@@ -132,6 +136,30 @@ def test_patch_augment_identical_on_image_and_depth() -> None:
         np.testing.assert_array_equal(o_img[..., 1], o_d)
     np.testing.assert_array_equal(aug(img, depth, 3)[0], outs[3][0])
     assert not all(np.array_equal(outs[0][0], o[0]) for o in outs[1:])
+    # a segmentation gets the same transform, and adding it does not change the image / depth patch
+    for s in range(6):
+        o_img, o_d, o_s = aug(img, depth, s, seg)
+        np.testing.assert_array_equal(o_img, outs[s][0])
+        np.testing.assert_array_equal(o_d, outs[s][1])
+        assert o_s.dtype == np.int64
+        np.testing.assert_array_equal(o_s, (o_img[..., 2] * 1000).astype(np.int64))
+    with pytest.raises(ValueError, match="augment"):
+        PatchAugment(32, "vflip")  # type: ignore[arg-type]
+
+
+def test_patch_augment_hflip_keeps_up_direction() -> None:
+    # rows increasing downwards: "hflip" may only crop and mirror left/right, so rows keep their order
+    img = np.tile(np.arange(64, dtype=np.float32)[:, None, None], (1, 64, 3)) / 64
+    img[..., 0] += np.arange(64, dtype=np.float32)[None, :] / 4096  # make columns distinguishable
+    depth = img[..., 0].copy()
+    aug, full = PatchAugment(32, "hflip"), PatchAugment(32, "full")
+    mirrored = 0
+    for s in range(12):
+        o_img, o_d = aug(img, depth, s)
+        assert (np.diff(o_img[:, 0, 1]) > 0).all()  # top stays top
+        mirrored += bool(o_d[0, 1] < o_d[0, 0])
+    assert 0 < mirrored < 12
+    assert any((np.diff(full(img, depth, s)[0][:, 0, 1]) <= 0).any() for s in range(12))
 
 
 def test_seeds_and_epoch_sampler() -> None:
@@ -157,6 +185,7 @@ def test_hr_folder_dataset(tmp_path: Path) -> None:
     a, b = ds[0], ds[1]
     assert a["hr"].shape == (3, 48, 68) and a["depth"].shape == (1, 48, 68)
     assert not a["has_depth"] and torch.all(a["depth"] == 0.5)
+    assert not a["has_segmentation"] and a["segmentation"].shape == (1, 48, 68) and not a["segmentation"].any()
     assert b["has_depth"] and b["depth"].shape == (1, 64, 64)
     assert b["depth"][0, 0, 0] == 0.0 and b["depth"][0, 0, -1] == 1.0
 
@@ -213,8 +242,12 @@ def test_datamodule_embedded_batches() -> None:
     dm.setup("fit")
     batch = dm.degrade(next(iter(dm.train_dataloader())))
     assert DEGRADED_KEYS | {"hr", "depth", "seed", "index", "name", "has_depth"} <= set(batch)
+    assert {"segmentation", "has_segmentation", "segmentation_lr"} <= set(batch)
     b = 4
     assert batch["hr"].shape == (b, 3, 48, 48) and batch["depth"].shape == (b, 1, 48, 48)
+    assert batch["segmentation"].shape == (b, 1, 48, 48) and batch["segmentation"].dtype == torch.int64
+    assert batch["segmentation_lr"].shape == (b, 1, 12, 12) and batch["has_segmentation"].dtype == torch.bool
+    assert torch.equal(batch["segmentation_lr"], batch["segmentation"][..., ::4, ::4])
     assert batch["lr"].shape == (b, 3, 12, 12) and batch["kernel"].shape == (b, 441, 12, 12)
     assert batch["depth_lr"].shape == (b, 1, 12, 12) and batch["seed"].dtype == torch.int64
     torch.testing.assert_close(batch["kernel"].sum(1), torch.ones(b, 12, 12), atol=1e-4, rtol=0)
@@ -237,6 +270,8 @@ def test_datamodule_validation_errors(tmp_path: Path) -> None:
         _small_dm(patch_size=96)
     with pytest.raises(ValueError, match="train_root"):
         _small_dm(dataset="folder").setup("fit")
+    with pytest.raises(ValueError, match="data.augment"):
+        _small_dm(augment="rot90")
 
 
 def test_datamodule_folder_and_paired(tmp_path: Path) -> None:
@@ -249,6 +284,8 @@ def test_datamodule_folder_and_paired(tmp_path: Path) -> None:
     batch = dm.degrade(next(iter(dm.train_dataloader())))
     assert batch["hr"].shape == (2, 3, 48, 48) and batch["lr"].shape == (2, 3, 12, 12)
     assert not batch["has_depth"].any()
+    assert not batch["has_segmentation"].any() and not batch["segmentation"].any()
+    assert batch["segmentation"].shape == (2, 1, 48, 48) and batch["segmentation_lr"].shape == (2, 1, 12, 12)
 
     _png(tmp_path / "hr" / "p.png", 64, 64)
     _png(tmp_path / "lr" / "p_x4.png", 16, 16)
@@ -258,6 +295,7 @@ def test_datamodule_folder_and_paired(tmp_path: Path) -> None:
     dm.setup("fit")
     pb = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert pb["lr"].shape == (1, 3, 12, 12) and pb["hr"].shape == (1, 3, 48, 48) and "kernel" not in pb
+    assert "segmentation" not in pb and "segmentation_lr" not in pb
     dm.setup("test")
     tb = next(iter(dm.test_dataloader()))
     assert tb["lr"].shape == (1, 3, 16, 16) and tb["hr"].shape == (1, 3, 64, 64)

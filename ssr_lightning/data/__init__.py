@@ -1,4 +1,5 @@
-"""Data layer: image/depth I/O, the embedded scene data set, folder data sets and the DataModule.
+"""Data layer: image/depth I/O, the embedded scene data set (perspective, layers, motorcycle), folder data sets
+and the DataModule.
 
 ``SRDataModule`` is imported lazily so that the I/O and data-set code can be used without Lightning
 or the degradation engine.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .augment import (
+    AUGMENT_MODES,
     EpochSampler,
     PatchAugment,
     center_crop,
@@ -44,6 +46,7 @@ from .scenes import (
 )
 
 __all__ = [
+    "AUGMENT_MODES",
     "DataError",
     "EmbeddedScenes",
     "EpochSampler",

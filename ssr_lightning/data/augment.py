@@ -10,13 +10,15 @@ workers, so persistent workers stay correct without any worker-side state.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal, overload
 
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["EpochSampler", "PatchAugment", "center_crop", "mix_seed", "paired_augment", "sample_seed"]
+__all__ = ["AUGMENT_MODES", "AugmentMode", "EpochSampler", "PatchAugment", "center_crop", "mix_seed",
+           "paired_augment", "sample_seed"]
 
 _MASK64 = (1 << 64) - 1
 _SPLIT_SALT = {"train": 0x7A11, "val": 0x7A12, "test": 0x7A13, "predict": 0x7A13}
@@ -45,26 +47,56 @@ def sample_seed(seed: int, split: str, index: int, epoch: int | None = None) -> 
     return mix_seed(seed, salt, index)
 
 
-class PatchAugment:
-    """Random ``patch_size`` crop + horizontal/vertical flip + rot90, identical on image and depth.
+AugmentMode = Literal["full", "hflip"]
+AUGMENT_MODES: tuple[str, ...] = ("full", "hflip")
 
-    Built on albumentations with the depth map as a ``mask`` target (nearest-neighbour semantics, so depth
-    edges stay sharp); reseeded for every call, so ``(image, depth, seed)`` fully determines the output.
+
+class PatchAugment:
+    """Random ``patch_size`` crop + flips (+ rot90), identical on image, depth and segmentation.
+
+    ``augment="full"``: random crop, horizontal and vertical flips and rot90. ``augment="hflip"``: random crop
+    and horizontal flip only, which keeps the image's up direction (and with it the geometric prior "up = far"
+    that a monocular depth network may learn from ground planes and horizons).
+
+    Built on albumentations with depth and segmentation as ``mask`` targets (nearest-neighbour semantics, so
+    depth edges and labels stay exact); reseeded for every call, so ``(image, depth, segmentation, seed)``
+    fully determines the output.
     """
 
-    def __init__(self, patch_size: int, flips: bool = True, rot90: bool = True) -> None:
-        transforms: list[A.BasicTransform] = [A.RandomCrop(height=patch_size, width=patch_size)]
-        if flips:
-            transforms += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-        if rot90:
-            transforms.append(A.RandomRotate90(p=1.0))
+    def __init__(self, patch_size: int, augment: AugmentMode = "full") -> None:
+        if augment not in AUGMENT_MODES:
+            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
+        transforms: list[A.BasicTransform] = [A.RandomCrop(height=patch_size, width=patch_size),
+                                              A.HorizontalFlip(p=0.5)]
+        if augment == "full":
+            transforms += [A.VerticalFlip(p=0.5), A.RandomRotate90(p=1.0)]
         self.patch_size = patch_size
-        self.compose = A.Compose(transforms, additional_targets={"depth": "mask"}, seed=0)
+        self.augment = augment
+        self.compose = A.Compose(transforms, additional_targets={"depth": "mask", "segmentation": "mask"}, seed=0)
 
-    def __call__(self, image: np.ndarray, depth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    @overload
+    def __call__(self, image: np.ndarray, depth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @overload
+    def __call__(
+        self, image: np.ndarray, depth: np.ndarray, seed: int, segmentation: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+    def __call__(
+        self, image: np.ndarray, depth: np.ndarray, seed: int, segmentation: np.ndarray | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """``(image, depth)`` patches, or ``(image, depth, segmentation)`` when a segmentation is given.
+
+        The segmentation (integer labels ``(H, W)``) gets exactly the crop / flips / rotation of the depth and
+        keeps its dtype (int64 comes back as int32 from albumentations and is cast back).
+        """
         self.compose.set_random_seed(int(seed) & 0xFFFFFFFF)
-        out = self.compose(image=image, depth=depth)
-        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["depth"])
+        if segmentation is None:
+            out = self.compose(image=image, depth=depth)
+            return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["depth"])
+        out = self.compose(image=image, depth=depth, segmentation=segmentation)
+        seg = np.ascontiguousarray(out["segmentation"]).astype(segmentation.dtype, copy=False)
+        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["depth"]), seg
 
 
 def paired_augment(
@@ -90,7 +122,7 @@ def paired_augment(
 
 
 def center_crop(x: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Centre crop of an ``(H, W, ...)`` array to ``size`` (int = square)."""
+    """Centre crop of an ``(H, W, ...)`` array (image, depth or segmentation) to ``size`` (int = square)."""
     th, tw = (size, size) if isinstance(size, int) else size
     h, w = x.shape[:2]
     y, xx = (h - th) // 2, (w - tw) // 2

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssr_lightning.degradation import DegradationConfig, Degrader
 
-from .augment import EpochSampler
+from .augment import AUGMENT_MODES, EpochSampler
 from .datasets import (
     DataError,
     HRFolderDataset,
@@ -38,12 +38,16 @@ class SRDataModule(L.LightningDataModule):
     """Data for every SSR stage.
 
     Batches after :meth:`on_after_batch_transfer` (or :meth:`degrade`) hold ``hr (B,3,H,W)``,
-    ``depth (B,1,H,W)``, ``seed (B,)``, ``index``, ``name``, ``has_depth`` and, from the degradation,
-    ``lr (B,3,h,w)``, ``kernel (B,441,h,w)``, ``depth_lr (B,1,h,w)``, ``noise_sigma``, ``jpeg_quality``,
-    ``invariant``. Paired batches hold ``lr``, ``hr``, ``seed``, ``index``, ``name`` and no kernel.
+    ``depth (B,1,H,W)``, ``segmentation (B,1,H,W) int64`` (0 = background, 1 = ground, 2+ = objects/layers;
+    zeros where ``has_segmentation`` is False: folders, motorcycle scenes), ``has_segmentation (B,)``, ``seed (B,)``,
+    ``index``, ``name``, ``has_depth`` and, from the degradation, ``lr (B,3,h,w)``, ``kernel (B,441,h,w)``,
+    ``depth_lr (B,1,h,w)``, ``segmentation_lr (B,1,h,w)`` (the labels at the LR sample positions,
+    ``segmentation[..., ::s, ::s]``, as ``depth_lr``), ``noise_sigma``, ``jpeg_quality``, ``invariant``. Paired
+    batches hold ``lr``, ``hr``, ``seed``, ``index``, ``name`` and no kernel or segmentation.
 
     Args:
-        dataset: ``"embedded"`` (layered scenes of scikit-image photos with known depth, no files needed),
+        dataset: ``"embedded"`` (perspective / layered scenes of scikit-image photos with known depth and
+            segmentation, no files needed),
             ``"folder"`` (HR image folders, optional depth files; LR is synthesised) or ``"paired"`` (real
             LR/HR folders such as DRealSR; no kernel or depth).
         train_root: HR training folder (``folder``/``paired``).
@@ -57,6 +61,10 @@ class SRDataModule(L.LightningDataModule):
             looked up beside each image. Images without depth get a constant map (spatially invariant defocus).
         depth_inverse: the depth files hold disparity / inverse depth (larger = nearer).
         patch_size: HR training patch side; a multiple of ``scale``.
+        augment: training patch augmentation: ``"full"`` (random crop + horizontal/vertical flips + rot90) or
+            ``"hflip"`` (random crop + horizontal flip only, which keeps the geometric prior "up = far" that
+            depth training can use; ``configs/data/embedded_depth.yaml``). Validation/test crops are never
+            augmented.
         val_size: HR validation centre-crop side (multiple of ``scale``); 0 keeps whole images (then use
             ``val_batch_size=1`` for folders of mixed sizes).
         test_size: HR test/predict centre-crop side; ``None``/0 keeps whole images (cropped to a multiple of
@@ -88,6 +96,7 @@ class SRDataModule(L.LightningDataModule):
         depth_dir: str | None = None,
         depth_inverse: bool = False,
         patch_size: int = 192,
+        augment: Literal["full", "hflip"] = "full",
         val_size: int = 192,
         test_size: int | None = None,
         scale: int = 4,
@@ -108,6 +117,8 @@ class SRDataModule(L.LightningDataModule):
             raise DataError(f"data.dataset must be 'embedded', 'folder' or 'paired', got {dataset!r}")
         if scale < 1:
             raise DataError(f"data.scale must be >= 1, got {scale}")
+        if augment not in AUGMENT_MODES:
+            raise DataError(f"data.augment must be one of {AUGMENT_MODES}, got {augment!r}")
         positive = {"patch_size": patch_size, "batch_size": batch_size, "val_batch_size": val_batch_size,
                     "test_batch_size": test_batch_size, "embedded_scene_size": embedded_scene_size,
                     "num_train": num_train, "num_val": num_val, "num_test": num_test}
@@ -136,6 +147,7 @@ class SRDataModule(L.LightningDataModule):
         self.lr_roots = {"train": train_lr_root, "val": val_lr_root, "test": test_lr_root}
         self.depth_dir, self.depth_inverse = depth_dir, depth_inverse
         self.sizes = {"train": patch_size, "val": val_size, "test": test_size}
+        self.augment = augment
         self.scale, self.seed = scale, seed
         self.batch_sizes = {"train": batch_size, "val": val_batch_size, "test": test_batch_size}
         self.batch_size = batch_size  # Lightning's batch-size finder looks for this attribute
@@ -170,7 +182,8 @@ class SRDataModule(L.LightningDataModule):
             base = self._base(split)
             self._scan(base, split)
             self.datasets[split] = (
-                None if base is None else SRPatchDataset(base, split, self.sizes[split], self.scale, self.seed)
+                None if base is None
+                else SRPatchDataset(base, split, self.sizes[split], self.scale, self.seed, augment=self.augment)
             )
         return self.datasets[split]
 
@@ -233,7 +246,8 @@ class SRDataModule(L.LightningDataModule):
         return self._degrader
 
     def degrade(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Add ``lr``, ``kernel``, ``depth_lr``, ``noise_sigma``, ``jpeg_quality``, ``invariant`` to an HR batch.
+        """Add ``lr``, ``kernel``, ``depth_lr``, ``noise_sigma``, ``jpeg_quality``, ``invariant`` to an HR batch,
+        and ``segmentation_lr`` (``segmentation[..., ::s, ::s]``) when it has a ``segmentation``.
 
         Runs on the device of ``batch["hr"]``; usable outside a Trainer. Batches that already hold ``lr``
         (paired data) are returned unchanged.
@@ -249,6 +263,9 @@ class SRDataModule(L.LightningDataModule):
             out = deg(hr, batch["depth"].to(hr.device), batch["seed"])
         batch = dict(batch)
         batch.update(out)
+        if "segmentation" in batch:
+            s = self.scale  # the LR sample positions, exactly as depth_lr
+            batch["segmentation_lr"] = batch["segmentation"][..., ::s, ::s].to(hr.device).contiguous()
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

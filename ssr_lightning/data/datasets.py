@@ -1,8 +1,9 @@
 """Folder data sets (HR folders with optional depth, paired LR/HR folders) and the patch wrapper.
 
 Base data sets return whole images as tensors; :class:`SRPatchDataset` turns any of them into training
-patches (random crop + flips + rot90, seeded per sample) or evaluation crops (deterministic centre crop)
-and attaches each sample's integer ``seed`` (see :mod:`ssr_lightning.data.augment`).
+patches (random crop + flips (+ rot90), seeded per sample) or evaluation crops (deterministic centre crop)
+and attaches each sample's integer ``seed`` (see :mod:`ssr_lightning.data.augment`). Depth and segmentation
+are cropped, flipped and rotated exactly like the image (nearest neighbour).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .augment import PatchAugment, center_crop, paired_augment, sample_seed
+from .augment import AugmentMode, PatchAugment, center_crop, paired_augment, sample_seed
 from .image_io import (
     IMAGE_EXTENSIONS,
     check_pair_size,
@@ -87,6 +88,11 @@ def _to_chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
 
 
+def _no_segmentation(hw: tuple[int, ...]) -> torch.Tensor:
+    """All-zero ``(1, H, W)`` int64 segmentation as a broadcast view of one element (no per-pixel memory)."""
+    return torch.zeros((1, 1, 1), dtype=torch.int64).expand(1, int(hw[0]), int(hw[1]))
+
+
 def list_images(root: str | Path, exclude: Sequence[Path] = ()) -> list[Path]:
     """Image files under ``root`` (recursive, sorted), skipping ``*_depth.*`` files and ``exclude`` folders."""
     root = Path(root)
@@ -123,7 +129,9 @@ class HRFolderDataset(Dataset):
     BasicSR does for HR folders. Files are decoded only in ``__getitem__``; a corrupt file raises
     :class:`~ssr_lightning.data.image_io.ImageReadError` naming it.
 
-    Items: ``{"hr": (3, H, W), "depth": (1, H, W), "has_depth": bool, "index": int, "name": str}``.
+    Items: ``{"hr": (3, H, W), "depth": (1, H, W), "has_depth": bool, "segmentation": (1, H, W) int64,
+    "has_segmentation": bool, "index": int, "name": str}``; folders have no segmentation, so it is all zeros
+    (a broadcast view that costs no memory until a patch is cropped) and ``has_segmentation`` is False.
     """
 
     def __init__(
@@ -188,6 +196,8 @@ class HRFolderDataset(Dataset):
             "hr": _to_chw(img),
             "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None],
             "has_depth": has_depth,
+            "segmentation": _no_segmentation(depth.shape),
+            "has_segmentation": False,
             "index": i,
             "name": str(self.files[i].relative_to(self.root)),
         }
@@ -256,14 +266,21 @@ class SRPatchDataset(Dataset):
         size: HR patch / crop side (a multiple of ``scale``); ``None`` or 0 keeps the whole image.
         scale: SR factor.
         seed: global data seed.
+        augment: training augmentation, ``"full"`` (random crop + h/v flips + rot90) or ``"hflip"`` (random
+            crop + horizontal flip only: keeps "up" up, e.g. for depth training).
+
+    Items gain ``seed`` and, for HR data, always carry ``segmentation`` ``(1, P, P)`` int64 and
+    ``has_segmentation`` (zeros / False when the base data set has none).
     """
 
-    def __init__(self, base: Dataset, split: str, size: int | None, scale: int, seed: int = 0) -> None:
+    def __init__(
+        self, base: Dataset, split: str, size: int | None, scale: int, seed: int = 0, augment: AugmentMode = "full"
+    ) -> None:
         if size and size % scale:
             raise ValueError(f"patch/crop size {size} is not a multiple of the scale {scale}")
         self.base, self.split, self.size, self.scale, self.seed = base, split, size or None, scale, seed
         self.train = split == "train"
-        self.augment = PatchAugment(size) if (self.train and size) else None
+        self.augment = PatchAugment(size, augment) if (self.train and size) else None
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -281,17 +298,29 @@ class SRPatchDataset(Dataset):
         if "lr" in item:
             return self._paired(item, i, seed)
         item.setdefault("has_depth", True)
+        if "segmentation" not in item:
+            item["segmentation"] = _no_segmentation(item["hr"].shape[-2:])
+            item["has_segmentation"] = False
+        item.setdefault("has_segmentation", True)
         # HR data can always be cropped to a multiple of the scale (synthetic LR is made afterwards)
         hr = crop_to_multiple(item["hr"].permute(1, 2, 0).numpy(), self.scale)
         depth = crop_to_multiple(item["depth"][0].numpy(), self.scale)
+        # without a segmentation the map is all zeros, which every crop / flip / rotation leaves as it is
+        seg = crop_to_multiple(item["segmentation"][0].numpy(), self.scale) if item["has_segmentation"] else None
         if self.size:
             check_size(hr.shape[0], hr.shape[1], self.scale, self.size, self._where(i, item))
-            if self.augment is not None:
+            if self.augment is not None and seg is not None:
+                # int32 for albumentations (labels are small); the same crop / flips / rotation as the depth
+                hr, depth, seg = self.augment(hr, depth, seed, np.ascontiguousarray(seg, dtype=np.int32))
+            elif self.augment is not None:
                 hr, depth = self.augment(hr, depth, seed)
             else:
                 hr, depth = center_crop(hr, self.size), center_crop(depth, self.size)
+                seg = None if seg is None else center_crop(seg, self.size)
         item["hr"] = _to_chw(hr)
         item["depth"] = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None]
+        item["segmentation"] = (torch.zeros((1, *hr.shape[:2]), dtype=torch.int64) if seg is None else
+                                torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int64))[None])
         return item
 
     def _paired(self, item: dict[str, Any], i: int, seed: int) -> dict[str, Any]:
