@@ -17,7 +17,7 @@ __all__ = ["DegradationConfig", "Degrader"]
 
 # Scalar draws per sample after the kernel's (sigma, poisson flag, JPEG quality): fixed so that switching noise or
 # JPEG off leaves the other parameters of a seed unchanged (Table 3 compares variants on the same samples).
-_N_SCALAR_DRAWS: int = 3
+_N_SCALAR_DRAWS: int = 4
 
 
 @dataclass
@@ -38,6 +38,9 @@ class DegradationConfig:
     """Apply JPEG compression (switch off for the "w/o JPEG" variant of Table 3)."""
     jpeg_quality: tuple[int, int] = (30, 95)
     """Range of the JPEG quality (inclusive, integers)."""
+    clean_prob: float = 0.0
+    """Probability that a sample gets neither noise nor JPEG (a per-sample schedule: a network trained on noisy data
+    still sees clean samples, where knowing the kernel pays off most)."""
     jpeg_backend: Literal["kornia", "cv2"] = "kornia"
     """JPEG implementation: "kornia" (batched, on the images' device) or "cv2" (libjpeg per sample on CPU)."""
     blur_method: Literal["exact", "shift", "basis"] = "shift"
@@ -110,16 +113,18 @@ class Degrader:
         poisson = u[:, 1] < cfg.poisson_prob
         qlo, qhi = cfg.jpeg_quality
         quality = torch.floor(qlo + u[:, 2] * (qhi - qlo + 1)).clamp(max=qhi)  # uniform over the integers
+        clean = u[:, 3] < cfg.clean_prob
 
         lr = blur_downsample(hr, kernel, cfg.scale, method=cfg.blur_method, basis=self.basis)
+        sigma = torch.where(clean, torch.zeros_like(sigma), sigma) if cfg.noise else torch.zeros_like(sigma)
         if cfg.noise:
-            lr = add_noise(lr, sigma.to(torch.float32), gens, poisson)
-        else:
-            sigma = torch.zeros_like(sigma)
-        if cfg.jpeg:
-            lr = jpeg(lr, quality.to(torch.float32), backend=cfg.jpeg_backend)
-        else:
-            quality = torch.zeros_like(quality)
+            # zero sigma adds zero noise, but the realisation is still drawn: the generators stay aligned
+            lr = add_noise(lr, sigma.to(torch.float32), gens, poisson & ~clean)
+        quality = torch.where(clean, torch.zeros_like(quality), quality) if cfg.jpeg else torch.zeros_like(quality)
+        if cfg.jpeg and bool((quality > 0).any()):
+            keep = quality > 0
+            lr = lr.clone()
+            lr[keep] = jpeg(lr[keep], quality[keep].to(torch.float32), backend=cfg.jpeg_backend)
         dev = hr.device
         return {
             "lr": lr.contiguous(),
