@@ -27,6 +27,7 @@ from .datasets import (
     collate,
     scan_images,
 )
+from .photos import RealPhotos
 from .scenes import EmbeddedScenes
 
 __all__ = ["SRDataModule"]
@@ -48,8 +49,9 @@ class SRDataModule(L.LightningDataModule):
     Args:
         dataset: ``"embedded"`` (perspective / layered scenes of scikit-image photos with known depth and
             segmentation, no files needed),
-            ``"folder"`` (HR image folders, optional depth files; LR is synthesised) or ``"paired"`` (real
-            LR/HR folders such as DRealSR; no kernel or depth).
+            ``"folder"`` (HR image folders, optional depth files; LR is synthesised), ``"paired"`` (real
+            LR/HR folders such as DRealSR; no kernel or depth) or ``"photos"`` (test only: whole real photos
+            that installed packages ship and the scenes never use, ``data.photos``; use test_size 0, batch 1).
         train_root: HR training folder (``folder``/``paired``).
         val_root: HR validation folder (``folder``/``paired``); without it there is no validation.
         test_root: HR test folder (``folder``/``paired``), also used for prediction.
@@ -86,7 +88,7 @@ class SRDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["embedded", "folder", "paired"] = "embedded",
+        dataset: Literal["embedded", "folder", "paired", "photos"] = "embedded",
         train_root: str | None = None,
         val_root: str | None = None,
         test_root: str | None = None,
@@ -113,8 +115,8 @@ class SRDataModule(L.LightningDataModule):
         train_samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in ("embedded", "folder", "paired"):
-            raise DataError(f"data.dataset must be 'embedded', 'folder' or 'paired', got {dataset!r}")
+        if dataset not in ("embedded", "folder", "paired", "photos"):
+            raise DataError(f"data.dataset must be 'embedded', 'folder', 'paired' or 'photos', got {dataset!r}")
         if scale < 1:
             raise DataError(f"data.scale must be >= 1, got {scale}")
         if augment not in AUGMENT_MODES:
@@ -165,6 +167,11 @@ class SRDataModule(L.LightningDataModule):
     def _base(self, split: str) -> Dataset | None:
         if self.dataset == "embedded":
             return EmbeddedScenes(split, **self.embedded)  # type: ignore[arg-type]
+        if self.dataset == "photos":
+            if split != "test":
+                raise DataError("data.dataset='photos' is an evaluation set (real photos the scenes never use): "
+                                "train with 'embedded' or 'folder', and test or predict with 'photos'")
+            return RealPhotos(self.embedded["size"], self.scale, seed=self.seed)
         root = self.roots[split]
         if root is None:
             if split == "train":
