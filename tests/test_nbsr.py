@@ -52,6 +52,31 @@ def test_nbsr_shapes_odd_sizes(scale: int) -> None:
         assert net(lr).shape == (2, 3, 7 * scale, 9 * scale)
 
 
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_code_concatenated_at_the_input_keeps_shapes_and_acts_from_step_zero(scale: int) -> None:
+    torch.manual_seed(0)
+    net = NBSR.tiny(scale=scale, input_condition=True, sft_init=0.0).eval()  # SFTs are the identity here
+    assert net.conv_first.in_channels == 3 + 12
+    lr, code = torch.rand(2, 3, 7, 9), torch.randn(2, 12, 7, 9)
+    with torch.no_grad():
+        with_code, without = net(lr, code), net(lr)
+    assert with_code.shape == without.shape == (2, 3, 7 * scale, 9 * scale)
+    assert not torch.allclose(with_code, without)  # the input path carries the code before any SFT learns
+
+
+def test_noise_channel_is_estimated_from_the_pixels_and_kept_when_the_code_is_zeroed(basis: KernelBasis) -> None:
+    from ssr_lightning.networks.nbsr import KernelConditionedSR
+
+    m = KernelConditionedSR(noise_condition=True, input_condition=True)
+    m.codec.set_basis(basis, torch.ones(12))
+    clean = torch.full((1, 3, 8, 10), 0.5)
+    noisy = (clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(0)) * 20 / 255).clamp(0, 1)
+    c_clean, c_noisy = m.condition(clean, None), m.condition(noisy, None)
+    assert c_clean.shape == (1, 13, 8, 10) and torch.equal(c_clean[:, :12], torch.zeros(1, 12, 8, 10))
+    assert float(c_clean[0, 12, 0, 0]) == pytest.approx(-1.0) and float(c_noisy[0, 12, 0, 0]) > 0.0
+    assert m(noisy).shape == (1, 3, 32, 40)
+
+
 def test_nbsr_none_code_is_zero_code_and_code_matters() -> None:
     net = NBSR.tiny().eval()
     # SFT starts as the identity; perturb its heads so the condition actually reaches the output.
