@@ -84,17 +84,19 @@ def ssi_loss(
     kind: Literal["l1", "mse"] = "l1",
     grad_weight: float = 0.0,
     grad_scales: int = 4,
+    align: bool = True,
 ) -> Tensor:
     """Scale-and-shift-invariant loss per sample ``(B,)``.
 
     ``pred`` is aligned to ``target`` by :func:`align_scale_shift`, then the mean L1 (MiDaS ssitrim without
     trimming) or squared (MiDaS ssimse) error is taken over valid pixels, plus ``grad_weight`` times the
     :func:`gradient_matching` term of the residual (MiDaS uses 0.5). It is 0 whenever ``target`` is an exact
-    affine function of ``pred`` (with non-constant ``pred``).
+    affine function of ``pred`` (with non-constant ``pred``). ``align=False`` skips the alignment: the same
+    terms on ``pred − target`` directly (for data whose depth shares one absolute convention).
     """
     if kind not in ("l1", "mse"):
         raise ValueError(f"ssi_loss: kind must be 'l1' or 'mse', got {kind!r}")
-    aligned, _, _ = align_scale_shift(pred, target, mask)
+    aligned = align_scale_shift(pred, target, mask)[0] if align else pred.float()
     residual = aligned - target.float()
     w = _weights(residual, mask)
     err = residual.abs() if kind == "l1" else residual.square()

@@ -40,6 +40,7 @@ class DepthModule(StageModule):
         global_context: bool = True,
         input: Literal["lr", "hr", "both"] = "both",
         loss: Literal["l1", "mse"] = "l1",
+        alignment: Literal["scale_shift", "none"] = "scale_shift",
         grad_weight: float = 0.5,
         grad_scales: int = 4,
         scale: int = 4,
@@ -53,6 +54,9 @@ class DepthModule(StageModule):
             global_context: Pooled scene context at the DepthNet bottleneck.
             input: Train/evaluate on ``lr`` images, ``hr`` images or ``both`` (default; SVKR needs both).
             loss: Per-pixel term of the SSI loss: ``l1`` or ``mse``.
+            alignment: ``scale_shift`` (MiDaS SSI loss, for data whose depth has no common scale) or ``none``
+                (regress the data's normalised depth directly: the embedded scenes share one convention,
+                0 = nearest, 1 = horizon/background, so the absolute value is learnable).
             grad_weight: Weight of the gradient-matching term (MiDaS: 0.5; 0 disables it).
             grad_scales: Scales of the gradient-matching term.
             scale: SR factor s (linked to data.scale; LR targets are ``depth[..., ::s, ::s]``).
@@ -107,7 +111,10 @@ class DepthModule(StageModule):
             image, target = self._pair(batch, kind)
             pred = self(image)
             valid = self._valid(batch, image.shape[0], image.device).float()
-            per = ssi_loss(pred, target, kind=hp.loss, grad_weight=hp.grad_weight, grad_scales=hp.grad_scales)
+            per = ssi_loss(
+                pred, target, kind=hp.loss, grad_weight=hp.grad_weight, grad_scales=hp.grad_scales,
+                align=hp.get("alignment", "scale_shift") == "scale_shift",
+            )
             # masked mean rather than indexing: the graph (and DDP's gradient sync) survives a batch without depth
             kind_loss = (per * valid).sum() / valid.sum().clamp_min(1.0)
             self.log(f"train/loss_{kind}", kind_loss, batch_size=image.shape[0])
