@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,25 @@ def test_frontend_ladder_rows_statistics_and_figure(batch: dict[str, torch.Tenso
     assert png.stat().st_size > 10_000
     merged, seeds = merge_seeds([lad, lad])
     assert merged.rows["NBSR + GT kernel"]["psnr_y"] == gt and seeds["NBSR + GT kernel"]["psnr_y"][1] == 0.0
+
+
+def test_frontend_train_schedules_seeds_and_jobs(tmp_path: Path, monkeypatch) -> None:
+    """--train: every stage per seed, single-seed stages once, --jobs sets threads, finished stages skipped."""
+    import ssr_lightning.cli.frontend as cli
+
+    calls: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(cli.CLIRunner, "execute", lambda self, cmd, log, env: calls.append((cmd, env)))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = cli.build_parser().parse_args(["--train", "--seeds", "[0, 1]", "--stages", "[dkenet, blind]",
+                                          "--jobs", "2", "--out", str(tmp_path)])
+    ckpts = cli._train(args, tmp_path)
+    trained = sorted((c[c.index("--seed_everything") + 1], c[c.index("--name") + 1]) for c, _ in calls)
+    assert trained == [("0", "blind"), ("0", "dkenet"), ("1", "dkenet")]
+    assert all(env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2)) for _, env in calls)
+    assert (tmp_path / "runs/seed_1/dkenet/DONE").is_file()
+    assert ckpts == {0: {}, 1: {}}  # the fake runner wrote no checkpoints
+    calls.clear()
+    cli._train(args, tmp_path)
+    assert calls == []  # DONE stages are not trained again
+    with pytest.raises(SystemExit, match="unknown stage 'dkenett'"):
+        cli._train(cli.build_parser().parse_args(["--stages", "[dkenett]"]), tmp_path)

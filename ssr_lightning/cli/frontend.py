@@ -17,9 +17,10 @@ Rows and summaries: ``ssr_lightning.ablate.frontend``.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +38,11 @@ from ssr_lightning.ablate.frontend import (
 )
 from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
-from ssr_lightning.inference.checkpoints import find_checkpoint, load_model, resolve_checkpoint
+from ssr_lightning.inference.checkpoints import (
+    find_checkpoint,
+    load_model,
+    resolve_checkpoint,
+)
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 
 __all__ = ["STAGE_RUNS", "build_parser", "main", "run"]
@@ -85,41 +90,62 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="stage trainings run at once (each gets cores/jobs threads; 2 on a 2-core machine)")
     p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (and runs/)")
     return p
 
 
 def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
-    """``ssr fit`` every requested stage per seed (skipping finished runs); returns their best checkpoints."""
+    """``ssr fit`` every requested stage per seed (skipping finished runs); returns their best checkpoints.
+
+    Stages are independent (SVKR combines them only at evaluation), so ``--jobs N`` trains N at once, each
+    with ``cores // N`` threads: on a small CPU two one-thread runs beat one two-thread run.
+    """
+    if args.jobs < 1:
+        raise SystemExit(f"ssr-frontend: --jobs must be >= 1, got {args.jobs}")
+    unknown = [s for s in args.stages if s not in STAGE_RUNS]
+    if unknown:
+        raise SystemExit(f"ssr-frontend: unknown stage {unknown[0]!r} in --stages; choose from {sorted(STAGE_RUNS)}")
     runner = CLIRunner(cwd=Path.cwd())
-    ckpts: dict[int, dict[str, Path]] = {}
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {"OMP_NUM_THREADS": str(threads)} if args.jobs > 1 else {}
+    todo: list[tuple[int, str]] = []
     for i, seed in enumerate(args.seeds):
-        root = out / "runs" / f"seed_{seed}"
-        ckpts[seed] = {}
         for stage in args.stages:
-            if stage not in STAGE_RUNS:
-                raise SystemExit(f"ssr-frontend: unknown stage {stage!r} in --stages; choose from {sorted(STAGE_RUNS)}")
             if i > 0 and stage in args.single_seed_stages:
                 continue
-            _, config, extra = STAGE_RUNS[stage]
-            if not Path(config).is_file():
-                print(f"ssr-frontend: {config} not found: stage {stage} skipped", file=sys.stderr)
+            if not Path(STAGE_RUNS[stage][1]).is_file():
+                print(f"ssr-frontend: {STAGE_RUNS[stage][1]} not found: stage {stage} skipped", file=sys.stderr)
                 continue
-            done = root / stage / "DONE"
-            if not done.is_file():
-                t0 = time.time()
-                print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
-                cmd = ["fit", "--config", config, *extra, *args.fit_args, "--seed_everything", str(seed),
-                       "--root", str(root), "--name", stage, "--ckpt_path", "last"]
-                try:
-                    runner.execute(cmd, root / f"{stage}.log", {})
-                except CommandFailed as err:
-                    raise SystemExit(f"ssr-frontend: training {stage} failed; see {root / f'{stage}.log'}:\n"
-                                     f"{err.tail[-2000:]}") from None
-                atomic_write_text(done, f"{time.time() - t0:.1f} s\n")
-            found = find_checkpoint(stage, root, "best")
-            if found is not None:
-                ckpts[seed][stage] = found
+            todo.append((seed, stage))
+
+    def fit(seed: int, stage: str) -> None:
+        root = out / "runs" / f"seed_{seed}"
+        done = root / stage / "DONE"
+        if done.is_file():
+            return
+        _, config, extra = STAGE_RUNS[stage]
+        t0 = time.time()
+        print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
+        cmd = ["fit", "--config", config, *extra, *args.fit_args, "--seed_everything", str(seed),
+               "--root", str(root), "--name", stage, "--ckpt_path", "last"]
+        try:
+            runner.execute(cmd, root / f"{stage}.log", env)
+        except CommandFailed as err:
+            raise SystemExit(f"ssr-frontend: training {stage} failed; see {root / f'{stage}.log'}:\n"
+                             f"{err.tail[-2000:]}") from None
+        atomic_write_text(done, f"{time.time() - t0:.1f} s\n")
+        print(f"ssr-frontend: {stage} (seed {seed}) trained in {time.time() - t0:.0f} s", file=sys.stderr)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(fit, seed, stage) for seed, stage in todo]:
+            future.result()
+    ckpts: dict[int, dict[str, Path]] = {seed: {} for seed in args.seeds}
+    for seed, stage in todo:
+        found = find_checkpoint(stage, out / "runs" / f"seed_{seed}", "best")
+        if found is not None:
+            ckpts[seed][stage] = found
     return ckpts
 
 
