@@ -311,3 +311,19 @@ def test_render_samples_tool(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert out.is_file() and Image.open(out).size[0] > 100
+
+
+def test_clean_prob_is_a_training_only_schedule() -> None:
+    """clean_prob=1 removes noise and JPEG from training batches; validation/test batches keep their degradation."""
+    from ssr_lightning.data import SRDataModule
+    from ssr_lightning.degradation import DegradationConfig
+
+    dm = SRDataModule(num_train=4, num_val=2, num_test=2, embedded_scene_size=64, patch_size=32, val_size=32,
+                      batch_size=4, degradation=DegradationConfig(clean_prob=1.0))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    train = dm.degrade(dict(batch), training=True)
+    evaluation = dm.degrade(dict(batch))
+    assert torch.all(train["noise_sigma"] == 0)
+    assert torch.all(evaluation["noise_sigma"] > 0)
+    assert torch.equal(train["kernel"], evaluation["kernel"])  # same blur draw: only noise/JPEG differ

@@ -160,8 +160,8 @@ class SRDataModule(L.LightningDataModule):
         self.degradation_config = dataclasses.replace(degradation, scale=scale)
         self.train_samples_per_epoch = train_samples_per_epoch
         self.datasets: dict[str, SRPatchDataset | None] = {}
-        self._degrader: Any = None
-        self._degrader_device: torch.device | None = None
+        self._degraders: dict[bool, Any] = {}
+        self._degrader_device: dict[bool, torch.device] = {}
 
     # ---------------------------------------------------------------- data sets
     def _base(self, split: str) -> Dataset | None:
@@ -248,24 +248,30 @@ class SRDataModule(L.LightningDataModule):
     # -------------------------------------------------------------- degradation
     @property
     def degrader(self) -> Any:
-        if self._degrader is None:
-            self._degrader = Degrader(self.degradation_config)
-        return self._degrader
+        """The evaluation degrader (``clean_prob`` is a training schedule: validation and test never use it)."""
+        return self._get_degrader(training=False)
 
-    def degrade(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _get_degrader(self, training: bool) -> Any:
+        if training not in self._degraders:
+            cfg = self.degradation_config
+            self._degraders[training] = Degrader(cfg if training else dataclasses.replace(cfg, clean_prob=0.0))
+        return self._degraders[training]
+
+    def degrade(self, batch: dict[str, Any], training: bool = False) -> dict[str, Any]:
         """Add ``lr``, ``kernel``, ``depth_lr``, ``noise_sigma``, ``jpeg_quality``, ``invariant`` to an HR batch,
         and ``segmentation_lr`` (``segmentation[..., ::s, ::s]``) when it has a ``segmentation``.
 
         Runs on the device of ``batch["hr"]``; usable outside a Trainer. Batches that already hold ``lr``
-        (paired data) are returned unchanged.
+        (paired data) are returned unchanged. ``training`` applies ``degradation.clean_prob`` (a training-only
+        schedule), so validation and test data do not depend on it.
         """
         if "lr" in batch:
             return batch
         hr = batch["hr"]
-        deg = self.degrader
-        if isinstance(deg, nn.Module) and self._degrader_device != hr.device:
+        deg = self._get_degrader(training)
+        if isinstance(deg, nn.Module) and self._degrader_device.get(training) != hr.device:
             deg.to(hr.device)
-            self._degrader_device = hr.device
+            self._degrader_device[training] = hr.device
         with torch.no_grad():
             out = deg(hr, batch["depth"].to(hr.device), batch["seed"])
         batch = dict(batch)
@@ -277,5 +283,6 @@ class SRDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "hr" in batch:
-            return self.degrade(batch)
+            trainer = getattr(self, "trainer", None)
+            return self.degrade(batch, training=bool(trainer is not None and trainer.training))
         return batch
