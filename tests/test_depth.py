@@ -64,6 +64,45 @@ def test_depthnet_any_size(size: tuple[int, int]) -> None:
     assert DepthNet(channels=8, output="softplus")(torch.rand(1, 3, 9, 9)).min() > 0
 
 
+@pytest.mark.parametrize("levels", [2, 4, 5])
+@pytest.mark.parametrize("size", [(17, 23), (64, 40)])
+def test_depthnet_levels_and_working_size_keep_shapes(levels: int, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    net = DepthNet(channels=8, levels=levels, working_size=32)
+    x = torch.rand(2, 3, *size)
+    out = net(x)
+    assert out.shape == (2, 1, *size) and torch.isfinite(out).all()
+    # with a working size, an image and its 2x upsampled copy are seen at the same scale
+    big = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    small_again = torch.nn.functional.interpolate(net(big), size=size, mode="bilinear", align_corners=False)
+    native = DepthNet(channels=8, levels=levels)
+    native.load_state_dict(net.state_dict())
+    native_again = torch.nn.functional.interpolate(native(big), size=size, mode="bilinear", align_corners=False)
+    assert (small_again - out).abs().mean() < (native_again - native(x)).abs().mean()
+
+
+def test_depthnet_loads_three_level_parameter_names() -> None:
+    """State dicts of the fixed three-level DepthNet (enc1/down1/bottleneck/up2 ...) load unchanged."""
+    torch.manual_seed(0)
+    net = DepthNet(channels=8)
+    renames = {"encoders.0.": "enc1.", "encoders.1.": "enc2.", "encoders.2.": "bottleneck.", "downs.0.": "down1.",
+               "downs.1.": "down2.", "ups.0.": "up2.", "ups.1.": "up1."}
+    old = {}
+    for key, value in net.state_dict().items():
+        for new, was in renames.items():
+            if key.startswith(new):
+                key = was + key[len(new):]
+                break
+        old[key] = value
+    assert "enc1.0.body.0.weight" in old and "bottleneck.0.body.0.weight" in old
+    fresh = DepthNet(channels=8)
+    fresh.load_state_dict(old)
+    x = torch.rand(1, 3, 16, 16)
+    assert torch.equal(fresh(x), net(x))
+    with pytest.raises(ValueError, match="levels"):
+        DepthNet(levels=1)
+
+
 def test_depthnet_presets() -> None:
     tiny, paper = DepthNet.tiny(), DepthNet.paper()
     n_tiny, n_paper = (sum(p.numel() for p in n.parameters()) for n in (tiny, paper))

@@ -38,6 +38,8 @@ class DepthModule(StageModule):
         blocks_per_level: int = 1,
         output: Literal["sigmoid", "softplus"] = "sigmoid",
         global_context: bool = True,
+        levels: int = 3,
+        working_size: int = 0,
         input: Literal["lr", "hr", "both"] = "both",
         loss: Literal["l1", "mse"] = "l1",
         alignment: Literal["scale_shift", "none"] = "scale_shift",
@@ -52,6 +54,9 @@ class DepthModule(StageModule):
             blocks_per_level: Residual blocks per U-Net stage (1 tiny, 2 paper).
             output: DepthNet output activation, ``sigmoid`` or ``softplus``.
             global_context: Pooled scene context at the DepthNet bottleneck.
+            levels: DepthNet resolution levels (3: the original; each more halves the resolution once more).
+            working_size: Shorter side every input is resized to inside DepthNet (0: native size), so LR and
+                SR/HR inputs are seen at one scale.
             input: Train/evaluate on ``lr`` images, ``hr`` images or ``both`` (default; SVKR needs both).
             loss: Per-pixel term of the SSI loss: ``l1`` or ``mse``.
             alignment: ``scale_shift`` (MiDaS SSI loss, for data whose depth has no common scale) or ``none``
@@ -67,7 +72,8 @@ class DepthModule(StageModule):
             raise ValueError(f"DepthModule: input must be 'lr', 'hr' or 'both', got {input!r}")
         self.save_stage_hparams()
         self.model = DepthNet(
-            channels=channels, blocks_per_level=blocks_per_level, output=output, global_context=global_context
+            channels=channels, blocks_per_level=blocks_per_level, output=output, global_context=global_context,
+            levels=levels, working_size=working_size,
         )
 
     @property

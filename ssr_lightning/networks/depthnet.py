@@ -1,8 +1,9 @@
 """DepthNet: the small monocular depth network the project trains itself (DE, docs/DESIGN.md §3).
 
-A compact three-level U-Net, RGB ``(B, 3, H, W)`` in [0, 1] -> relative depth ``(B, 1, H, W)``:
+A compact U-Net (3 levels by default), RGB ``(B, 3, H, W)`` in [0, 1] -> relative depth ``(B, 1, H, W)``:
 
-- level 1 (full resolution, ``c`` channels), level 2 (1/2, ``2c``), level 3 (1/4, ``4c``, the bottleneck);
+- level 1 (full resolution, ``c`` channels), level 2 (1/2, ``2c``), level 3 (1/4, ``4c``), further levels
+  (1/8, ... at ``4c``; ``levels``) widen the receptive field cheaply, the last one is the bottleneck;
 - stride-2 convs down, bilinear resize to the skip's *exact* size + concat + conv up, so odd sizes work;
 - a global-context branch at the bottleneck (pooled features broadcast back): monocular depth depends on the
   whole scene layout, which a 3-level U-Net's receptive field would otherwise not see on HR-size inputs;
@@ -12,6 +13,11 @@ A compact three-level U-Net, RGB ``(B, 3, H, W)`` in [0, 1] -> relative depth ``
 The output (sigmoid in (0, 1), or softplus > 0) is *relative* depth in the project convention (larger =
 farther); training uses a scale-and-shift-invariant loss, so only its affine class is meaningful. The network is
 fully convolutional: the same weights run on LR-size and on SR/HR-size images.
+
+``working_size`` (MiDaS runs at 384 px whatever the input) resizes every input so that its shorter side has that
+many pixels, predicts there and resizes the depth back: LR and SR/HR inputs of one scene are then seen at the
+same scale and the receptive field covers the same share of the view, which a monocular depth cue such as the
+horizon or an object's size needs (docs/EXPERIMENTS.md, "Depth from the embedded scenes").
 """
 
 from __future__ import annotations
@@ -54,6 +60,21 @@ class _ResBlock(nn.Module):
         return self.act(self.skip(x) + self.body(x))
 
 
+# Parameter names of the fixed three-level DepthNet (before ``levels``) -> their place in the level lists.
+_OLD_NAMES = {"enc1.": "encoders.0.", "enc2.": "encoders.1.", "bottleneck.": "encoders.2.", "down1.": "downs.0.",
+              "down2.": "downs.1.", "up2.": "ups.0.", "up1.": "ups.1."}
+
+
+def _rename_fixed_levels(state: dict, prefix: str, *args: object) -> None:
+    """Load-state pre-hook: checkpoints of the three-level DepthNet load into the level lists unchanged."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        for old, new in _OLD_NAMES.items():
+            if rest.startswith(old):
+                state[prefix + new + rest[len(old):]] = state.pop(key)
+                break
+
+
 def _stage(in_ch: int, out_ch: int, blocks: int) -> nn.Sequential:
     return nn.Sequential(_ResBlock(in_ch, out_ch), *[_ResBlock(out_ch, out_ch) for _ in range(blocks - 1)])
 
@@ -82,38 +103,48 @@ class DepthNet(ModelMixin, ConfigMixin):
         output: Literal["sigmoid", "softplus"] = "sigmoid",
         global_context: bool = True,
         in_channels: int = 3,
+        levels: int = 3,
+        working_size: int = 0,
     ) -> None:
         """
         Args:
-            channels: Width ``c`` of level 1; levels 2 and 3 use ``2c`` and ``4c``.
+            channels: Width ``c`` of level 1; level 2 uses ``2c``, levels 3 and deeper ``4c``.
             blocks_per_level: Residual blocks per encoder/decoder stage.
             output: ``"sigmoid"`` (depth in (0, 1)) or ``"softplus"`` (depth > 0, unbounded).
             global_context: Add pooled scene context at the bottleneck.
             in_channels: Input channels (3 for RGB).
+            levels: Resolution levels of the U-Net (>= 2; 3 = the original DepthNet).
+            working_size: Shorter side (px) every input is resized to before the network (0: native size).
         """
         super().__init__()
         if output not in ("sigmoid", "softplus"):
             raise ValueError(f"DepthNet: output must be 'sigmoid' or 'softplus', got {output!r}")
+        if levels < 2:
+            raise ValueError(f"DepthNet: levels must be >= 2, got {levels}")
+        if working_size < 0 or 0 < working_size < 8:
+            raise ValueError(f"DepthNet: working_size must be 0 (native) or >= 8 px, got {working_size}")
         c, b = channels, blocks_per_level
+        widths = [c * min(2**i, 4) for i in range(levels)]
         self.head = nn.Conv2d(in_channels, c, 3, padding=1)
-        self.enc1 = _stage(c, c, b)
-        self.down1 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
-        self.enc2 = _stage(2 * c, 2 * c, b)
-        self.down2 = nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1)
-        self.bottleneck = _stage(4 * c, 4 * c, b)
+        # encoder: level i runs at 1/2^i; the last level is the bottleneck
+        self.encoders = nn.ModuleList([_stage(widths[i], widths[i], b) for i in range(levels)])
+        self.downs = nn.ModuleList(
+            [nn.Conv2d(widths[i], widths[i + 1], 3, stride=2, padding=1) for i in range(levels - 1)]
+        )
         self.context = (
-            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4 * c, 4 * c, 1), nn.SiLU(inplace=True))
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(widths[-1], widths[-1], 1), nn.SiLU(inplace=True))
             if global_context
             else None
         )
-        self.up2 = _Up(4 * c, 2 * c, 2 * c, b)
-        self.up1 = _Up(2 * c, c, c, b)
+        # decoder, deepest first: ups[i] brings level i + 1 to level i
+        self.ups = nn.ModuleList([_Up(widths[i + 1], widths[i], widths[i], b) for i in reversed(range(levels - 1))])
         self.out = nn.Conv2d(c, 1, 3, padding=1)
         # Small (not zero) output conv: a near-constant mid-range start, but never exactly constant, because the
         # scale-and-shift-invariant loss has zero gradient at a constant prediction (its best scale is 0).
         with torch.no_grad():
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
+        self._register_load_state_dict_pre_hook(_rename_fixed_levels)
 
     @classmethod
     def tiny(cls) -> DepthNet:
@@ -129,12 +160,25 @@ class DepthNet(ModelMixin, ConfigMixin):
         """``(B, 3, H, W)`` in [0, 1] -> relative depth ``(B, 1, H, W)`` (larger = farther)."""
         if image.dim() != 4 or image.shape[1] != self.config["in_channels"]:
             raise ValueError(f"DepthNet expects (B, {self.config['in_channels']}, H, W), got {tuple(image.shape)}")
+        size = image.shape[-2:]
+        work = self.config.get("working_size", 0)
+        if work:
+            k = work / min(size)
+            wsize = (max(8, round(size[0] * k)), max(8, round(size[1] * k)))
+            if wsize != tuple(size):
+                image = F.interpolate(image, size=wsize, mode="bilinear", align_corners=False, antialias=k < 1)
         x = self.head(image * 2.0 - 1.0)  # centre the [0, 1] input so the first layer sees zero-mean data
-        f1 = self.enc1(x)
-        f2 = self.enc2(self.down1(f1))
-        f3 = self.bottleneck(self.down2(f2))
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            if i:
+                x = self.downs[i - 1](x)
+            x = enc(x)
+            skips.append(x)
         if self.context is not None:
-            f3 = f3 + self.context(f3)
-        y = self.up1(self.up2(f3, f2), f1)
-        y = self.out(y)
+            x = x + self.context(x)
+        for up, skip in zip(self.ups, reversed(skips[:-1]), strict=True):
+            x = up(x, skip)
+        y = self.out(x)
+        if y.shape[-2:] != size:
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return torch.sigmoid(y) if self.config["output"] == "sigmoid" else F.softplus(y)
