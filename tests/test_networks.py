@@ -95,6 +95,25 @@ def test_dkenet_backward_reaches_both_branches() -> None:
     assert net.depth_encoder.head.weight.grad.abs().sum() > 0
 
 
+def test_global_kernel_starts_as_without_and_learns_one_kernel_per_image() -> None:
+    torch.manual_seed(0)
+    plain, gk = DKENet.tiny(use_depth=False), DKENet.tiny(use_depth=False, global_kernel=True)
+    gk.load_state_dict(plain.state_dict(), strict=False)  # shared layers equal; the new head is zero
+    lr = torch.rand(2, 3, 11, 13)
+    with torch.no_grad():
+        torch.testing.assert_close(gk(lr), plain(lr), atol=0, rtol=0)
+    # the head alone can fit a per-image target kernel that differs between the two images
+    target = torch.stack([torch.softmax(torch.randn(441), 0) for _ in range(2)])[..., None, None].expand(2, 441, 11, 13)
+    before = (gk(lr) - target).abs().sum(1).mean().item()
+    opt = torch.optim.Adam(gk.kernel_head.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        (gk(lr) - target).abs().sum(1).mean().backward()
+        opt.step()
+    assert (gk(lr) - target).abs().sum(1).mean().item() < 0.7 * before
+    assert gk(lr).sum(1).sub(1).abs().max() < 1e-5
+
+
 # ------------------------------------------------------------------------------------------------ use_depth
 def test_use_depth_false_is_smaller_and_ignores_depth() -> None:
     with_depth, without = DKENet.tiny(), DKENet.tiny(use_depth=False).eval()

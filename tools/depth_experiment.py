@@ -12,6 +12,7 @@ bicubic-upsampled LR and from LR. Appends one JSON line to the results file.
 from __future__ import annotations
 
 import json
+import tempfile
 import sys
 import time
 from collections import defaultdict
@@ -53,7 +54,8 @@ def run(name: str, steps: int, patch_size: int = 96, augment: str = "hflip", bat
     module = DepthModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
     t = time.time()
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False)
+                        limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
+                        default_root_dir=tempfile.mkdtemp(prefix="ssr_tool_"))
     trainer.fit(module, datamodule=dm)
     secs = time.time() - t
     module.eval()

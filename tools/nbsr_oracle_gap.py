@@ -8,6 +8,7 @@ Keys: name, steps, train_noise (noise + JPEG at training), clean_prob, and any N
 the embedded test split (24 scenes, 128 px crops) without and with noise + JPEG; appends one JSON line.
 """
 import json
+import tempfile
 import sys
 import time
 
@@ -34,7 +35,8 @@ def run(name, steps, train_noise=True, clean_prob=0.0, **kw):
     m = NBSRModule(fit=FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50), **kw)
     t = time.time()
     tr = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False)
+                   limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
+                        default_root_dir=tempfile.mkdtemp(prefix="ssr_tool_"))
     tr.fit(m, datamodule=dm)
     secs = time.time() - t
     m.eval()

@@ -33,6 +33,7 @@ class DKENetModule(StageModule):
         blocks_per_stage: int = 1,
         use_depth: bool = True,
         global_context: bool = True,
+        global_kernel: bool = False,
         kernel_size: int = 21,
         scale: int = 4,
         depth_dropout: float = 0.0,
@@ -46,6 +47,8 @@ class DKENetModule(StageModule):
             use_depth: False removes the depth branch: the MANet-like "no DI-Kernel" baseline.
             global_context: Add an image-level (pooled) context vector at the bottleneck, so each pixel's
                 kernel can draw on the image's overall blur level.
+            global_kernel: Add image-level kernel logits (from pooled feature statistics) to every pixel's
+                logits: a direct path for the per-image blur that spatially invariant samples are made of.
             kernel_size: Kernel side k; the field has k² channels.
             scale: SR factor s (linked to data.scale).
             depth_dropout: Training only: the fraction of samples whose depth is replaced by the constant 0.5
@@ -63,6 +66,7 @@ class DKENetModule(StageModule):
             use_depth=use_depth,
             blocks_per_stage=blocks_per_stage,
             global_context=global_context,
+            global_kernel=global_kernel,
         )
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:

@@ -88,6 +88,7 @@ class DKENet(ModelMixin, ConfigMixin):
         use_depth: bool = True,
         blocks_per_stage: int = 1,
         global_context: bool = True,
+        global_kernel: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -121,6 +122,18 @@ class DKENet(ModelMixin, ConfigMixin):
         self.up = _Up(channels)
         self.stage3 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
         self.tail = nn.Conv2d(channels, kernel_size * kernel_size, 3, padding=1)
+        # Image-level kernel: logits from pooled statistics (mean, std) of the last features, added to every
+        # pixel's logits. A spatially invariant blur is one kernel per image, read from the whole image's edges;
+        # per-pixel logits then only model the variation around it. Zero-initialised: starts as without it.
+        self.kernel_head = (
+            nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.ReLU(inplace=True),
+                          nn.Linear(2 * channels, kernel_size * kernel_size))
+            if global_kernel
+            else None
+        )
+        if self.kernel_head is not None:
+            nn.init.zeros_(self.kernel_head[-1].weight)
+            nn.init.zeros_(self.kernel_head[-1].bias)
         self._init_tail()
 
     # ----------------------------------------------------------------------------------------------- presets
@@ -206,7 +219,11 @@ class DKENet(ModelMixin, ConfigMixin):
         for block in self.stage3:
             f3 = block(f3, d3)
 
-        field = torch.softmax(self.tail(f3), dim=1)
+        logits = self.tail(f3)
+        if self.kernel_head is not None:
+            pooled = torch.cat([f3.mean(dim=(2, 3)), f3.std(dim=(2, 3), unbiased=False)], dim=1)
+            logits = logits + self.kernel_head(pooled)[..., None, None]
+        field = torch.softmax(logits, dim=1)
         return self.upscale_field(field) if upscale else field
 
     def extra_repr(self) -> str:
