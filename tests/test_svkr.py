@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.ablate.frontend import evaluate_ladder, format_markdown, ladder_figure, merge_seeds, summarize
+from ssr_lightning.ablate.frontend import evaluate_invariant_ke, evaluate_ladder, format_markdown, ladder_figure, merge_seeds, summarize
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.depth import LearnedDepth, resize_depth
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
@@ -182,7 +182,16 @@ def test_frontend_ladder_rows_statistics_and_figure(batch: dict[str, torch.Tenso
     assert "Oracle gap" in md and "SVKR premise" in md and md.count("\n| ") == len(summary["rows"]) + 2
     png = ladder_figure(summary, tmp_path / "ladder.png")
     assert png.stat().st_size > 10_000
+    inv = evaluate_invariant_ke([batch], svkr, dkenet_nodepth=nodepth)
+    assert set(inv) == {"NBSR + DKENet w/o depth", "NBSR + DKENet, depth from LR (K0)", "NBSR + SVKR T=2",
+                        "training mean kernel (reads nothing)", "oracle: per-image mean kernel"}
+    assert inv["oracle: per-image mean kernel"][0] == pytest.approx(0, abs=1e-5)  # sample 0 is invariant
+    lad.invariant_ke = inv
+    inv_summary = summarize(lad)["invariant_ke"]
+    assert inv_summary["NBSR + DKENet w/o depth"]["delta_vs_mean_kernel"]["n"] == 2
+    assert "KE on spatially invariant samples" in format_markdown(summarize(lad))
     merged, seeds = merge_seeds([lad, lad])
+    assert merged.invariant_ke == inv
     assert merged.rows["NBSR + GT kernel"]["psnr_y"] == gt and seeds["NBSR + GT kernel"]["psnr_y"][1] == 0.0
 
 

@@ -42,8 +42,8 @@ from ssr_lightning.inference.svkr import SVKR
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
 from ssr_lightning.metrics.stats import Estimate, bootstrap_ci, paired_difference, seed_summary
 
-__all__ = ["Ladder", "evaluate_ladder", "format_markdown", "ladder_figure", "make_test_batches", "merge_seeds",
-           "summarize"]
+__all__ = ["Ladder", "evaluate_invariant_ke", "evaluate_ladder", "format_markdown", "ladder_figure",
+           "make_test_batches", "merge_seeds", "summarize"]
 
 _DATA_CONFIG = Path("configs/data/embedded.yaml")
 BICUBIC, BLIND, ZEROED, NODEPTH = "bicubic", "blind RRDB", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth"
@@ -64,6 +64,7 @@ class Ladder:
     invariant: list[bool] = field(default_factory=list)
     rows: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     premise: dict[str, list[float]] = field(default_factory=dict)
+    invariant_ke: dict[str, list[float]] = field(default_factory=dict)  # kernel L1 on all-invariant samples
     iterations: int = 3
     gamma: float = 0.9
 
@@ -134,7 +135,7 @@ def evaluate_ladder(
         lad.add(GT_KERNEL, {**_image(sr_gt, hr, scale), "kernel_l1": torch.zeros(b)})
         # mean-kernel oracles: each image's own mean GT kernel (exact for invariant samples) and the batch's
         per_image = gt_kernel.mean(dim=(2, 3), keepdim=True).expand_as(gt_kernel)
-        lad.add("oracle: per-image mean kernel", {"kernel_l1": kernel_l1(per_image, gt_kernel)})
+        lad.add(PER_IMAGE, {"kernel_l1": kernel_l1(per_image, gt_kernel)})
         if batch.get("depth_lr") is not None:
             size = lr.shape[-2:]
             premise = {"from HR": hr, "from NBSR + GT-kernel SR": sr_gt, "from bicubic LR": up, "from LR": lr}
@@ -142,6 +143,40 @@ def evaluate_ladder(
                 depth = resize_depth(svkr.depth_estimator(image.clamp(0, 1)), size).float()
                 lad.premise.setdefault(name, []).extend(_absrel(depth, batch["depth_lr"]).double().tolist())
     return lad
+
+
+MEAN_KERNEL, PER_IMAGE = "training mean kernel (reads nothing)", "oracle: per-image mean kernel"
+
+
+@torch.no_grad()
+def evaluate_invariant_ke(
+    batches: Iterable[dict[str, Any]], svkr: SVKR, *, dkenet_nodepth: nn.Module | None = None,
+) -> dict[str, list[float]]:
+    """Kernel L1 per image on spatially invariant samples (where depth says nothing about the blur).
+
+    Rows: KE without depth, KE with depth from LR (SVKR's K0), KE after SVKR's T refinements, the training
+    distribution's mean kernel (the NBSR codec's zero code: a KE that reads nothing from the pixels) and each
+    image's own mean GT kernel (exact here, L1 0). KE's distance from the mean-kernel row is what it reads
+    from the pixels.
+    """
+    rows: dict[str, list[float]] = {}
+
+    def add(name: str, values: Tensor) -> None:
+        rows.setdefault(name, []).extend(values.double().cpu().tolist())
+
+    codec = getattr(svkr.sr_model, "codec", None)
+    for batch in batches:
+        lr, gt = batch["lr"], batch["kernel"]
+        if dkenet_nodepth is not None:
+            add(NODEPTH, kernel_l1(dkenet_nodepth(lr, None).float(), gt))
+        res = svkr(lr, gt_depth=batch.get("depth"))
+        add(K0, kernel_l1(res.kernels[0], gt))
+        add(svkr_row(svkr.iterations), kernel_l1(res.final_kernel, gt))
+        if codec is not None:
+            zero = torch.zeros(lr.shape[0], codec.n_components, *lr.shape[-2:], device=lr.device)
+            add(MEAN_KERNEL, kernel_l1(codec.decode(zero).float(), gt))
+        add(PER_IMAGE, kernel_l1(gt.mean(dim=(2, 3), keepdim=True).expand_as(gt), gt))
+    return rows
 
 
 def _fraction(row: Sequence[float], zero: Sequence[float], gt: Sequence[float], n_boot: int = 2000,
@@ -188,6 +223,14 @@ def summarize(lad: Ladder, seeds: dict[str, dict[str, tuple[float, float, int]]]
     if main is not None and k0 is not None:
         out["svkr_minus_single_pass"] = paired_difference(main["psnr_y"], k0["psnr_y"]).as_dict()
     out["depth_premise_absrel"] = {k: bootstrap_ci(v).as_dict() for k, v in lad.premise.items()}
+    if lad.invariant_ke:
+        base = lad.invariant_ke.get(MEAN_KERNEL)
+        out["invariant_ke"] = {
+            name: {"kernel_l1": bootstrap_ci(v).as_dict(),
+                   **({"delta_vs_mean_kernel": paired_difference(v, base).as_dict()}
+                      if base is not None and name != MEAN_KERNEL else {})}
+            for name, v in lad.invariant_ke.items()
+        }
     return out
 
 
@@ -225,6 +268,15 @@ def format_markdown(summary: dict[str, Any]) -> str:
     if summary.get("depth_premise_absrel"):
         premise = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in summary["depth_premise_absrel"].items())
         lines.append(f"SVKR premise, depth AbsRel of DE applied to: {premise}.")
+    inv = summary.get("invariant_ke")
+    if inv:
+        n_inv = next(iter(inv.values()))["kernel_l1"]["n"]
+        lines += ["", f"KE on spatially invariant samples ({n_inv} images, the test split with every kernel invariant): "
+                  "kernel L1; Δ = paired difference vs the training mean kernel (negative = KE reads blur from the "
+                  "pixels), * where its CI excludes 0.", "",
+                  "| kernel | kernel L1 | Δ vs training mean kernel |", "| --- | ---: | ---: |"]
+        for name, r in inv.items():
+            lines.append(f"| {name} | {_fmt(r['kernel_l1'], 3)} | {_fmt(r.get('delta_vs_mean_kernel'), 3, True)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -272,6 +324,9 @@ def merge_seeds(ladders: Sequence[Ladder]) -> tuple[Ladder, dict[str, dict[str, 
             seeds[name][metric] = seed_summary(per_seed.mean(1).tolist())
     for key in base.premise:
         merged.premise[key] = np.mean([lad.premise[key] for lad in ladders], axis=0).tolist()
+    for key in base.invariant_ke:
+        if all(key in lad.invariant_ke for lad in ladders):
+            merged.invariant_ke[key] = np.mean([lad.invariant_ke[key] for lad in ladders], axis=0).tolist()
     return merged, seeds
 
 
@@ -284,11 +339,13 @@ def _data_config(path: Path) -> dict[str, Any]:
 
 def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = None, batch_size: int = 8,
                       limit: int | None = None, noise: bool = True, jpeg: bool = True,
-                      overrides: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], int]:
+                      overrides: dict[str, Any] | None = None,
+                      invariant: bool = False) -> tuple[list[dict[str, Any]], int]:
     """Degraded test batches of the data config's SRDataModule (test crop ``test_size``, default its val_size).
 
     ``noise=False``/``jpeg=False`` switch those degradation steps off (same kernels: the seeds are unchanged);
-    ``overrides`` replace data options (e.g. ``{"dataset": "photos"}``).
+    ``overrides`` replace data options (e.g. ``{"dataset": "photos"}``); ``invariant`` makes every sample's
+    kernel spatially invariant (``kernel.invariant_prob = 1``).
     """
     from ssr_lightning.data import SRDataModule
     from ssr_lightning.degradation.degrader import DegradationConfig
@@ -298,8 +355,9 @@ def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = 
     cfg["test_size"] = test_size if test_size is not None else (cfg.get("test_size") or cfg.get("val_size"))
     cfg["test_batch_size"] = batch_size
     deg = dict(cfg.get("degradation") or {})
-    if isinstance(deg.get("kernel"), dict):
-        deg["kernel"] = KernelConfig(**deg["kernel"])
+    if isinstance(deg.get("kernel"), dict) or invariant:
+        deg["kernel"] = KernelConfig(**{**dict(deg.get("kernel") or {}), **({"invariant_prob": 1.0} if invariant
+                                                                            else {})})
     cfg["degradation"] = dataclasses.replace(DegradationConfig(**deg), noise=noise and deg.get("noise", True),
                                              jpeg=jpeg and deg.get("jpeg", True))
     dm = SRDataModule(**cfg)

@@ -29,6 +29,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ssr_lightning.ablate.frontend import (
     Ladder,
+    evaluate_invariant_ke,
     evaluate_ladder,
     format_markdown,
     ladder_figure,
@@ -84,6 +85,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--limit-batches", type=int | None, default=None, help="evaluate only this many batches")
     p.add_argument("--no-noise", action="store_true", help="test data without additive noise")
     p.add_argument("--no-jpeg", action="store_true", help="test data without JPEG")
+    p.add_argument("--invariant-ke", type=bool, default=True,
+                   help="also score KE on the test images with every kernel spatially invariant")
     p.add_argument("--train", action="store_true", help="train the stages first (ssr fit), per seed, resumable")
     p.add_argument("--seeds", type=list[int], default=[0], help="training seeds of the headline stages")
     p.add_argument("--stages", type=list[str], default=list(STAGE_RUNS), help="stages --train trains")
@@ -150,7 +153,7 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
 
 
 def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: list[dict[str, Any]],
-              scale: int) -> Ladder:
+              scale: int, invariant_batches: list[dict[str, Any]] | None = None) -> Ladder:
     svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=stage_ckpts.get("dkenet"), nbsr_ckpt=stage_ckpts.get("nbsr"),
                                        depth=args.depth, depth_ckpt=stage_ckpts.get("depth"), iterations=args.T,
                                        gamma=args.gamma))
@@ -162,9 +165,12 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     gammas, iters = _floats(args.gammas, float), _floats(args.iterations, int)
     if bool(gammas) != bool(iters):  # a sweep needs both axes; fill the missing one with the main setting
         gammas, iters = gammas or [args.gamma], iters or [args.T]
-    return evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"),
-                           dkenet_nodepth=optional("dkenet_nodepth", "dkenet"), cmos=optional("cmos", "cmos"),
-                           scale=scale, gammas=gammas, sweep=iters, progress=True)
+    nodepth = optional("dkenet_nodepth", "dkenet")
+    ladder = evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"), dkenet_nodepth=nodepth,
+                             cmos=optional("cmos", "cmos"), scale=scale, gammas=gammas, sweep=iters, progress=True)
+    if invariant_batches:
+        ladder.invariant_ke = evaluate_invariant_ke(invariant_batches, svkr, dkenet_nodepth=nodepth)
+    return ladder
 
 
 def run(argv: list[str]) -> dict[str, Any]:
@@ -173,13 +179,16 @@ def run(argv: list[str]) -> dict[str, Any]:
     torch.manual_seed(0)
     out = Path(args.out)
     overrides = {"dataset": args.dataset} if args.dataset else None
-    batches, scale = make_test_batches(Path(args.data_config), args.test_size, args.batch_size, args.limit_batches,
-                                       noise=not args.no_noise, jpeg=not args.no_jpeg, overrides=overrides)
+    test = dict(test_size=args.test_size, batch_size=args.batch_size, limit=args.limit_batches, noise=not args.no_noise,
+                jpeg=not args.no_jpeg, overrides=overrides)
+    batches, scale = make_test_batches(Path(args.data_config), **test)
+    # the same test images with every kernel spatially invariant: KE's kernel L1 where depth says nothing
+    invariant = make_test_batches(Path(args.data_config), **test, invariant=True)[0] if args.invariant_ke else None
     if args.train:
         per_seed = _train(args, out)
         first = per_seed[args.seeds[0]]
-        ladders = [_evaluate(args, {**first, **per_seed[s]} if s != args.seeds[0] else first, batches, scale)
-                   for s in args.seeds]
+        ladders = [_evaluate(args, {**first, **per_seed[s]} if s != args.seeds[0] else first, batches, scale,
+                             invariant) for s in args.seeds]
         for seed, lad in zip(args.seeds, ladders, strict=True):
             atomic_write_json(out / f"frontend_seed{seed}.json", summarize(lad))
         ladder, seeds = merge_seeds(ladders)
@@ -189,7 +198,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     else:
         ckpts = {"dkenet": args.dkenet, "nbsr": args.nbsr, "depth": args.depth_ckpt, "blind": args.blind,
                  "dkenet_nodepth": args.dkenet_nodepth, "cmos": args.cmos}
-        ladder, seeds = _evaluate(args, ckpts, batches, scale), None
+        ladder, seeds = _evaluate(args, ckpts, batches, scale, invariant), None
     summary = summarize(ladder, seeds)
     summary["seeds"] = args.seeds if args.train else None
     summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
