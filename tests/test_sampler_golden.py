@@ -58,7 +58,7 @@ def test_step_hooks_see_every_step_and_can_replace_the_latent(model_and_inputs) 
     m, (lr, depth, kernel) = model_and_inputs
     seen: list[int] = []
 
-    def hook(state):  # noqa: ANN001, ANN202 - the StepHook protocol
+    def hook(state):
         seen.append(state.index)
         assert state.x0 is not None and state.x0.shape == state.latent.shape
         return torch.zeros_like(state.latent) if state.index == state.num_steps - 1 else None

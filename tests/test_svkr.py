@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.ablate.frontend import evaluate_invariant_ke, evaluate_ladder, format_markdown, ladder_figure, merge_seeds, summarize
+from ssr_lightning.ablate.frontend import (
+    evaluate_invariant_ke,
+    evaluate_ladder,
+    format_markdown,
+    ladder_figure,
+    merge_seeds,
+    summarize,
+)
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.depth import LearnedDepth, resize_depth
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig

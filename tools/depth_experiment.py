@@ -12,8 +12,8 @@ bicubic-upsampled LR and from LR. Appends one JSON line to the results file.
 from __future__ import annotations
 
 import json
-import tempfile
 import sys
+import tempfile
 import time
 from collections import defaultdict
 

@@ -13,8 +13,8 @@ nothing) and each image's own mean GT kernel (exact on invariant samples). Appen
 from __future__ import annotations
 
 import json
-import tempfile
 import sys
+import tempfile
 import time
 
 import lightning as L

@@ -8,8 +8,8 @@ Keys: name, steps, train_noise (noise + JPEG at training), clean_prob, and any N
 the embedded test split (24 scenes, 128 px crops) without and with noise + JPEG; appends one JSON line.
 """
 import json
-import tempfile
 import sys
+import tempfile
 import time
 
 import lightning as L

@@ -40,7 +40,12 @@ from tqdm import tqdm
 from ssr_lightning.inference.depth import resize_depth
 from ssr_lightning.inference.svkr import SVKR
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
-from ssr_lightning.metrics.stats import Estimate, bootstrap_ci, paired_difference, seed_summary
+from ssr_lightning.metrics.stats import (
+    Estimate,
+    bootstrap_ci,
+    paired_difference,
+    seed_summary,
+)
 
 __all__ = ["Ladder", "evaluate_invariant_ke", "evaluate_ladder", "format_markdown", "ladder_figure",
            "make_test_batches", "merge_seeds", "summarize"]

@@ -179,8 +179,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     torch.manual_seed(0)
     out = Path(args.out)
     overrides = {"dataset": args.dataset} if args.dataset else None
-    test = dict(test_size=args.test_size, batch_size=args.batch_size, limit=args.limit_batches, noise=not args.no_noise,
-                jpeg=not args.no_jpeg, overrides=overrides)
+    test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
+            "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides}
     batches, scale = make_test_batches(Path(args.data_config), **test)
     # the same test images with every kernel spatially invariant: KE's kernel L1 where depth says nothing
     invariant = make_test_batches(Path(args.data_config), **test, invariant=True)[0] if args.invariant_ke else None

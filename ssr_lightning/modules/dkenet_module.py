@@ -9,7 +9,6 @@ from torch import Tensor
 
 from ssr_lightning.degradation import blur_downsample
 from ssr_lightning.metrics import kernel_l1, psnr
-from ssr_lightning.inference.depth import normalize_depth_map
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks import DKENet
 from ssr_lightning.visualize import heatmap, kernel_spread
@@ -67,6 +66,7 @@ class DKENetModule(StageModule):
             blocks_per_stage=blocks_per_stage,
             global_context=global_context,
             global_kernel=global_kernel,
+            normalize_depth=normalize_depth,
         )
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:
@@ -74,12 +74,9 @@ class DKENetModule(StageModule):
 
     def _estimate(self, batch: dict[str, Any]) -> Tensor:
         depth = batch.get("depth_lr")
-        if depth is not None and self.hparams.use_depth:
-            if self.hparams.normalize_depth:
-                depth = normalize_depth_map(depth)
-            if self.training and self.hparams.depth_dropout > 0:
-                drop = torch.rand(depth.shape[0], 1, 1, 1, device=depth.device) < self.hparams.depth_dropout
-                depth = torch.where(drop, torch.full_like(depth, 0.5), depth)
+        if depth is not None and self.hparams.use_depth and self.training and self.hparams.depth_dropout > 0:
+            drop = torch.rand(depth.shape[0], 1, 1, 1, device=depth.device) < self.hparams.depth_dropout
+            depth = torch.where(drop, torch.full_like(depth, 0.5), depth)
         return self(batch["lr"], depth)
 
     @staticmethod

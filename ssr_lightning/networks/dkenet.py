@@ -20,6 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from .blocks import DABlock
+from .depth_maps import normalize_depth_map
 
 __all__ = ["DKENet"]
 
@@ -89,6 +90,7 @@ class DKENet(ModelMixin, ConfigMixin):
         blocks_per_stage: int = 1,
         global_context: bool = True,
         global_kernel: bool = False,
+        normalize_depth: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -101,6 +103,9 @@ class DKENet(ModelMixin, ConfigMixin):
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
         self.in_channels, self.depth_channels = in_channels, depth_channels
         self.kernel_size, self.scale, self.use_depth = kernel_size, scale, use_depth
+        # Per-image [0, 1] depth (robust min/max), as every depth estimator returns it: the network then sees the
+        # same kind of input from GT depth in training and from DE in SVKR, whatever the crop's depth range.
+        self.normalize_depth = normalize_depth
 
         # A one-channel depth map needs less width than the RGB trunk; half keeps the depth branch + SFT from
         # dwarfing the MAConv trunk (and the with/without-depth ablation closer in size).
@@ -203,7 +208,10 @@ class DKENet(ModelMixin, ConfigMixin):
             raise ValueError(f"lr must be (B,{self.in_channels},h,w), got shape {tuple(lr.shape)}")
         size = (lr.shape[-2], lr.shape[-1])
         if self.depth_encoder is not None:
-            d1, d2, d3 = self.depth_encoder(self._prepare_depth(depth, size).to(lr.dtype))
+            depth = self._prepare_depth(depth, size)
+            if self.normalize_depth:
+                depth = normalize_depth_map(depth)
+            d1, d2, d3 = self.depth_encoder(depth.to(lr.dtype))
         else:
             d1 = d2 = d3 = None  # depth, if given, is ignored: the MANet-like baseline
 

@@ -19,9 +19,9 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
-from .blocks import SFT
 from ssr_lightning.degradation.noise import estimate_noise
 
+from .blocks import SFT
 from .kernel_codec import KernelCodec
 
 __all__ = ["NBSR", "RRDB", "SFTRRDB", "KernelConditionedSR", "ResidualDenseBlock"]
