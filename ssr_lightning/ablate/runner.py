@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ssr_lightning.ablate.plan import Cell, StageRun
-from ssr_lightning.ablate.writer import SAMPLES_ENV
 
-__all__ = ["CLIRunner", "CommandFailed", "EvalJob", "Runner", "StageJob", "log_tail", "stage_checkpoints"]
+__all__ = ["SAMPLES_ENV", "CLIRunner", "CommandFailed", "EvalJob", "Runner", "StageJob", "log_tail", "stage_checkpoints"]
 
 WRITER = "ssr_lightning.ablate.writer.EvalWriter"
+# Environment variable set for evaluation subprocesses: a stage's own test step may save `{name}_{lr,sr,hr}.png`
+# there too, and the qualitative grid picks them up. (Here, not in writer.py: this module must import without
+# Lightning, so that cluster jobs start fast.)
+SAMPLES_ENV = "SSR_SAMPLES_DIR"
 
 
 class CommandFailed(RuntimeError):
