@@ -64,7 +64,8 @@ def _value_panels(table: Table, kind: str = "value") -> list[str]:
 
 
 def _caption(fig: Figure, table: Table, bottom: float) -> None:
-    fig.text(0.01, 0.01, textwrap.fill(table.caption(), 170), fontsize=6, va="bottom", color="#444444")
+    width = int(fig.get_figwidth() * 19)  # characters of 6 pt text per line at this width
+    fig.text(0.01, 0.01, textwrap.fill(table.caption(), width), fontsize=6, va="bottom", color="#444444")
     fig.subplots_adjust(bottom=bottom)
 
 
@@ -124,7 +125,7 @@ def point_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, pa
     if labels:
         fig.legend(handles, labels, fontsize=7, loc="upper right", ncol=min(len(labels), 4), frameon=False)
     fig.suptitle(table.title, fontsize=10, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0.09, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     _caption(fig, table, bottom=max(fig.subplotpars.bottom, 0.16))
     return save_figure(fig, path)
 
@@ -167,7 +168,7 @@ def delta_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, pa
         ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(f"{table.title}: Δ vs {table.reference} (green/red: significant better/worse, grey: n.s.)",
                  fontsize=9, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0.09, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     _caption(fig, table, bottom=max(fig.subplotpars.bottom, 0.16))
     return save_figure(fig, path)
 
