@@ -135,7 +135,7 @@ def labelled_grid(panels: list[Panel], max_rows: int = 4, tile: int = 144, names
     side = tile / dpi
     has_bar = any(p.cmap is not None for p in panels)
     head = 0.42 + (0.25 if title else 0.0)
-    left = 0.9 if names else 0.1
+    left = 0.45 if names else 0.1
     width, height = left + ncols * (side + 0.08), head + rows * (side + 0.06) + (0.55 if has_bar else 0.05)
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -163,10 +163,10 @@ def labelled_grid(panels: list[Panel], max_rows: int = 4, tile: int = 144, names
                 img = img.expand(3, -1, -1) if img.shape[0] == 1 else img
                 ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
             if r == 0:
-                label = textwrap.fill(panel.title, max(8, int(side * 11)))
+                label = textwrap.fill(panel.title, max(10, int(side * 14)))
                 ax.set_title(f"{label}\n{data.shape[-2]}×{data.shape[-1]} px", fontsize=7, pad=2)
             if c == 0 and names is not None and r < len(names):
-                ax.set_ylabel(textwrap.fill(str(names[r]), 12), fontsize=6)
+                ax.set_ylabel(textwrap.fill(str(names[r]), 24), fontsize=6)
         if image is not None:
             y_bar = 1 - (head + rows * (side + 0.06) + 0.22) / height
             cax = fig.add_axes((x0 + 0.05 * side / width, y_bar, 0.9 * side / width, bar_h))

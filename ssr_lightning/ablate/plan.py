@@ -239,7 +239,8 @@ def run_name(plan: Plan, key: str, limit: int = 96) -> str:
     run = plan.stages[key]
     users = [c for c in plan.cells if key in c.stages]
     rows = list(dict.fromkeys(slug(c.label) for c in users))
-    every = {slug(r.label) for r in plan.study.rows}
+    # rows without any training (bicubic) cannot use a stage: "all-rows" means every row that trains something
+    every = {slug(c.label) for c in plan.cells if c.stages}
     part = "all-rows" if len(rows) > 1 and set(rows) == every else "+".join(rows) or "unused"
     if len(part) > limit:
         kept, n = [], 0
