@@ -309,8 +309,9 @@ def test_write_report_makes_every_output(tmp_path: Path) -> None:
         layout.cell_json(cell_id).write_text(json.dumps(rec))
     paths = {p.name for p in write_report(plan, layout.out)}
     assert paths == {"toy.md", "toy.csv", "toy.tex", "toy.json", "toy_means.png", "toy_qualitative.png"}
-    runs = list((layout.out / "tensorboard").glob("*/events.out.tfevents.*"))
-    assert len({p.parent for p in runs}) == 2, "one hparams run per finished cell"
+    runs = [p for p in (layout.out / "tensorboard").glob("*/events.out.tfevents.*") if p.parent.name != "_report"]
+    assert len({p.parent for p in runs}) == 2, "one hparams session per finished cell"
+    assert list((layout.out / "tensorboard" / "_report").glob("events.out.tfevents.*")), "the report run"
 
 
 def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
