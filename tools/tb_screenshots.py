@@ -93,7 +93,8 @@ def hparams(logdir: Path, out: Path) -> Path:
     for (r, _), cell in table.get_celld().items():
         if r == 0:
             cell.set_facecolor("#e8eaf6")
-    fig.text(0.01, 1 - 0.1 / height, f"HPARAMS · table view · {len(rows)} sessions ({logdir.name})", fontsize=10,
+    study = logdir.resolve().parent.name if logdir.name == "tensorboard" else logdir.name
+    fig.text(0.01, 1 - 0.1 / height, f"HPARAMS · table view · {len(rows)} sessions (study {study})", fontsize=10,
              weight="bold", va="top")
     fig.text(0.01, 1 - 0.38 / height, "every factor is a column (bools typed as bool); metrics are the cells' means; "
              "per-image curves under SCALARS per_image/*", fontsize=7, color="#555555", va="top")

@@ -52,7 +52,8 @@ def _experiment(plan: Plan, metrics: list[str]) -> Any:
             if value not in domains.setdefault(key, []):
                 domains[key].append(value)
     infos = []
-    for key, values in domains.items():
+    fixed = ("row", "dataset", "seed")  # the factors first: they are what the study varies
+    for key, values in sorted(domains.items(), key=lambda kv: kv[0] in fixed):
         if all(isinstance(v, bool) for v in values):
             kind, values = api_pb2.DATA_TYPE_BOOL, sorted(values)
         elif all(isinstance(v, float) for v in values):

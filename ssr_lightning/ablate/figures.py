@@ -166,7 +166,7 @@ def delta_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, pa
         c0 = Column(metric, datasets[0], higher, "delta")
         ax.set_title(f"{c0.label()}{good}", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{table.title}: Δ vs {table.reference} (green/red: significant better/worse, grey: n.s.)",
+    fig.suptitle(f"{table.title}: Δ vs {table.reference}\n(green / red: significantly better / worse, grey: n.s.)",
                  fontsize=9, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     _caption(fig, table, bottom=max(fig.subplotpars.bottom, 0.16))
