@@ -55,8 +55,11 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
     study = plan.study
     cells = shard_cells(plan.cells, shard)
     needed = {k for c in cells for k in c.stages}
+    fewer = [r.label for r in study.rows if r.seeds is not None and len(r.seeds) < len(study.seeds)]
     head = (f"study {study.name}: {len(plan.cells)} cells = {len(study.rows)} rows x {len(study.datasets)} datasets x "
-            f"{len(study.seeds)} seeds; {len(plan.stages)} distinct stage trainings")
+            f"{len(study.seeds)} seeds" + (f" (fewer seeds: {', '.join(fewer)})" if fewer else "")
+            + f"; {len(plan.stages)} distinct stage trainings"
+            + (f" (shared by every seed: {', '.join(study.shared_stages)})" if study.shared_stages else ""))
     lines = [head, f"out: {layout.out}" + (f"   shard {shard[0]}/{shard[1]}: {len(cells)} cells" if shard else "")]
     lines += [f"WARNING: {p}" for p in plan.problems]
     lines.append("")
