@@ -190,26 +190,28 @@ def perception_distortion(plan: Plan, table: Table, records: dict[str, Any], out
                                                          and e.mean is not None for lab in table.labels)), None)
     if per is None:
         return None
-    fig = _figure(6.4, 5.0)
+    fig = _figure(8.4, 5.0)
     ax = fig.add_subplot(111)
     for r, lab in enumerate(table.labels):
         ey, ex = table.entry(lab, cols[dist]), table.entry(lab, cols[per])
         if ey is None or ex is None or ey.mean is None or ex.mean is None:
             continue
         ref = lab in table.reference_lines
-        colour = "#6d6d6d" if ref else _COLOURS[r % len(_COLOURS)]
+        # reference rows in the colours of their lines in the means chart
+        colour = _LINE_COLOURS[table.reference_lines.index(lab) % len(_LINE_COLOURS)] if ref \
+            else _COLOURS[r % len(_COLOURS)]
         (xl, xr), (yl, yh) = _whisker(ex), _whisker(ey)
+        # a legend, not labels at the points: rows of an ablation often sit on top of each other
         ax.errorbar([ex.mean], [ey.mean], xerr=[[xl], [xr]], yerr=[[yl], [yh]], fmt="s" if ref else "o", ms=6,
-                    capsize=3, color=colour)
-        ax.annotate(textwrap.fill(lab, 22), (ex.mean, ey.mean), xytext=(5, 5), textcoords="offset points",
-                    fontsize=7, color=colour)
+                    capsize=3, color=colour, label=lab, alpha=0.85)
     px, py = cols[per], cols[dist]
     ax.set_xlabel(f"{px.label()}{px.arrow()} (no-reference, perception)", fontsize=8)
     ax.set_ylabel(f"{py.label()}{py.arrow()} (distortion)", fontsize=8)
     if px.higher_is_better is False:
         ax.invert_xaxis()  # better perception to the right, better distortion up: the ideal corner is top right
     ax.grid(alpha=0.3)
-    ax.set_title(f"{table.title}: perception–distortion ({ds}; better: up and right)", fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(f"{table.title}\nperception–distortion ({ds}; better: up and right)", fontsize=9)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
     _caption(fig, table, bottom=max(fig.subplotpars.bottom, 0.2))
     return save_figure(fig, path)
