@@ -22,10 +22,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
+from ssr_lightning.files import atomic_write
+
 
 def _save(fig: Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format="png", metadata={"Software": None})
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png", metadata={"Software": None}))
 
 
 def grid(run: Path, tag: str, out: Path, logdir: Path | None = None) -> Path:
@@ -113,7 +114,11 @@ def main() -> None:
     h = sub.add_parser("hparams", help="the HPARAMS table of an ssr-ablate <out>/tensorboard folder")
     h.add_argument("logdir", type=Path)
     h.add_argument("-o", "--out", type=Path, required=True)
+    for sp in (g, h):
+        sp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args()
+    if args.out.exists() and not args.overwrite:
+        p.error(f"{args.out} exists: pass --overwrite to replace it")
     path = grid(args.run, args.tag, args.out, args.logdir) if args.what == "grid" else hparams(args.logdir, args.out)
     print(path)
 

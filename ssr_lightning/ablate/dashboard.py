@@ -25,6 +25,7 @@ from PIL import Image
 
 from ssr_lightning.ablate.plan import Plan
 from ssr_lightning.ablate.report import Table, direction, to_markdown
+from ssr_lightning.files import atomic_write_text
 from ssr_lightning.metrics.iqa import LABELS
 
 __all__ = ["hparam_values", "tensorboard_report"]
@@ -113,7 +114,7 @@ def _write_cells(plan: Plan, records: dict[str, dict[str, Any]], folder: Path) -
                 for step, name in enumerate(sorted(values)):
                     writer.add_scalar(f"per_image/{key}", values[name], global_step=step)
             fw.add_summary(_session_end())
-        marker.write_text(stamp)
+        atomic_write_text(marker, stamp)
         written += 1
     return written
 
