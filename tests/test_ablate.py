@@ -59,8 +59,8 @@ class FakeRunner(Runner):
                 start = json.loads((ckpts / "last.ckpt").read_text())["step"]
             for step in range(start + 1, self.steps + 1):
                 (ckpts / "last.ckpt").write_text(json.dumps({"step": step, "resumed_from": start}))
-                if self.crash_at.get(name) == step:
-                    del self.crash_at[name]  # killed once, at this step
+                if self.crash_at.get(name.split("__")[0]) == step:
+                    del self.crash_at[name.split("__")[0]]  # killed once, at this step
                     raise CommandFailed(args, -9, "Killed")
             (ckpts / "best.ckpt").write_text(json.dumps({"step": self.steps, "args": args}))
         elif args[0] == "test":
@@ -77,7 +77,8 @@ class FakeRunner(Runner):
             (out / "predict_metrics.json").write_text(json.dumps({"summary": summary, "num_samples": 2}))
 
     def fits(self, stage: str | None = None) -> list[list[str]]:
-        return [c for c in self.calls if c[0] == "fit" and (stage is None or _opt(c, "--name") == stage)]
+        # stage runs are named <stage>__<rows>__seed<N> (plan.run_name)
+        return [c for c in self.calls if c[0] == "fit" and (stage is None or _opt(c, "--name").split("__")[0] == stage)]
 
 
 def _write_configs(root: Path) -> None:
@@ -110,7 +111,8 @@ def test_shipped_studies_parse_and_expand() -> None:
         for profile in profiles:
             study = load_study(path, profile)
             plan = expand(study, cwd=REPO)
-            assert len(plan.cells) == len(study.rows) * len(study.datasets) * len(study.seeds) > 0
+            per_row = sum(len(r.seeds or study.seeds) for r in study.rows)  # a row may name a subset of the seeds
+            assert len(plan.cells) == per_row * len(study.datasets) > 0
             for cell in plan.cells:
                 seen: set[str] = set()
                 for key in cell.stages:  # dependencies come first
@@ -175,7 +177,7 @@ def test_killed_stage_resumes_with_ckpt_path_last(tmp_path: Path) -> None:
     second = Executor(plan, tmp_path / "out", runner, progress=False).run(plan.cells)
     assert second[0]["status"] == "ok"
     assert all(_opt(c, "--ckpt_path") == "last" for c in runner.fits())
-    last = json.loads(next((tmp_path / "out/artifacts").glob("a-*/runs/a/version_0/checkpoints/last.ckpt")).read_text())
+    last = json.loads(next((tmp_path / "out/artifacts").glob("a-*/runs/a__*/version_0/checkpoints/last.ckpt")).read_text())
     assert last == {"step": 6, "resumed_from": 3}, "the second run continued from the killed run's step"
 
 
@@ -307,9 +309,10 @@ def test_write_report_makes_every_output(tmp_path: Path) -> None:
         (layout.out / "cells").mkdir(parents=True, exist_ok=True)
         layout.cell_json(cell_id).write_text(json.dumps(rec))
     paths = {p.name for p in write_report(plan, layout.out)}
-    assert paths == {"toy.md", "toy.csv", "toy.tex", "toy.json", "toy_bars.png", "toy_qualitative.png"}
-    runs = list((layout.out / "tensorboard").glob("*/events.out.tfevents.*"))
-    assert len({p.parent for p in runs}) == 2, "one hparams run per finished cell"
+    assert paths == {"toy.md", "toy.csv", "toy.tex", "toy.json", "toy_means.png", "toy_qualitative.png"}
+    runs = [p for p in (layout.out / "tensorboard").glob("*/events.out.tfevents.*") if p.parent.name != "_report"]
+    assert len({p.parent for p in runs}) == 2, "one hparams session per finished cell"
+    assert list((layout.out / "tensorboard" / "_report").glob("events.out.tfevents.*")), "the report run"
 
 
 def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from ssr_lightning.metrics import psnr_y, ssim_y
 from ssr_lightning.metrics.iqa import (
     HIGHER_IS_BETTER,
+    LABELS,
+    OFFLINE_METRICS,
     PAPER_METRICS,
     MetricSuite,
     WeightsMissing,
@@ -32,8 +34,13 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
         attempts.append(address)
         raise OSError(f"network access attempted: {address}")
 
+    def no_lookup(host: object, *args: object, **kwargs: object) -> None:
+        attempts.append(host)
+        raise OSError(f"name lookup attempted: {host}")
+
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     return attempts
 
 
@@ -76,6 +83,30 @@ def test_missing_weights_read_na_and_nothing_is_downloaded(tmp_path: Path, monke
         assert out[name] == avail[name], "never a number without the weights"
     assert no_network == []
     assert not any(tmp_path.rglob("*.pth")), "no file was fetched"
+
+
+def test_weight_free_metrics_give_numbers_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  no_network: list[object]) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub: nothing to read, nothing may be fetched
+    suite = MetricSuite(["psnr_y", *OFFLINE_METRICS, "lpips"], crop_border=4)
+    assert all(suite.available()[m] is True for m in OFFLINE_METRICS)
+    hr = _astronaut()[..., :176, :176]
+    blurred = F.interpolate(F.interpolate(hr, scale_factor=0.25, mode="bicubic"), scale_factor=4,
+                            mode="bicubic").clamp(0, 1)
+    out = suite(torch.cat([hr, blurred]), torch.cat([hr, hr]))
+    for name in OFFLINE_METRICS:
+        value = out[name]
+        assert isinstance(value, torch.Tensor) and value.shape == (2,) and torch.isfinite(value).all(), name
+    assert out["fsim"][0] == pytest.approx(1.0, abs=1e-4) and out["fsim"][1] < 0.95, "FR: identity scores 1"
+    assert out["gmsd"][0] == pytest.approx(0.0, abs=1e-4) and out["gmsd"][1] > 0.05
+    assert out["ms_ssim"][0] == pytest.approx(1.0, abs=1e-4) and out["vif"][1] < out["vif"][0]
+    assert out["piqe"][1] > out["piqe"][0], "NR: blur raises PIQE (lower is better)"
+    assert out["lpips"].startswith("n/a (weights missing"), "the paper's learned metric still needs its files"
+    small = suite(hr[..., :128, :128], hr[..., :128, :128])
+    assert small["ms_ssim"] == "n/a (image 128x128 smaller than MS-SSIM's 176x176)"
+    assert LABELS["fsim"] == "FSIM (FR)" and LABELS["piqe"] == "PIQE (NR)", "labelled as what they are"
+    assert HIGHER_IS_BETTER["gmsd"] is False and HIGHER_IS_BETTER["vif"] is True
+    assert no_network == [] and not [p for p in tmp_path.rglob("*") if p.is_file()], "no file was fetched"
 
 
 def test_pyiqa_downloads_are_refused_even_past_the_file_check(tmp_path: Path, no_network: list[object]) -> None:

@@ -119,11 +119,12 @@ def test_a_non_checkpoint_file_gets_a_message_not_a_traceback(tmp_path: Path, ca
 # --- 4, 5: studies and reports ---------------------------------------------------------------------------------------
 def test_study_typos_are_caught_with_suggestions(tmp_path: Path, capsys) -> None:
     raw = yaml.safe_load((REPO / "ablations/table2.yaml").read_text())
-    raw["rows"][0]["setings"] = raw["rows"][0].pop("settings")
+    first, second = [i for i, r in enumerate(raw["rows"]) if "settings" in r][:2]  # the factor rows
+    raw["rows"][first]["setings"] = raw["rows"][first].pop("settings")
     with pytest.raises(StudyError, match=r"'setings' \(did you mean 'settings'\?\)"):
         parse_study(raw)
     raw = yaml.safe_load((REPO / "ablations/table2.yaml").read_text())
-    raw["rows"][1]["settings"]["di_kernal"] = raw["rows"][1]["settings"].pop("di_kernel")
+    raw["rows"][second]["settings"]["di_kernal"] = raw["rows"][second]["settings"].pop("di_kernel")
     with pytest.raises(StudyError, match=r"'di_kernal' \(did you mean 'di_kernel'\?\)"):
         parse_study(raw)
     raw = yaml.safe_load((REPO / "ablations/table2.yaml").read_text())

@@ -1,8 +1,9 @@
 """`ssr-ablate`: ablation studies over the `ssr` stages (plan, shared stage artifacts, per-cell results, reports).
 
 study.py (YAML schema) → plan.py (cells, hashed stage trainings) → execute.py (artifacts, locks, cell JSONs)
-with runner.py (the `ssr` command lines; pluggable `Runner`) → report.py / figures.py (tables and figures).
-writer.py is the Lightning callback that scores `ssr predict` outputs with the paper metrics.
+with runner.py (the `ssr` command lines; pluggable `Runner`) or cluster.py (the same as submitit job arrays on
+SLURM) → report.py (tables with CIs and paired Δ) / figures.py / dashboard.py (TensorBoard). provenance.py records
+code, versions, configs and machine per cell; writer.py is the Lightning callback that scores `ssr predict` outputs.
 """
 
 from ssr_lightning.ablate.execute import Executor, Layout

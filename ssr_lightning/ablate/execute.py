@@ -27,7 +27,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun
+from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun, run_name
+from ssr_lightning.ablate.provenance import config_digests, environment
 from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob
 from ssr_lightning.files import atomic_write_json, file_lock
 
@@ -85,6 +86,10 @@ class Layout:
         except json.JSONDecodeError:
             return None
 
+    def failed_marker(self, run: StageRun) -> Path:
+        """`FAILED.json` of a stage whose training failed in a cluster job (cell jobs then fail fast)."""
+        return self.artifact(run) / "FAILED.json"
+
     def cell_status(self, cell: Cell) -> str:
         """"ok", "failed", "stale" (a result of an older version of the cell) or "todo"."""
         record = self.read_cell(cell)
@@ -98,9 +103,12 @@ class Layout:
 class Executor:
     """Runs the cells of a plan with one `Runner`, sharing stage trainings between cells and processes."""
 
-    def __init__(self, plan: Plan, out: str | Path, runner: Runner, progress: bool = True) -> None:
+    def __init__(self, plan: Plan, out: str | Path, runner: Runner, progress: bool = True,
+                 trust_failures: bool = False) -> None:
         self.plan, self.layout, self.runner, self.progress = plan, Layout(out), runner, progress
         self._failed: dict[str, str] = {}  # stage key -> error, so a broken stage is not retrained per cell
+        # cluster cell jobs: a FAILED.json that this submission's stage job wrote means "do not train it again"
+        self.trust_failures = trust_failures
 
     # --- stages ---------------------------------------------------------------------------------------------
     def _resolve(self, args: tuple[str, ...] | list[str], names: dict[str, str], done: dict[str, dict[str, Any]],
@@ -120,6 +128,13 @@ class Executor:
             out.append(a.replace("{cell_dir}", str(cell_dir)) if cell_dir is not None else a)
         return out
 
+    def run_name(self, run: StageRun) -> str:
+        """The run folder of a stage under `<artifact>/runs`: the one a killed attempt left, else `plan.run_name`."""
+        started = sorted((self.layout.artifact(run) / "runs").glob("*/version_*/checkpoints/last*.ckpt"),
+                         key=lambda p: p.stat().st_mtime)
+        # an edited study may give the stage other users (another name): resume where the training started
+        return started[-1].parents[2].name if started else run_name(self.plan, run.key)
+
     def ensure_stage(self, run: StageRun, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The DONE record of a stage, training (or resuming) it first unless this or another process did."""
         finished = self.layout.read_done(run)
@@ -127,6 +142,9 @@ class Executor:
             return {**finished, "reused": True}
         if run.key in self._failed:
             raise CommandFailed(["fit", "--config", run.config], 1, self._failed[run.key])
+        marker = self.layout.failed_marker(run)
+        if self.trust_failures and marker.is_file():
+            raise CommandFailed(["fit", "--config", run.config], 1, json.loads(marker.read_text()).get("tail", ""))
         with file_lock(self.layout.out / "artifacts" / f"{run.artifact}.lock"):
             finished = self.layout.read_done(run)
             if finished is not None:  # another shard finished it while we waited for the lock
@@ -134,16 +152,20 @@ class Executor:
             names = dict(run.deps)
             args = self._resolve(run.args, names, done)
             root = self.layout.artifact(run) / "runs"
-            job = StageJob(run, root, args, self.layout.artifact(run) / "train.log")
+            job = StageJob(run, root, args, self.layout.artifact(run) / "train.log", self.run_name(run))
             start = time.time()
             try:
                 ckpts = self.runner.run_stage(job)
             except CommandFailed as err:
                 self._failed[run.key] = err.tail
+                atomic_write_json(marker, {"key": run.key, "message": str(err), "tail": err.tail,
+                                           "finished_at": _dt.datetime.now().isoformat(timespec="seconds")})
                 raise
-            record = {"stage": run.stage, "key": run.key, "artifact": run.artifact, **ckpts,
+            marker.unlink(missing_ok=True)
+            record = {"stage": run.stage, "key": run.key, "artifact": run.artifact, "run_name": job.run_name, **ckpts,
                       "config": run.config, "args": args, "seed": run.seed, "seconds": round(time.time() - start, 2),
-                      "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname()}
+                      "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
+                      "config_digests": config_digests(root), "provenance": environment()}
             stored = {k: (os.path.relpath(v, self.layout.artifact(run)) if k in _CKPT_KINDS else v)
                       for k, v in record.items()}
             atomic_write_json(self.layout.done(run), stored)
@@ -166,7 +188,8 @@ class Executor:
                 current = run.stage
                 info = self.ensure_stage(run, done)
                 done[key] = info
-                record["stages"][run.stage] = {k: info.get(k) for k in ("key", "artifact", "ckpt", "seconds", "reused")}
+                record["stages"][run.stage] = {k: info.get(k) for k in ("key", "artifact", "run_name", "ckpt", "seconds",
+                                                                        "reused", "config_digests")}
             current = "evaluate"
             cell_dir = self.layout.cell_dir(cell)
             ckpt = self._resolve([cell.evaluate.ckpt], cell.stage_names, done)[0] if cell.evaluate.ckpt else None
@@ -175,7 +198,8 @@ class Executor:
             eval_start = time.time()
             result = self.runner.evaluate(job)
             record.update(status="ok", metrics=result["metrics"], available=result.get("available", {}),
-                          num_samples=result.get("num_samples"), eval_seconds=round(time.time() - eval_start, 2))
+                          num_samples=result.get("num_samples"), per_image=result.get("per_image", {}),
+                          eval_seconds=round(time.time() - eval_start, 2))
         except CommandFailed as err:
             record.update(status="failed", error={"stage": current, "message": str(err), "tail": err.tail})
         except Exception as err:  # noqa: BLE001 - one broken cell must not stop the study
@@ -184,6 +208,10 @@ class Executor:
         record["seconds"] = round(time.time() - start, 2)
         record["finished_at"] = _dt.datetime.now().isoformat(timespec="seconds")
         record["host"] = socket.gethostname()
+        # the code, libraries and machine that produced the numbers, and the exact resolved configs they ran with
+        record["provenance"] = {**environment(), "configs": {
+            **{f"stage:{name}": info.get("config_digests") or {} for name, info in record["stages"].items()},
+            "evaluate": config_digests(self.layout.cell_dir(cell) / "eval")}}
         samples = self.layout.cell_dir(cell) / "samples"
         record["samples"] = str(samples.relative_to(self.layout.out)) if samples.is_dir() else None
         atomic_write_json(self.layout.cell_json(cell), record)

@@ -27,7 +27,7 @@ from ssr_lightning.ablate.study import (
     value_key,
 )
 
-__all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "shard_cells", "slug"]
+__all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "run_name", "shard_cells", "slug"]
 
 # `{stage:NAME}` (the stage's checkpoint), `{stage:NAME:last}`, `{stage:NAME:dir}` (its artifact folder).
 STAGE_REF = re.compile(r"\{stage:([A-Za-z0-9_.-]+)(?::(ckpt|best|last|dir))?\}")
@@ -155,6 +155,11 @@ class _Expander:
             raise StudyError(f"stage dependency cycle: {' -> '.join([*chain, name])}")
         if name not in self.study.base_configs:
             raise StudyError(f"{{stage:{name}}} is referenced but {name!r} is not in base_configs")
+        first = self.study.seeds[0]
+        if name in self.study.shared_stages and seed != first:
+            # trained once, with the first seed (and that seed's dependencies), for the cells of every seed
+            keys[name] = self.stage(name, per_stage, first, {}, chain)
+            return keys[name]
         args = self.stage_args(name, per_stage, seed)
         deps = []
         for dep in dict.fromkeys(_refs(args)):
@@ -203,7 +208,7 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
         if spec.stage not in study.base_configs:
             raise StudyError(f"row {row.label!r}: evaluate.stage {spec.stage!r} is not in base_configs")
         for ds in study.datasets:
-            for seed in study.seeds:
+            for seed in row.seeds or study.seeds:
                 keys: dict[str, str] = {}
                 eval_args = (*exp.stage_args(spec.stage, per_stage, seed), *ds.overrides,
                              *(a.replace("{seed}", str(seed)) for a in spec.overrides))
@@ -223,6 +228,30 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
         clashes = sorted({i for i in ids if ids.count(i) > 1})
         raise StudyError(f"cell ids collide after slugging the row labels: {clashes}")
     return plan
+
+
+def run_name(plan: Plan, key: str, limit: int = 96) -> str:
+    """Run name of a stage training after its stage and the cells that use it: `ssr__row-a+row-b__seed0`.
+
+    TensorBoard lists runs by folder, so `tensorboard --logdir <out>` shows which rows each training serves
+    (`all-rows` when every row does; `shared` when the cells of several seeds use it).
+    """
+    run = plan.stages[key]
+    users = [c for c in plan.cells if key in c.stages]
+    rows = list(dict.fromkeys(slug(c.label) for c in users))
+    # rows without any training (bicubic) cannot use a stage: "all-rows" means every row that trains something
+    every = {slug(c.label) for c in plan.cells if c.stages}
+    part = "all-rows" if len(rows) > 1 and set(rows) == every else "+".join(rows) or "unused"
+    if len(part) > limit:
+        kept, n = [], 0
+        for r in rows:
+            if len("+".join([*kept, r])) > limit - 12:
+                break
+            kept.append(r)
+        n = len(rows) - len(kept)
+        part = "+".join(kept) + f"+{n}-more"
+    shared = "_shared" if len({c.seed for c in users}) > 1 else ""
+    return f"{run.stage}__{part}__seed{run.seed}{shared}"
 
 
 def _topo(keys: dict[str, str], plan: Plan) -> list[str]:

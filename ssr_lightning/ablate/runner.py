@@ -13,6 +13,7 @@ resumes from its `last.ckpt` in the same version folder, a fresh one starts from
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -23,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from ssr_lightning.ablate.plan import Cell, StageRun
-from ssr_lightning.ablate.writer import SAMPLES_ENV
 
-__all__ = ["CLIRunner", "CommandFailed", "EvalJob", "Runner", "StageJob", "log_tail", "stage_checkpoints"]
+__all__ = ["SAMPLES_ENV", "CLIRunner", "CommandFailed", "EvalJob", "Runner", "StageJob", "log_tail", "stage_checkpoints"]
 
 WRITER = "ssr_lightning.ablate.writer.EvalWriter"
+# Environment variable set for evaluation subprocesses: a stage's own test step may save `{name}_{lr,sr,hr}.png`
+# there too, and the qualitative grid picks them up. (Here, not in writer.py: this module must import without
+# Lightning, so that cluster jobs start fast.)
+SAMPLES_ENV = "SSR_SAMPLES_DIR"
 
 
 class CommandFailed(RuntimeError):
@@ -62,12 +66,21 @@ def stage_checkpoints(root: Path, stage: str) -> dict[str, str]:
 
 @dataclass
 class StageJob:
-    """One stage training to run: `args` are its overrides with every `{stage:X}` already resolved to a path."""
+    """One stage training to run: `args` are its overrides with every `{stage:X}` already resolved to a path.
+
+    `name` is the run folder under `root` (`plan.run_name`: the stage and the cells that use it), which is what
+    TensorBoard lists.
+    """
 
     run: StageRun
     root: Path
     args: list[str]
     log: Path
+    name: str = ""
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.run.stage
 
 
 @dataclass
@@ -91,7 +104,7 @@ class Runner:
     # --- commands ------------------------------------------------------------------------------------------------
     def stage_command(self, job: StageJob) -> list[str]:
         """`fit` arguments of a stage training (always `--ckpt_path last`: resume whatever was killed)."""
-        return ["fit", "--config", job.run.config, *job.args, "--root", str(job.root), "--name", job.run.stage,
+        return ["fit", "--config", job.run.config, *job.args, "--root", str(job.root), "--name", job.run_name,
                 "--ckpt_path", "last"]
 
     def eval_commands(self, job: EvalJob) -> list[list[str]]:
@@ -116,7 +129,7 @@ class Runner:
         """Train (or resume) one stage; returns its checkpoint paths (`stage_checkpoints`)."""
         job.root.mkdir(parents=True, exist_ok=True)
         self.execute(self.stage_command(job), job.log, {})
-        return stage_checkpoints(job.root, job.run.stage)
+        return stage_checkpoints(job.root, job.run_name)
 
     def evaluate(self, job: EvalJob) -> dict[str, Any]:
         """Run the evaluation commands of a cell; returns `{"metrics", "available", "num_samples"}`."""
@@ -135,29 +148,55 @@ class Runner:
         raise NotImplementedError
 
 
+def _per_image(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """`{metric: {image name: value}}` of the finite numbers in per-sample rows (texts and inf are left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for i, row in enumerate(rows):
+        name = str(row.get("name", f"#{i}"))
+        for key, value in row.items():
+            if key != "name" and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and math.isfinite(value):
+                out.setdefault(key, {})[name] = float(value)
+    return out
+
+
 def collect_metrics(cell_dir: Path, stage: str, names: list[str]) -> dict[str, Any]:
     """Cell metrics from `predict_metrics.json` (EvalWriter) and the newest `test_metrics.json` (`ssr test`).
 
     A metric both report is taken from the predict pass, whose suite applies the paper's conventions to every
-    stage alike; one that neither reports reads "n/a (not reported by STAGE)".
+    stage alike; one that neither reports reads "n/a (not reported by STAGE)". `per_image` holds the per-image
+    values behind each mean (`{metric: {image name: value}}`), from the same pass as the mean, for the reports'
+    bootstrap CIs and paired differences.
     """
     predict: dict[str, Any] = {}
     available: dict[str, Any] = {}
+    pred_rows: dict[str, dict[str, float]] = {}
     num = 0
     pred_file = cell_dir / "predict_metrics.json"
     if pred_file.is_file():
         data = json.loads(pred_file.read_text())
         predict, available, num = data.get("summary", {}), data.get("available", {}), data.get("num_samples", 0)
+        pred_rows = _per_image(data.get("per_sample", []))
     test: dict[str, Any] = {}
+    test_rows: dict[str, dict[str, float]] = {}
     tests = sorted((cell_dir / "eval" / f"{stage}_test").glob("version_*/test_metrics.json"),
                    key=lambda p: p.stat().st_mtime)
     if tests:
         data = json.loads(tests[-1].read_text())
         test, num = data.get("summary", {}), max(num, int(data.get("num_samples", 0)))
-    metrics = {}
+        test_rows = _per_image(data.get("per_sample", []))
+    metrics, per_image = {}, {}
     for name in names:
-        metrics[name] = predict[name] if name in predict else test.get(name, f"n/a (not reported by {stage})")
-    return {"metrics": metrics, "available": available, "num_samples": num, "test_summary": test}
+        if name in predict:
+            metrics[name] = predict[name]
+            rows = pred_rows.get(name)
+        else:
+            metrics[name] = test.get(name, f"n/a (not reported by {stage})")
+            rows = test_rows.get(name)
+        if rows and not isinstance(metrics[name], str):
+            per_image[name] = rows
+    return {"metrics": metrics, "available": available, "num_samples": num, "test_summary": test,
+            "per_image": per_image}
 
 
 class CLIRunner(Runner):

@@ -19,12 +19,13 @@ __all__ = [
 
 _TOP_KEYS = {
     "name", "description", "out", "base_configs", "common_overrides", "stage_overrides", "factors", "rows",
-    "overrides", "datasets", "metrics", "seeds", "seed_args", "evaluate", "report", "profiles",
+    "overrides", "datasets", "metrics", "seeds", "seed_args", "shared_stages", "evaluate", "report", "profiles",
 }
 _EVAL_KEYS = {"stage", "ckpt", "commands", "source", "overrides", "num_samples"}
-_ROW_KEYS = {"label", "settings", "overrides", "evaluate"}
+_ROW_KEYS = {"label", "settings", "overrides", "evaluate", "seeds"}
 _REPORT_KEYS = {"title", "row_header", "factor_columns", "factor_labels", "metrics", "decimals", "qualitative",
-                "reference", "reference_lines"}
+                "reference", "delta_metrics", "reference_lines", "perception_distortion"}
+_PD_KEYS = {"distortion", "perception"}
 _DATASET_KEYS = {"name", "path", "overrides"}
 
 
@@ -89,6 +90,7 @@ class Row:
     settings: dict[str, Any]
     overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None  # None: the study's seeds; a row without seed-dependent training needs one
 
 
 @dataclass
@@ -110,6 +112,7 @@ class Study:
     evaluate: EvalSpec
     report: dict[str, Any]
     out: str
+    shared_stages: tuple[str, ...] = ()  # trained once with the first seed and used by every seed's cells
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -168,7 +171,12 @@ def _rows(raw: dict[str, Any], factors: dict[str, list[Any]]) -> list[Row]:
             check_keys(r, _ROW_KEYS, f"rows[{i}] ({r['label']!r})")
             settings = dict(r.get("settings") or {})
             per_stage = {str(k): _args(v, f"rows[{i}].overrides.{k}") for k, v in (r.get("overrides") or {}).items()}
-            rows.append(Row(str(r["label"]), settings, per_stage, dict(r.get("evaluate") or {})))
+            seeds = None
+            if r.get("seeds") is not None:
+                if not isinstance(r["seeds"], list) or not r["seeds"]:
+                    raise StudyError(f"rows[{i}] ({r['label']!r}).seeds: a non-empty list of seeds, got {r['seeds']!r}")
+                seeds = tuple(int(x) for x in r["seeds"])
+            rows.append(Row(str(r["label"]), settings, per_stage, dict(r.get("evaluate") or {}), seeds))
         return rows
     if not factors:
         raise StudyError("a study needs 'factors' (a full grid) or explicit 'rows'")
@@ -218,8 +226,37 @@ def _check_report(report: dict[str, Any], rows: list[Row], raw: dict[str, Any]) 
     metrics = [str(m) for m in (raw.get("metrics") or ["psnr_y", "ssim_y"])]
     check_keys(report.get("metrics") or [], metrics, "report.metrics (must be among the study's metrics)")
     check_keys(report.get("decimals") or {}, metrics, "report.decimals")
-    if "reference" in report and report["reference"] not in [r.label for r in rows]:
-        check_keys([report["reference"]], [r.label for r in rows], "report.reference (a row label)")
+    shown = [str(m) for m in (report.get("metrics") or metrics)]
+    check_keys(report.get("delta_metrics") or [], shown, "report.delta_metrics (must be among the table's metrics)")
+    labels = [r.label for r in rows]
+    if "reference" in report:
+        check_keys([str(report["reference"])], labels, "report.reference (a row label)")
+    if report.get("delta_metrics") and "reference" not in report:
+        raise StudyError("report.delta_metrics needs report.reference (the row the Δ columns compare against)")
+    lines = report.get("reference_lines") or []
+    if not isinstance(lines, list):
+        raise StudyError(f"report.reference_lines: a list of row labels, got {lines!r}")
+    check_keys([str(x) for x in lines], labels, "report.reference_lines (row labels)")
+    pd = report.get("perception_distortion")
+    if pd is not None:
+        if not isinstance(pd, dict):
+            raise StudyError("report.perception_distortion: {distortion: METRIC, perception: [METRIC, ...]}")
+        check_keys(pd, _PD_KEYS, "report.perception_distortion")
+        perception = pd.get("perception") or []
+        perception = [perception] if isinstance(perception, str) else list(perception)
+        check_keys([str(pd.get("distortion", "psnr_y")), *map(str, perception)], metrics,
+                   "report.perception_distortion (must be among the study's metrics)")
+        if not perception:
+            raise StudyError("report.perception_distortion.perception: name at least one metric (e.g. [niqe, piqe])")
+
+
+def _check_seeds(rows: list[Row], seeds: list[int], shared: tuple[str, ...], base: dict[str, str]) -> None:
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"seeds: must be distinct, got {seeds}")
+    for row in rows:
+        if row.seeds is not None and not set(row.seeds) <= set(seeds):
+            raise StudyError(f"row {row.label!r}: seeds {list(row.seeds)} must be among the study's seeds {seeds}")
+    check_keys(shared, list(base), "shared_stages (stage names of base_configs)")
 
 
 def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | None = None) -> Study:
@@ -251,13 +288,18 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
     _check_settings(rows, factors, overrides)
     _check_report(dict(raw.get("report") or {}), rows, raw)
     seeds = [int(s) for s in (raw.get("seeds") or [0])]
+    shared = raw.get("shared_stages") or []
+    if not isinstance(shared, list):
+        raise StudyError(f"shared_stages: a list of stage names, got {shared!r}")
+    shared_stages = tuple(str(x) for x in shared)
+    _check_seeds(rows, seeds, shared_stages, base)
     return Study(
         name=str(raw["name"]), path=path, base_configs=base, rows=rows, factors=factors, overrides=overrides,
         common_overrides=_args(raw.get("common_overrides"), "common_overrides"), stage_overrides=stage_overrides,
         datasets=_datasets(raw.get("datasets")), metrics=[str(m) for m in (raw.get("metrics") or ["psnr_y", "ssim_y"])],
         seeds=seeds, seed_args=_args(raw.get("seed_args", ["--seed_everything", "{seed}"]), "seed_args"),
         evaluate=evaluate, report=dict(raw.get("report") or {}),
-        out=str(raw.get("out") or f"ablations/results/{raw['name']}"),
+        out=str(raw.get("out") or f"ablations/results/{raw['name']}"), shared_stages=shared_stages,
         description=str(raw.get("description") or ""), raw=raw,
     )
 

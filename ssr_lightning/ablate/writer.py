@@ -21,14 +21,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import save_image
 
+from ssr_lightning.ablate.runner import SAMPLES_ENV
 from ssr_lightning.files import atomic_write, atomic_write_json
 from ssr_lightning.metrics.iqa import PAPER_METRICS, MetricSuite
 
 __all__ = ["SAMPLES_ENV", "EvalWriter", "sample_paths"]
-
-# Environment variable the ablation runner sets for its evaluation subprocesses: a stage's own test step may save
-# `{name}_{lr,sr,hr}.png` there too, and the qualitative grid picks them up.
-SAMPLES_ENV = "SSR_SAMPLES_DIR"
 
 _SR_KEYS = ("sr", "image", "final_image", "images")
 

@@ -5,6 +5,8 @@
     ssr-ablate ablations/table2.yaml --profile paper      # paper-size settings (GPU, DIV2K)
     ssr-ablate ablations/table1.yaml --shard 0/3          # this machine's third of the cells (0-based)
     ssr-ablate ablations/table2.yaml --report-only        # tables/figures from the cell JSONs written so far
+    ssr-ablate ablations/table1.yaml --profile paper --executor slurm --slurm.partition gpu --slurm.time 600
+                                                          # job arrays on a SLURM cluster (submitit)
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from typing import Literal
 
+from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+
+from ssr_lightning.ablate.cluster import SlurmOptions, format_jobs, submit_study, wait_all
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Plan, expand, shard_cells
 from ssr_lightning.ablate.runner import CLIRunner
@@ -50,8 +55,11 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
     study = plan.study
     cells = shard_cells(plan.cells, shard)
     needed = {k for c in cells for k in c.stages}
+    fewer = [r.label for r in study.rows if r.seeds is not None and len(r.seeds) < len(study.seeds)]
     head = (f"study {study.name}: {len(plan.cells)} cells = {len(study.rows)} rows x {len(study.datasets)} datasets x "
-            f"{len(study.seeds)} seeds; {len(plan.stages)} distinct stage trainings")
+            f"{len(study.seeds)} seeds" + (f" (fewer seeds: {', '.join(fewer)})" if fewer else "")
+            + f"; {len(plan.stages)} distinct stage trainings"
+            + (f" (shared by every seed: {', '.join(study.shared_stages)})" if study.shared_stages else ""))
     lines = [head, f"out: {layout.out}" + (f"   shard {shard[0]}/{shard[1]}: {len(cells)} cells" if shard else "")]
     lines += [f"WARNING: {p}" for p in plan.problems]
     lines.append("")
@@ -77,6 +85,7 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
 
 
 def build_parser() -> ArgumentParser:
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # --slurm.* document themselves
     p = ArgumentParser(prog="ssr-ablate", description=__doc__, default_env=False)
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     p.add_argument("study", type=str, help="study YAML file (schema: ablations/README.md)")
@@ -91,6 +100,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--timeout", type=float | None, default=None, help="seconds allowed per ssr command (default: none)")
     p.add_argument("--workdir", type=str, default=".", help="folder where config paths resolve and ssr runs (default: .)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--executor", type=Literal["local", "slurm"], default="local",
+                   help="local: run the cells here, one after the other (default); slurm: submit stage trainings, "
+                        "evaluations and the report as submitit job arrays with dependencies (--slurm.*)")
+    p.add_argument("--slurm", type=SlurmOptions, default=SlurmOptions(), help="resources of --executor slurm jobs")
     return p
 
 
@@ -115,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         try:
             print(format_plan(plan, layout, args.shard))
+            if args.executor == "slurm":
+                print("\n" + format_jobs(plan, shard_cells(plan.cells, args.shard), layout))
         except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -131,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("\n".join(f"report: {p}" for p in paths))
         return 0
+    if args.executor == "slurm":
+        return _submit(plan, layout, workdir, args)
     executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress)
     records = executor.run(shard_cells(plan.cells, args.shard), retry_failed=not args.skip_failed)
     failed = [r for r in records if r["status"] != "ok"]
@@ -150,6 +167,31 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {path}")
     print(f"{len(records) - len(failed)} cells ok, {len(failed)} failed, "
           f"{len(shard_cells(plan.cells, args.shard)) - len(records)} already done -> {layout.out / 'cells'}")
+    return 1 if failed else 0
+
+
+def _submit(plan: Plan, layout: Layout, workdir: Path, args: object) -> int:
+    """`--executor slurm`: submit the job graph; with --slurm.wait, wait and print the report."""
+    opts = args.slurm if isinstance(args.slurm, SlurmOptions) else SlurmOptions(**vars(args.slurm))  # type: ignore
+    runner = CLIRunner(cwd=workdir, timeout=args.timeout)  # type: ignore[attr-defined]
+    try:
+        submitted = submit_study(plan, shard_cells(plan.cells, args.shard), layout.out, runner, opts,  # type: ignore
+                                 retry_failed=not args.skip_failed)  # type: ignore[attr-defined]
+    except RuntimeError as err:  # submitit: no sbatch/srun here
+        print(f"ssr-ablate: --executor slurm: {err}", file=sys.stderr)
+        return 2
+    for i, level in enumerate(submitted.stages):
+        print(f"stages{i}: {len(level)} jobs {', '.join(str(j.job_id) for j in level)}")
+    print(f"cells: {len(submitted.cells)} jobs; report: {submitted.report.job_id if submitted.report else '-'}")
+    print(f"job list: {submitted.folder / 'jobs.json'}; logs: {submitted.folder}/<job id>/; "
+          f"the report job writes {layout.out / 'report'}")
+    if not opts.wait:
+        return 0
+    results = wait_all(submitted)
+    failed = [r for r in results if isinstance(r, dict) and r.get("status") == "failed"]
+    table = layout.out / "report" / f"{plan.study.name}.md"
+    if table.is_file():
+        print("\n" + table.read_text())
     return 1 if failed else 0
 
 

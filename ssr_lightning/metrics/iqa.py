@@ -5,6 +5,10 @@ SR against HR images per sample. PSNR/SSIM are the project's BasicSR-convention 
 pixels cropped per side); LPIPS, MUSIQ, CLIP-IQA and NIQE come from pyiqa on the whole image (pyiqa's defaults,
 as the papers that report them).
 
+`OFFLINE_METRICS` are pyiqa measures that need no weight file at all (checked with the network blocked and an
+empty torch hub), so perceptual columns carry numbers on any machine: the full-reference FSIM, VIF, GMSD and
+MS-SSIM and the no-reference PIQE. They are not the paper's learned metrics; their labels say FR / NR.
+
 Nothing is ever downloaded. Each pyiqa metric's weight files are listed in `WEIGHT_FILES` (paths relative to the
 torch hub folder, `$TORCH_HOME/hub`, where pyiqa, torchvision and CLIP cache them); a metric whose files are not
 all present reports the string "n/a (weights missing: FILE)" instead of a number, and pyiqa is created with
@@ -28,22 +32,27 @@ from torch import Tensor
 from ssr_lightning.metrics.image import psnr, psnr_y, ssim, ssim_y
 
 __all__ = [
-    "HIGHER_IS_BETTER", "LABELS", "PAPER_METRICS", "WEIGHT_FILES", "MetricSuite", "WeightFile", "WeightsMissing",
-    "hub_dir", "missing_weights",
+    "HIGHER_IS_BETTER", "LABELS", "NO_REFERENCE", "OFFLINE_METRICS", "PAPER_METRICS", "WEIGHT_FILES", "MetricSuite",
+    "WeightFile", "WeightsMissing", "hub_dir", "missing_weights",
 ]
 
 PAPER_METRICS: tuple[str, ...] = ("psnr_y", "ssim_y", "lpips", "musiq", "clipiqa", "niqe")
+# pyiqa measures without any weight file (full-reference FSIM, VIF, GMSD, MS-SSIM; no-reference PIQE)
+OFFLINE_METRICS: tuple[str, ...] = ("fsim", "vif", "gmsd", "ms_ssim", "piqe")
+NO_REFERENCE: frozenset[str] = frozenset({"musiq", "clipiqa", "niqe", "piqe"})  # scored on SR alone
 
 # Direction of every metric the suite and the stage test reports produce (the reports put ↑/↓ and bold from this).
 HIGHER_IS_BETTER: dict[str, bool] = {
     "psnr_y": True, "ssim_y": True, "psnr": True, "ssim": True,
     "lpips": False, "musiq": True, "clipiqa": True, "niqe": False,
+    "fsim": True, "vif": True, "gmsd": False, "ms_ssim": True, "piqe": False,
     "kernel_l1": False, "resynth_psnr": True, "l1": False,
 }
 
 LABELS: dict[str, str] = {
     "psnr_y": "PSNR", "ssim_y": "SSIM", "psnr": "PSNR (RGB)", "ssim": "SSIM (RGB)", "lpips": "LPIPS",
     "musiq": "MUSIQ", "clipiqa": "CLIP-IQA", "niqe": "NIQE", "kernel_l1": "Kernel L1", "resynth_psnr": "Re-synth PSNR",
+    "fsim": "FSIM (FR)", "vif": "VIF (FR)", "gmsd": "GMSD (FR)", "ms_ssim": "MS-SSIM (FR)", "piqe": "PIQE (NR)",
 }
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
@@ -78,7 +87,10 @@ WEIGHT_FILES: dict[str, tuple[WeightFile, ...]] = {
 }
 
 _FIDELITY: dict[str, Callable[..., Tensor]] = {"psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim}
-_NIQE_MIN = 96  # pyiqa's NIQE works on 96×96 blocks and fails on anything smaller
+# smallest image side pyiqa's metric accepts: NIQE's 96×96 blocks, MS-SSIM's 11×11 window at 1/16 scale, VIF's
+# four scales (measured; smaller inputs raise inside pyiqa)
+_MIN_SIDE = {"niqe": 96, "ms_ssim": 176, "vif": 36}
+_NAMES = {"ms_ssim": "MS-SSIM"}
 
 
 class WeightsMissing(RuntimeError):
@@ -166,6 +178,8 @@ def _create_pyiqa(name: str, root: Path, device: torch.device) -> torch.nn.Modul
             with clip_importable():
                 import pyiqa.archs.clipiqa_arch
             return pyiqa.create_metric("clipiqa", device=device)  # CLIP RN50 read from <root>/clip by _offline
+        if name in OFFLINE_METRICS:
+            return pyiqa.create_metric(name, device=device)  # hand-crafted: no file to read, none to download
     raise ValueError(f"unknown pyiqa metric {name!r}")
 
 
@@ -173,7 +187,8 @@ class MetricSuite:
     """Per-sample scores of SR vs HR for a chosen set of metrics; unavailable metrics report why, as text.
 
     Args:
-        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `lpips`, `musiq`, `clipiqa`, `niqe`.
+        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `lpips`, `musiq`, `clipiqa`, `niqe` and the
+            weight-free `fsim`, `vif`, `gmsd`, `ms_ssim`, `piqe`.
         crop_border: pixels cropped per side for PSNR/SSIM (the SR scale, BasicSR convention).
         device: where the learned metrics run.
         weights_root: the torch hub folder holding the weights (default: `$TORCH_HOME/hub` at construction).
@@ -181,9 +196,10 @@ class MetricSuite:
 
     def __init__(self, names: list[str] | tuple[str, ...] = PAPER_METRICS, crop_border: int = 0,
                  device: str | torch.device = "cpu", weights_root: str | os.PathLike[str] | None = None) -> None:
-        unknown = [n for n in names if n not in _FIDELITY and n not in WEIGHT_FILES]
+        unknown = [n for n in names if n not in _FIDELITY and n not in WEIGHT_FILES and n not in OFFLINE_METRICS]
         if unknown:
-            raise ValueError(f"unknown metric(s) {unknown}; known: {sorted([*_FIDELITY, *WEIGHT_FILES])}")
+            raise ValueError(f"unknown metric(s) {unknown}; known: "
+                             f"{sorted([*_FIDELITY, *WEIGHT_FILES, *OFFLINE_METRICS])}")
         self.names = list(names)
         self.crop_border = int(crop_border)
         self.device = torch.device(device)
@@ -223,14 +239,16 @@ class MetricSuite:
                 out[name] = str(status)
             elif name in _FIDELITY:
                 out[name] = _FIDELITY[name](sr, hr, crop_border=self.crop_border).float().cpu()
-            elif name == "niqe" and min(sr.shape[-2:]) < _NIQE_MIN:
-                out[name] = f"n/a (image {sr.shape[-2]}x{sr.shape[-1]} smaller than NIQE's {_NIQE_MIN}x{_NIQE_MIN})"
+            elif name in _MIN_SIDE and min(sr.shape[-2:]) < _MIN_SIDE[name]:
+                side, label = _MIN_SIDE[name], _NAMES.get(name, name.upper())
+                out[name] = f"n/a (image {sr.shape[-2]}x{sr.shape[-1]} smaller than {label}'s {side}x{side})"
             else:
                 try:
                     net = self._net(name)
                 except WeightsMissing as err:  # pyiqa wanted a file WEIGHT_FILES does not list: still no download
                     self._status[name] = out[name] = f"n/a (weights missing: {err})"
                     continue
-                args = (sr.to(self.device), hr.to(self.device)) if name == "lpips" else (sr.to(self.device),)
+                no_ref = name in NO_REFERENCE
+                args = (sr.to(self.device),) if no_ref else (sr.to(self.device), hr.to(self.device))
                 out[name] = net(*args).detach().float().cpu().reshape(sr.shape[0])
         return out

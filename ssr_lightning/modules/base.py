@@ -23,11 +23,10 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
-from torchvision.utils import make_grid
-
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
+from ssr_lightning.visualize import Panel, labelled_grid
 
 __all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "as_config"]
 
@@ -161,23 +160,21 @@ class StageModule(LightningModule):
             checkpoint["ema"] = upgraded["ema"]
 
     # --- TensorBoard images -------------------------------------------------------------------------------------
-    def log_grid(self, tag: str, columns: list[Tensor], max_rows: int = 4) -> None:
-        """Log one image: rows are samples, columns the given `(B, 3, h, w)` tensors (resized to the largest)."""
+    def log_grid(self, tag: str, columns: list[Panel | Tensor], max_rows: int = 4,
+                 names: list[str] | None = None) -> None:
+        """Log one labelled image grid (:func:`~ssr_lightning.visualize.labelled_grid`): rows are samples.
+
+        Columns are :class:`~ssr_lightning.visualize.Panel`s (``Panel.map(...)`` for heat maps: a colour bar with
+        its unit is drawn) or plain ``(B, 3, h, w)`` tensors, titled by the tag's ``a|b|c`` parts.
+        """
         logger = self.logger
         if not isinstance(logger, TensorBoardLogger) or self.trainer.sanity_checking:
             return
-        rows = min(max_rows, columns[0].shape[0])
-        height = max(c.shape[-2] for c in columns)
-        width = max(c.shape[-1] for c in columns)
-        tiles = []
-        for r in range(rows):
-            for col in columns:
-                img = col[r : r + 1].detach().float().clamp(0, 1)
-                if img.shape[1] == 1:
-                    img = img.expand(-1, 3, -1, -1)
-                img = torch.nn.functional.interpolate(img, size=(height, width), mode="nearest")
-                tiles.append(img[0].cpu())
-        grid = make_grid(tiles, nrow=len(columns), padding=2, pad_value=1.0)
+        titles = tag.rsplit("/", 1)[-1].split("|")
+        panels = [c if isinstance(c, Panel) else Panel(titles[i] if i < len(titles) else f"column {i}", c)
+                  for i, c in enumerate(columns)]
+        grid = labelled_grid(panels, max_rows=max_rows, names=[str(n) for n in names] if names else None,
+                             title=f"{self.stage}, step {self.global_step}")
         logger.experiment.add_image(tag, grid, global_step=self.global_step)
 
     # --- test reports -------------------------------------------------------------------------------------------

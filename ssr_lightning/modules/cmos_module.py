@@ -15,7 +15,7 @@ from ssr_lightning.files import atomic_write_json
 from ssr_lightning.metrics import psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks.cmos import CMOS
-from ssr_lightning.visualize import heatmap, kernel_spread
+from ssr_lightning.visualize import Panel, kernel_spread
 
 __all__ = ["CMOSModule", "mean_iou"]
 
@@ -247,7 +247,8 @@ class CMOSModule(StageModule):
         gt, est = maps["sigma_gt"][:n], maps["sigma"][:n]
         vmax = float(torch.maximum(gt.amax(), est.amax()))
         sem = maps["logits"][:n].argmax(1, keepdim=True).float()
-        columns = [batch["lr"][:n], maps["sr"][:n], batch["hr"][:n], heatmap(gt, vmin=0.0, vmax=vmax),
-                   heatmap(est, vmin=0.0, vmax=vmax),
-                   heatmap(sem, cmap="tab10", vmin=0.0, vmax=max(self.hparams.num_classes - 1, 1))]
-        self.log_grid("val/lr|sr|hr|gt_sigma|est_sigma|semantics", columns, max_rows=n)
+        columns = [Panel("LR", batch["lr"][:n]), Panel("SR", maps["sr"][:n]), Panel("HR", batch["hr"][:n]),
+                   Panel.map("GT blur σ", gt, "magma", 0.0, vmax, "σ (HR px)"),
+                   Panel.map("estimated σ", est, "magma", 0.0, vmax, "σ (HR px)"),
+                   Panel.map("semantics", sem, "tab10", 0.0, max(self.hparams.num_classes - 1, 1), "class")]
+        self.log_grid("val/lr|sr|hr|gt_sigma|est_sigma|semantics", columns, max_rows=n, names=batch.get("name"))

@@ -11,7 +11,7 @@ from ssr_lightning.inference.depth import normalize_depth_map, resize_depth
 from ssr_lightning.metrics import align_scale_shift, aligned_depth_metrics, ssi_loss
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks.depthnet import DepthNet
-from ssr_lightning.visualize import heatmap
+from ssr_lightning.visualize import Panel
 
 InputKind = Literal["lr", "hr"]
 
@@ -170,14 +170,12 @@ class DepthModule(StageModule):
         return {f"depth_{kind}": normalize_depth_map(self(batch[kind])) for kind in ("lr", "hr") if kind in batch}
 
     # --- images -------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _colour(depth: Tensor) -> Tensor:
-        return heatmap(depth, cmap="viridis", vmin=0.0, vmax=1.0)
-
     def _log_images(self, outputs: dict[str, tuple[Tensor, Tensor, Tensor]]) -> None:
         """image | GT depth | prediction aligned to the GT (same colour scale), one grid per input kind."""
         n = self.fit_args.num_log_images
         for kind, (image, target, pred) in outputs.items():
             aligned, _, _ = align_scale_shift(pred[:n], target[:n])
-            columns = [image[:n], self._colour(target[:n]), self._colour(aligned.clamp(0, 1))]
+            columns = [Panel(kind.upper(), image[:n]),
+                       Panel.map("GT depth", target[:n], "viridis", 0.0, 1.0, "0 = near, 1 = far"),
+                       Panel.map("prediction (aligned)", aligned.clamp(0, 1), "viridis", 0.0, 1.0, "0 = near, 1 = far")]
             self.log_grid(f"val/{kind}|gt_depth|pred_depth", columns, max_rows=n)

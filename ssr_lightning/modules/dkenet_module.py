@@ -11,7 +11,7 @@ from ssr_lightning.degradation import blur_downsample
 from ssr_lightning.metrics import kernel_l1, psnr
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks import DKENet
-from ssr_lightning.visualize import heatmap, kernel_spread
+from ssr_lightning.visualize import Panel, kernel_spread
 
 
 class DKENetModule(StageModule):
@@ -128,11 +128,11 @@ class DKENetModule(StageModule):
         est_spread = kernel_spread(est[:n], k)
         vmax = float(torch.maximum(gt_spread.amax(), est_spread.amax()))
         columns = [
-            batch["lr"][:n],
-            heatmap(batch["depth_lr"][:n], cmap="viridis", vmin=0.0, vmax=1.0),
-            heatmap(gt_spread, vmin=0.0, vmax=vmax),
-            heatmap(est_spread, vmin=0.0, vmax=vmax),
-            heatmap((est_spread - gt_spread).abs(), cmap="inferno", vmin=0.0, vmax=vmax),
+            Panel("LR", batch["lr"][:n]),
+            Panel.map("depth", batch["depth_lr"][:n], "viridis", 0.0, 1.0, "0 = near, 1 = far"),
+            Panel.map("GT kernel spread", gt_spread, "magma", 0.0, vmax, "σ (HR px)"),
+            Panel.map("estimated spread", est_spread, "magma", 0.0, vmax, "σ (HR px)"),
+            Panel.map("|error|", (est_spread - gt_spread).abs(), "inferno", 0.0, vmax, "|Δσ| (HR px)"),
         ]
-        self.log_grid("val/lr|depth|gt_spread|est_spread|abs_err", columns, max_rows=n)
+        self.log_grid("val/lr|depth|gt_spread|est_spread|abs_err", columns, max_rows=n, names=batch.get("name"))
 

@@ -19,6 +19,7 @@ from ssr_lightning.metrics import psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.networks.kernel_codec import code_std, load_or_fit_basis
 from ssr_lightning.networks.nbsr import KernelConditionedSR
+from ssr_lightning.visualize import Panel
 
 __all__ = ["NBSRModule"]
 
@@ -191,8 +192,9 @@ class NBSRModule(StageModule):
         self.log("val/loss", metrics["l1"].mean(), batch_size=bs, sync_dist=True)
         if batch_idx == 0:
             n = self.fit_args.num_log_images
-            # log_grid resizes every column to the largest with nearest: the LR column is its nearest upsample.
-            self.log_grid("val/lr|sr|hr", [batch["lr"][:n], sr[:n], batch["hr"][:n]], max_rows=n)
+            # every tile is drawn at one size with nearest interpolation: the LR column shows its pixels
+            self.log_grid("val/lr|sr|hr", [Panel("LR", batch["lr"][:n]), Panel("SR", sr[:n]),
+                                           Panel("HR", batch["hr"][:n])], max_rows=n, names=batch.get("name"))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, metrics = self._evaluate(batch)

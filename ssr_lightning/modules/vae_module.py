@@ -18,6 +18,7 @@ from torch import Tensor
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.metrics import psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.visualize import Panel
 
 __all__ = ["VAEModule"]
 
@@ -107,7 +108,8 @@ class VAEModule(StageModule):
         self._std_sum.append(torch.stack([z.float().pow(2).sum(), z.float().sum(), torch.tensor(z.numel())]))
         if batch_idx == 0:
             n = self.fit_args.num_log_images
-            self.log_grid("val/hr|rec", [batch["hr"][:n], rec[:n]], max_rows=n)
+            self.log_grid("val/hr|rec", [Panel("HR", batch["hr"][:n]), Panel("reconstruction", rec[:n])], max_rows=n,
+                          names=batch.get("name"))
 
     def on_validation_epoch_end(self) -> None:
         # The latent std over the whole val split; only a trained (not pretrained) VAE records its own scale.
