@@ -120,10 +120,13 @@ def evaluate_ladder(
             k = dkenet_nodepth(lr, None).float()
             lad.add(NODEPTH, {**_image(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
         gt_depth = batch.get("depth")
+        # depth metrics only where the data has real depth (photos carry a synthetic plane that drives the
+        # defocus, not the scene's depth: has_depth False)
+        scored_depth = batch.get("depth_lr") is not None and bool(torch.as_tensor(batch.get("has_depth", True)).all())
         res = svkr(lr, gt_depth=gt_depth, iterations=t_max)
         for t in range(svkr.iterations + 1):
             vals = {**_image(res.images[t], hr, scale), "kernel_l1": kernel_l1(res.kernels[t], gt_kernel)}
-            if batch.get("depth_lr") is not None:
+            if scored_depth:
                 vals["absrel"] = _absrel(res.depths[t], batch["depth_lr"])
             lad.add(K0 if t == 0 else svkr_row(t), vals)
         for g in gammas:
@@ -141,7 +144,7 @@ def evaluate_ladder(
         # mean-kernel oracles: each image's own mean GT kernel (exact for invariant samples) and the batch's
         per_image = gt_kernel.mean(dim=(2, 3), keepdim=True).expand_as(gt_kernel)
         lad.add(PER_IMAGE, {"kernel_l1": kernel_l1(per_image, gt_kernel)})
-        if batch.get("depth_lr") is not None:
+        if scored_depth:
             size = lr.shape[-2:]
             premise = {"from HR": hr, "from NBSR + GT-kernel SR": sr_gt, "from bicubic LR": up, "from LR": lr}
             for name, image in premise.items():
