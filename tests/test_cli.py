@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from ssr_lightning.cli.main import explicit_model_keys, find_last_checkpoint, main
+from ssr_lightning.inference.checkpoints import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SSR = Path(sys.executable).with_name("ssr")
@@ -77,7 +78,8 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert list(run.glob("events.out.tfevents.*")), "TensorBoard logs land in the run folder"
     last = run / "checkpoints/last.ckpt"
     assert last.is_file()
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert json.loads((run / "fit_timing.json").read_text())["steps"] == 4, "every fit records its wall/CPU time"
+    state = read_checkpoint(last)  # weights_only=True, as every consumer reads checkpoints
     assert state["global_step"] == 4
     assert state["hyper_parameters"]["scale"] == 4, "data.scale is linked into the model"
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -89,7 +91,7 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert not (tmp_path / "runs/dkenet/version_1").exists()
     found = find_last_checkpoint(tmp_path / "runs", "dkenet")
     assert found is not None and found[1] == 0
-    assert torch.load(found[0], map_location="cpu", weights_only=False)["global_step"] == 6
+    assert read_checkpoint(found[0])["global_step"] == 6
 
     _ssr("test", "--config", cfg, "--root", "runs", *TINY, "--ckpt_path", "last", cwd=tmp_path)
     report = json.loads(next((tmp_path / "runs").glob("dkenet*/version_*/test_metrics.json")).read_text())

@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,25 @@ class KeepPreviousCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
 
+class FitTiming(Callback):
+    """Writes ``fit_timing.json`` (wall seconds, process CPU seconds over all threads, steps, threads) into the
+    run folder when a fit ends: the budget figures of docs/EXPERIMENTS.md, comparable across machine loads (CPU
+    seconds barely change when other jobs share the cores; wall seconds do)."""
+
+    def on_fit_start(self, trainer: Any, pl_module: LightningModule) -> None:
+        self._t0 = (time.perf_counter(), time.process_time(), int(trainer.global_step))
+
+    def on_fit_end(self, trainer: Any, pl_module: LightningModule) -> None:
+        t0 = getattr(self, "_t0", None)
+        if t0 is None or not trainer.is_global_zero or trainer.log_dir is None:
+            return
+        atomic_write_json(Path(trainer.log_dir) / "fit_timing.json", {
+            "wall_s": round(time.perf_counter() - t0[0], 1), "cpu_s": round(time.process_time() - t0[1], 1),
+            "steps": int(trainer.global_step) - t0[2], "threads": torch.get_num_threads(),
+            "load_avg_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        })
+
+
 class StageModule(LightningModule):
     """Base class of the stage modules.
 
@@ -134,7 +154,7 @@ class StageModule(LightningModule):
         best = ModelCheckpoint(
             filename="best", monitor=self.monitor, mode=self.monitor_mode, save_top_k=1, auto_insert_metric_name=False
         )
-        callbacks: list[Callback] = [periodic, best]
+        callbacks: list[Callback] = [periodic, best, FitTiming()]
         if self.logger is not None:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
