@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from ssr_lightning.cli.main import explicit_model_keys, find_last_checkpoint, main

@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
