@@ -33,6 +33,8 @@ class VAELatents(ModelMixin, ConfigMixin):
 
     scale: Tensor
 
+    pointwise = False  # the encoder/decoder see neighbourhoods: tiles overlap and blend
+
     @register_to_config
     def __init__(
         self, block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1, latent_channels: int = 4,

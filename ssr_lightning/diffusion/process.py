@@ -30,7 +30,12 @@ Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t, t) -> ε̂
 @dataclass
 class StepState:
     """What a step hook sees: step ``index`` of ``num_steps``, its timestep ``t``, the new latent ``latent``
-    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``."""
+    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``.
+
+    ``alpha_prev`` is ᾱ of the timestep the step lands on and ``x0_coef`` the factor by which ``latent`` moves with
+    ``x0`` at fixed ``eps`` and ``z_t``: ``√ᾱ_prev`` for DDIM (η = 0), ``√ᾱ_prev·β_t / (1 − ᾱ_t)`` for DDPM's
+    posterior mean. A hook that corrects ``x0`` to ``x0'`` (guidance) returns ``latent + x0_coef·(x0' − x0)``.
+    """
 
     index: int
     num_steps: int
@@ -38,6 +43,8 @@ class StepState:
     latent: Tensor
     eps: Tensor
     x0: Tensor | None
+    alpha_prev: float = 1.0
+    x0_coef: float = 0.0
 
 
 StepHook = Callable[[StepState], Tensor | None]  # returns a replacement latent, or None to keep it
@@ -141,8 +148,25 @@ class GaussianDiffusion:
             eps = denoise(sched.scale_model_input(z, t), t)
             out = sched.step(eps, t, z, **kw)
             z = out.prev_sample
-            for hook in hooks:
-                new = hook(StepState(i, len(timesteps), t, z, eps, getattr(out, "pred_original_sample", None)))
-                if new is not None:
-                    z = new
+            if hooks:
+                alpha_prev, coef = _x0_coefficient(sched, sampler, int(t))
+                for hook in hooks:
+                    new = hook(StepState(i, len(timesteps), t, z, eps, getattr(out, "pred_original_sample", None),
+                                         alpha_prev, coef))
+                    if new is not None:
+                        z = new
         return z
+
+
+def _x0_coefficient(sched: Any, sampler: Sampler, t: int) -> tuple[float, float]:
+    """(ᾱ_prev, ∂z_{t−1}/∂x̂0) of one step of ``sched`` at timestep ``t`` (diffusers' own step formulas)."""
+    ac = sched.alphas_cumprod
+    if sampler == "ddim":
+        prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+        alpha_prev = float(ac[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+        return alpha_prev, alpha_prev**0.5
+    prev = int(sched.previous_timestep(t))
+    alpha_t = float(ac[t])
+    alpha_prev = float(ac[prev]) if prev >= 0 else 1.0
+    beta_t = 1.0 - alpha_t / alpha_prev
+    return alpha_prev, alpha_prev**0.5 * beta_t / (1.0 - alpha_t)

@@ -25,7 +25,7 @@ from unittest import mock
 import torch
 from torch import Tensor
 
-from ssr_lightning.metrics.image import psnr, psnr_y, ssim, ssim_y
+from ssr_lightning.metrics.image import color_shift, psnr, psnr_y, ssim, ssim_y
 
 __all__ = [
     "HIGHER_IS_BETTER", "LABELS", "PAPER_METRICS", "WEIGHT_FILES", "MetricSuite", "WeightFile", "WeightsMissing",
@@ -39,11 +39,13 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "psnr_y": True, "ssim_y": True, "psnr": True, "ssim": True,
     "lpips": False, "musiq": True, "clipiqa": True, "niqe": False,
     "kernel_l1": False, "resynth_psnr": True, "l1": False,
+    "color_shift": False, "psnr_y_raw": True, "ssim_y_raw": True, "psnr_raw": True, "color_shift_raw": False,
 }
 
 LABELS: dict[str, str] = {
     "psnr_y": "PSNR", "ssim_y": "SSIM", "psnr": "PSNR (RGB)", "ssim": "SSIM (RGB)", "lpips": "LPIPS",
     "musiq": "MUSIQ", "clipiqa": "CLIP-IQA", "niqe": "NIQE", "kernel_l1": "Kernel L1", "resynth_psnr": "Re-synth PSNR",
+    "color_shift": "Colour shift", "psnr_y_raw": "PSNR (no colour fix)", "color_shift_raw": "Colour shift (no fix)",
 }
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
@@ -77,7 +79,10 @@ WEIGHT_FILES: dict[str, tuple[WeightFile, ...]] = {
     ),
 }
 
-_FIDELITY: dict[str, Callable[..., Tensor]] = {"psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim}
+_FIDELITY: dict[str, Callable[..., Tensor]] = {
+    "psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim,
+    "color_shift": lambda sr, hr, crop_border=0: color_shift(sr, hr),  # whole-image means: no border crop
+}
 _NIQE_MIN = 96  # pyiqa's NIQE works on 96×96 blocks and fails on anything smaller
 
 
@@ -173,7 +178,7 @@ class MetricSuite:
     """Per-sample scores of SR vs HR for a chosen set of metrics; unavailable metrics report why, as text.
 
     Args:
-        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `lpips`, `musiq`, `clipiqa`, `niqe`.
+        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `color_shift`, `lpips`, `musiq`, `clipiqa`, `niqe`.
         crop_border: pixels cropped per side for PSNR/SSIM (the SR scale, BasicSR convention).
         device: where the learned metrics run.
         weights_root: the torch hub folder holding the weights (default: `$TORCH_HOME/hub` at construction).
