@@ -120,8 +120,11 @@ def _args(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list):
         raise StudyError(f"{where}: expected a list of CLI arguments, got {value!r}")
+    flat: list[Any] = []
+    for v in value:  # nested lists are flattened, so YAML anchors of argument lists compose: [*common, [--x, 1]]
+        flat.extend(_args(v, where) if isinstance(v, list) else [v])
     # YAML turns `false`/`8` into bool/int; the CLI wants the text jsonargparse parses
-    return tuple(("true" if v else "false") if isinstance(v, bool) else str(v) for v in value)
+    return tuple(("true" if v else "false") if isinstance(v, bool) else str(v) for v in flat)
 
 
 def _datasets(raw: Any) -> list[Dataset]:
