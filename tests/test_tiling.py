@@ -113,7 +113,7 @@ class _CountingSVKR(torch.nn.Module):
         super().__init__()
         self.calls: list[tuple[int, ...]] = []
 
-    def forward(self, lr: torch.Tensor) -> SVKRResult:
+    def forward(self, lr: torch.Tensor, **kw: Any) -> SVKRResult:
         self.calls.append(tuple(lr.shape))
         b, _, h, w = lr.shape
         kernel = torch.zeros(b, 441, h, w)

@@ -124,7 +124,7 @@ class SSRPipeline:
         lr_p = lr_p.to(self.device)
         depth = kernel = image = None
         if self.svkr is not None:
-            depth, kernel, image = self.svkr(lr_p).final  # once, on the whole image
+            depth, kernel, image = self.svkr(lr_p, keep_all=False).final  # once, on the whole image
         needs = m.needs(self.start, self.guidance)
         sr = m.super_resolve(
             lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None,
@@ -136,5 +136,11 @@ class SSRPipeline:
         return SRResult(
             sr=sr[..., : s * h, : s * w].float().cpu().clamp(0, 1),
             depth=depth[..., :h, :w].float().cpu() if depth is not None else None,
-            kernel_var=kernel_spread(kernel[..., :h, :w]).pow(2).float().cpu() if kernel is not None else None,
+            kernel_var=_kernel_var(kernel[..., :h, :w]) if kernel is not None else None,
         )
+
+
+def _kernel_var(kernel: Tensor, rows: int = 64) -> Tensor:
+    """Per-pixel kernel variance, in row chunks: ``kernel_spread`` makes field-sized temporaries (441 channels)."""
+    return torch.cat([kernel_spread(kernel[..., i : i + rows, :]).pow(2).float().cpu()
+                      for i in range(0, kernel.shape[-2], rows)], dim=-2)
