@@ -106,3 +106,16 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert used["model"]["init_args"]["fit"]["num_log_images"] == 3
     assert used["model"]["init_args"]["fit"]["learning_rate"] == pytest.approx(3e-3), "the rest of the group kept"
     assert used["model"]["init_args"]["channels"] == 8
+
+
+def test_resume_check_ignores_options_an_old_config_predates_unless_given() -> None:
+    from ssr_lightning.cli.main import _differences, _leaf_paths
+
+    old = {"model": {"init_args": {"sampling": {"sample_strength": 0.5}}}}
+    new = {"model": {"init_args": {"sampling": {"sample_strength": 0.5, "start": "lr", "color_fix": "none"}}}}
+    everything = _leaf_paths(new)
+    assert _differences(old, new, new_ok=everything) == []
+    given = everything - {"model.init_args.sampling.start"}  # set on the command line: a real difference
+    assert _differences(old, new, new_ok=given) == ["model.init_args.sampling.start: None -> 'lr'"]
+    changed = {"model": {"init_args": {"sampling": {"sample_strength": 1.0, "start": "lr"}}}}
+    assert _differences(old, changed, new_ok=everything) == ["model.init_args.sampling.sample_strength: 0.5 -> 1.0"]

@@ -118,13 +118,24 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _differences(a: Any, b: Any, prefix: str = "", new_ok: set[str] | None = None) -> list[str]:
+    """Differences ``a -> b``; a key ``b`` has and ``a`` lacks is one only if it is not in ``new_ok`` (options added
+    to the code after ``a`` was written, left at their defaults, which reproduce the old behaviour)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in a and new_ok is not None and path in new_ok:
+                continue
+            out += _differences(a.get(key), b.get(key), path, new_ok)
         return out
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def _leaf_paths(d: Any, prefix: str = "") -> set[str]:
+    if not isinstance(d, dict):
+        return {prefix}
+    return {p for k, v in d.items() for p in _leaf_paths(v, f"{prefix}.{k}" if prefix else k)} | {prefix}
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -264,7 +275,11 @@ class SSRCLI(LightningCLI):
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
         for side in (old, new):
             (side["model"].get("init_args") or {}).pop("scale", None)
-        diff = _differences(_plain(old), new)
+        # options the old config.yaml predates pass unless the command line sets them
+        explicit = {f"model.init_args.{k}" for k in explicit_model_keys(getattr(self, "_cli_args", []))}
+        new_ok = {p for p in _leaf_paths(new) if not any(e == p or e.startswith(p + ".") or p.startswith(e + ".")
+                                                           for e in explicit)}
+        diff = _differences(_plain(old), new, new_ok=new_ok)
         if diff:
             raise UsageError(f"cannot resume {run_dir}: the model options differ from its config.yaml "
                              f"({'; '.join(diff[:4])}). Resume with the run's own options, or start a new run "
