@@ -61,7 +61,10 @@ class KernelGuidance:
 
     def _forward(self, xt: Tensor, i: int) -> Tensor:
         """(decode → blur with tile ``i``'s kernels → ↓s) of a latent tile."""
-        return blur_downsample(self.decode(xt), self.kernel[self.grid.tiles[i].window(1)], self.scale, method="shift")
+        # clone: under torch.inference_mode (Lightning's test/predict) the field is an inference tensor, which
+        # autograd may not save for backward
+        kernel = self.kernel[self.grid.tiles[i].window(1)].clone()
+        return blur_downsample(self.decode(xt), kernel, self.scale, method="shift")
 
     def correct(self, x0: Tensor) -> Tensor:
         """x̂0 after one guidance step (the error before it is appended to :attr:`history`)."""
@@ -70,10 +73,10 @@ class KernelGuidance:
         err = torch.zeros(x0.shape[0], device=x0.device)
         before: list[Tensor] = []
         for i, tile in enumerate(tiles):
-            with torch.enable_grad():
-                xt = x0[tile.window(self.f)].detach().requires_grad_(True)
+            with torch.inference_mode(False), torch.enable_grad():
+                xt = x0[tile.window(self.f)].detach().clone().requires_grad_(True)
                 out = self._forward(xt, i)
-                e = (weights[i] * (self.lr[tile.window(1)] - out).pow(2)).flatten(1).sum(1)
+                e = (weights[i].clone() * (self.lr[tile.window(1)].clone() - out).pow(2)).flatten(1).sum(1)
                 (g,) = torch.autograd.grad(e.sum(), xt)
             err += e.detach()
             grad[tile.window(self.f)] += g  # the weighted errors add up, so do their gradients
