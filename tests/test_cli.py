@@ -30,6 +30,10 @@ def test_explicit_model_keys() -> None:
             "--model.class_path", "x", "--model.init_args.modalities.use_kernel=false",
             "--model.init_args.fit.num_log_images", "3", "--model.init_args.use_depth", "true"]
     assert explicit_model_keys(args) == ["use_depth", "fit.learning_rate", "modalities.use_kernel", "fit.num_log_images"]
+    # a --config fragment after the stage config is a test-time choice too (the stage config's options are not)
+    frag = ["test", "--config", "configs/ssr.yaml", "--config", "configs/diffusion/start_frontend.yaml",
+            "--model.init_args.sampling.guidance_step", "1"]
+    assert explicit_model_keys(frag) == ["sampling.start", "sampling.sample_strength", "sampling.guidance_step"]
 
 
 def test_stage_configs_exist() -> None:

@@ -80,15 +80,39 @@ def readable_last(ckpt: Path) -> Path:
         return prev
 
 
+def _fragment_keys(path: str) -> list[str]:
+    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    model = doc.get("model") if isinstance(doc, dict) else None
+    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
+
+    def leaves(d: Any, prefix: str) -> list[str]:
+        if not isinstance(d, dict) or not d:
+            return [prefix] if prefix else []
+        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
+
+    return leaves(init, "")
+
+
 def explicit_model_keys(args: list[str]) -> list[str]:
-    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys."""
+    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
+    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
+    X's options are test-time choices, the stage config's are not)."""
     keys: list[str] = []
-    for arg in args:
-        if not arg.startswith("--model."):
+    configs = 0
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            configs += 1
+            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            found = _fragment_keys(path) if configs > 1 else []
+        elif arg.startswith("--model."):
+            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
+        else:
             continue
-        key = arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")
-        if key and key not in ("class_path", "help") and key not in keys:
-            keys.append(key)
+        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
     return keys
 
 
