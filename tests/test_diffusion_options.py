@@ -28,7 +28,7 @@ from ssr_lightning.diffusion.process import StepState
 from ssr_lightning.metrics import color_shift
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diffusion import TINY_UNET, _randomise_amf, tiny_module  # noqa: E402
+from test_diffusion import TINY_UNET, _randomise_amf, tiny_module
 
 
 @pytest.fixture(autouse=True)
@@ -187,7 +187,7 @@ def _toy_problem(b: int = 1, size: int = 32) -> tuple[torch.Tensor, torch.Tensor
 
 def test_guidance_step_is_the_line_search_minimum_and_lowers_the_error() -> None:
     ae = SpaceToDepthLatents(4)
-    hr, lr, kernel = _toy_problem()
+    _, lr, kernel = _toy_problem()
     x0 = ae.encode(_smooth_image(1, 32, 8))  # a wrong clean estimate
     err = {}
     for eta in (0.5, 1.0, 1.5):
@@ -204,7 +204,7 @@ def test_guidance_through_a_vae_decoder_and_as_a_step_hook() -> None:
     from ssr_lightning.diffusion import VAELatents
 
     vae = VAELatents(block_out_channels=(8, 16)).eval().requires_grad_(False)
-    hr, lr, kernel = _toy_problem(size=16)
+    _, lr, kernel = _toy_problem(size=16)
     x0 = vae.encode(_smooth_image(1, 16, 9)) * 1.3
     guide = KernelGuidance(vae.decode, lr, kernel, 4, 0.5, latent_factor=2.0)
     state = StepState(0, 1, torch.tensor(10), latent=x0 * 0.7, eps=torch.zeros_like(x0), x0=x0, x0_coef=0.7)
@@ -217,7 +217,7 @@ def test_guidance_through_a_vae_decoder_and_as_a_step_hook() -> None:
 
 def test_guided_sampling_is_more_lr_consistent_and_deterministic() -> None:
     m = s2d_model(unet={"use_kernel": False, "use_depth": False})
-    hr, lr, kernel = _toy_problem()
+    _, lr, kernel = _toy_problem()
     # from the noised LR (an untrained UNet's samples from pure noise saturate at the clamp)
     kw: dict[str, Any] = {"num_inference_steps": 4, "guidance_kernel": kernel, "strength": 0.5}
     plain = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
@@ -257,7 +257,7 @@ def test_colour_fix_restores_the_hr_channel_means(mode: str) -> None:
     assert fixed.shape == sr.shape
     assert color_shift(fixed, hr).max() < 1.0
     if mode == "wavelet":  # the output's fine detail is kept
-        hp = lambda x: x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)  # noqa: E731
+        hp = lambda x: x - F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
         assert F.cosine_similarity(hp(fixed).flatten(), hp(sr).flatten(), dim=0) > 0.9
     assert color_fix(sr, cond, "none") is sr
 

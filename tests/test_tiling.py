@@ -15,7 +15,7 @@ from ssr_lightning.inference.pipeline import SSRPipeline, tiled_apply
 from ssr_lightning.inference.svkr import SVKRResult
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_diffusion import TINY_UNET, _randomise_amf, tiny_module  # noqa: E402
+from test_diffusion import TINY_UNET, _randomise_amf, tiny_module
 
 
 @pytest.fixture(autouse=True)

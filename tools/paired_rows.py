@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference  # noqa: E402
+from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference
 
 
 def per_image(cell_dir: Path) -> dict[str, dict[str, float]]:

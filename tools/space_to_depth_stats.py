@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssr_lightning.data.scenes import EmbeddedScenes  # noqa: E402
+from ssr_lightning.data.scenes import EmbeddedScenes
 
 
 def main() -> None:

@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssr_lightning.data.photos import RealPhotos  # noqa: E402
-from ssr_lightning.data.scenes import EmbeddedScenes  # noqa: E402
-from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents  # noqa: E402
-from ssr_lightning.inference.checkpoints import load_model  # noqa: E402
-from ssr_lightning.metrics import color_shift, psnr_y  # noqa: E402
-from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference  # noqa: E402
+from ssr_lightning.data.photos import RealPhotos
+from ssr_lightning.data.scenes import EmbeddedScenes
+from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
+from ssr_lightning.inference.checkpoints import load_model
+from ssr_lightning.metrics import color_shift, psnr_y
+from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference
 
 
 def images(photo_size: int) -> dict[str, list[torch.Tensor]]:

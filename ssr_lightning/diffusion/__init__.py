@@ -10,7 +10,12 @@ from ssr_lightning.diffusion.config import (
     SamplingConfig,
 )
 from ssr_lightning.diffusion.guidance import KernelGuidance, lr_consistency
-from ssr_lightning.diffusion.model import LatentDiffusionSR, check_sampling, lr_multiple, pad_reflect
+from ssr_lightning.diffusion.model import (
+    LatentDiffusionSR,
+    check_sampling,
+    lr_multiple,
+    pad_reflect,
+)
 from ssr_lightning.diffusion.process import GaussianDiffusion, StepHook, StepState
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
 from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid

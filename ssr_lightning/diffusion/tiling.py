@@ -57,7 +57,7 @@ def _scaled(v: int, f: float) -> int:
     if abs(out - round(out)) > 1e-6:
         raise ValueError(f"tile offset {v} is not a whole number of pixels on a grid {f}x the LR grid: use tile "
                          "starts that are multiples of the model's LR size multiple")
-    return int(round(out))
+    return round(out)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,12 @@ import torch
 from torch import Tensor
 
 from ssr_lightning.diffusion.color import ColorFix
-from ssr_lightning.diffusion.model import LatentDiffusionSR, SampleStart, check_sampling, pad_reflect
+from ssr_lightning.diffusion.model import (
+    LatentDiffusionSR,
+    SampleStart,
+    check_sampling,
+    pad_reflect,
+)
 from ssr_lightning.diffusion.tiling import blend_ramp, tile_starts, tiled_apply
 from ssr_lightning.inference.checkpoints import (
     build_model,

@@ -33,8 +33,15 @@ from ssr_lightning.diffusion.config import (
     SamplingConfig,
 )
 from ssr_lightning.diffusion.model import LatentDiffusionSR
-from ssr_lightning.diffusion.space_to_depth import SPACE_TO_DEPTH_MEAN, SPACE_TO_DEPTH_STD
-from ssr_lightning.inference.checkpoints import load_model, read_checkpoint, resolve_checkpoint
+from ssr_lightning.diffusion.space_to_depth import (
+    SPACE_TO_DEPTH_MEAN,
+    SPACE_TO_DEPTH_STD,
+)
+from ssr_lightning.inference.checkpoints import (
+    load_model,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule, as_config
