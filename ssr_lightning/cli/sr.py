@@ -68,6 +68,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--depth", type=Literal["learned", "midas", "dpt"] | None, default=None,
                    help="SVKR depth estimator (default: the model's)")
     p.add_argument("--depth-ckpt", type=str | None, default=None, help="depth weights for SVKR (default: the model's)")
+    p.add_argument("--iterations", type=int | None, default=None,
+                   help="SVKR's T, refinement steps after the first DE -> KE -> NBSR pass (default: 3)")
     p.add_argument("--steps", type=int | None, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--strength", type=float | None, default=None,
                    help="1: sample from pure noise; <1: start from the noised LR latent at t=strength*T "
@@ -135,6 +137,8 @@ def _check_options(args: Any) -> str | None:
         return f"--tile {args.tile} / --overlap {args.overlap}: must be >= 0 (--tile 0: no tiling)"
     if args.tile and args.overlap >= args.tile:
         return f"--overlap {args.overlap} must be smaller than --tile {args.tile}"
+    if args.iterations is not None and args.iterations < 0:
+        return f"--iterations {args.iterations}: must be >= 0 (0 = one DE -> KE -> NBSR pass)"
     if args.guidance is not None and args.guidance < 0:
         return f"--guidance {args.guidance}: must be >= 0 (0 = off)"
     if args.start == "noise" and args.strength is not None and args.strength < 1:
@@ -253,9 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         from ssr_lightning.inference.svkr import SVKRConfig
 
         svkr = None
-        if args.depth is not None or args.dkenet_ckpt or args.nbsr_ckpt or args.depth_ckpt:
+        if (args.depth is not None or args.dkenet_ckpt or args.nbsr_ckpt or args.depth_ckpt
+                or args.iterations is not None):
             svkr = SVKRConfig(dkenet_ckpt=args.dkenet_ckpt, nbsr_ckpt=args.nbsr_ckpt, depth=args.depth or "learned",
-                              depth_ckpt=args.depth_ckpt)
+                              depth_ckpt=args.depth_ckpt, iterations=3 if args.iterations is None else args.iterations)
         pipe = SSRPipeline.from_checkpoint(
             args.ckpt, svkr=svkr, device=device, tile=args.tile, overlap=args.overlap,
             num_inference_steps=args.steps, seed=args.seed, strength=args.strength, progress=True,
