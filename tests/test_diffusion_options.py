@@ -272,3 +272,24 @@ def test_stage_reports_metrics_with_and_without_the_colour_fix() -> None:
     assert {"psnr_y", "psnr_y_raw", "color_shift", "color_shift_raw", "ssim_y_raw", "psnr_raw"} <= set(r)
     assert not torch.equal(r["psnr_y"], r["psnr_y_raw"]), "the fix changes the scored image"
     assert (r["color_shift"] < r["color_shift_raw"]).all()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_train_and_sample_consistently(kind: str) -> None:
+    from ssr_lightning.diffusion import GaussianDiffusion
+
+    proc = GaussianDiffusion(prediction_type=kind)
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ac = proc.scheduler.alphas_cumprod
+
+    def oracle(z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # knows z0: the exact target of its kind
+        a = ac[t.long()].view(-1, 1, 1, 1)
+        eps = (z_t - a.sqrt() * z0) / (1 - a).sqrt()
+        return {"epsilon": eps, "sample": z0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * z0}[kind]
+
+    assert proc.loss(oracle, z0, generator=torch.Generator().manual_seed(1))["mse"] < 1e-8
+    x0s: list[torch.Tensor] = []
+    out = proc.sample(oracle, torch.randn(z0.shape, generator=torch.Generator().manual_seed(2)), num_steps=5,
+                      hooks=[lambda state: x0s.append(state.x0)])
+    torch.testing.assert_close(x0s[-1], z0, atol=1e-4, rtol=0)  # the scheduler reads the output as its kind
+    assert (out - z0).abs().mean() < 0.05  # (DDIM ends at ᾱ_0 = 0.99915, not exactly at z0)

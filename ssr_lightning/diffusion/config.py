@@ -39,6 +39,9 @@ class BackboneConfig:
     """ResNets per block of the tiny UNet."""
     num_train_timesteps: int = 1000
     """Steps of the training noise schedule (DDPM)."""
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    """What the UNet predicts: epsilon (the paper's Eq. 5), sample (x0; a UNet narrower than its latent, e.g. the tiny
+    one on the 48-channel space_to_depth latent, cannot carry the noise it would have to predict) or v_prediction."""
     gradient_checkpointing: bool = False
     """Recompute UNet activations in backward (Stable-Diffusion-sized backbones)."""
 

@@ -39,7 +39,7 @@ from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
 from ssr_lightning.diffusion.guidance import KernelGuidance
-from ssr_lightning.diffusion.process import GaussianDiffusion, Sampler, StepHook
+from ssr_lightning.diffusion.process import GaussianDiffusion, PredictionType, Sampler, StepHook
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
 from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid
 from ssr_lightning.networks.ssr_unet import SSRUNet
@@ -106,6 +106,7 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         sample_start: Default start for strength < 1: ``noise`` | ``lr`` | ``frontend``.
         guidance_step: Default kernel-aware guidance step η (0 = off).
         color_fix: Default colour correction of the output: ``none`` | ``wavelet`` | ``adain``.
+        prediction_type: What the UNet predicts: ``epsilon`` (paper) | ``sample`` (x0) | ``v_prediction``.
     """
 
     @register_to_config
@@ -114,7 +115,7 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         pretrained_path: str | None = None, num_train_timesteps: int = 1000, scale: int = 4, sampler: Sampler = "ddim",
         num_inference_steps: int = 20, sample_strength: float = 1.0, autoencoder: AutoencoderKind = "vae",
         image_condition: ImageCondition = "bicubic", sample_start: SampleStart = "lr", guidance_step: float = 0.0,
-        color_fix: ColorFix = "none",
+        color_fix: ColorFix = "none", prediction_type: PredictionType = "epsilon",
     ) -> None:
         super().__init__()
         _choice("autoencoder", autoencoder)
@@ -132,7 +133,7 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             self.latents = VAELatents(**ae)
         self.unet = SSRUNet(latent_channels=self.latents.channels, pretrained_path=pretrained_path,
                            **(unet_config or {}))
-        self.process = GaussianDiffusion(num_train_timesteps, pretrained_path)
+        self.process = GaussianDiffusion(num_train_timesteps, pretrained_path, prediction_type)
         self.scale = scale
 
     # --- conditions ---------------------------------------------------------------------------------------------

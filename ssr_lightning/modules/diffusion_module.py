@@ -135,7 +135,7 @@ class SSRDiffusionModule(StageModule):
             num_train_timesteps=bb.num_train_timesteps, scale=scale, sampler=sc.sampler,
             num_inference_steps=sc.num_inference_steps, sample_strength=sc.sample_strength,
             autoencoder=bb.autoencoder, image_condition=mod.image_condition, sample_start=sc.start,
-            guidance_step=sc.guidance_step, color_fix=sc.color_fix,
+            guidance_step=sc.guidance_step, color_fix=sc.color_fix, prediction_type=bb.prediction_type,
         )
         if vae_state is not None:
             self.model.latents.load_state_dict(vae_state)

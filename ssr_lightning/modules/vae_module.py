@@ -44,6 +44,7 @@ class VAEModule(StageModule):
         latent_channels: int = 4,
         mid_attention: bool = False,
         pretrained_path: str | None = None,
+        norm_num_groups: int | None = None,
         kl_weight: float = 1e-6,
         color_augment: bool = False,
         lowfreq_weight: float = 0.0,
@@ -57,6 +58,8 @@ class VAEModule(StageModule):
             latent_channels: Latent channels (4 as in SD).
             mid_attention: Self-attention in the VAE mid blocks (off: pure conv, cheaper, tile-invariant).
             pretrained_path: Local diffusers folder with ``vae/``; replaces the tiny VAE (then ``fit`` fine-tunes).
+            norm_num_groups: GroupNorm groups of the tiny VAE (None: min(32, smallest width), i.e. instance norm on
+                the 32-channel levels, which cannot keep an image's mean colour).
             kl_weight: Weight of the KL term, per image pixel (SD: 1e-6).
             color_augment: Random channel permutation + saturation (0.5-1.5) of each training patch.
             lowfreq_weight: Weight of the L1 term between 8×8 average-pooled reconstruction and input (0 = off).
@@ -67,7 +70,7 @@ class VAEModule(StageModule):
         self.save_stage_hparams()
         self.model = VAELatents(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                 latent_channels=latent_channels, mid_attention=mid_attention,
-                                pretrained_path=pretrained_path)
+                                pretrained_path=pretrained_path, norm_num_groups=norm_num_groups)
         self._std_sum: list[Tensor] = []
 
     @property
