@@ -293,3 +293,25 @@ def test_prediction_types_train_and_sample_consistently(kind: str) -> None:
                       hooks=[lambda state: x0s.append(state.x0)])
     torch.testing.assert_close(x0s[-1], z0, atol=1e-4, rtol=0)  # the scheduler reads the output as its kind
     assert (out - z0).abs().mean() < 0.05  # (DDIM ends at ᾱ_0 = 0.99915, not exactly at z0)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--guidance", "-1"], "--guidance -1.0: must be >= 0"),
+    (["--start", "noise", "--strength", "0.5"], "--start noise runs every step from pure noise"),
+    (["--iterations", "-1"], "--iterations -1: must be >= 0"),
+    (["--color-fix", "sepia"], "color-fix"),
+])
+def test_sr_process_flags_are_checked_before_any_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             args: list[str], message: str) -> None:
+    from PIL import Image
+
+    from ssr_lightning.cli.sr import main as sr_main
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    argv = [str(img), "-o", str(tmp_path / "out"), "--ckpt", str(tmp_path / "missing.ckpt"), *args]
+    try:
+        code = sr_main(argv)
+    except SystemExit as exc:  # a value outside a flag's choices: the parser's own usage error
+        code = exc.code
+    assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()
