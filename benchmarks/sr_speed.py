@@ -146,6 +146,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_time(fn: Any) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
 def _time(fn: Any, device: torch.device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -218,6 +224,8 @@ def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
             row = {
                 "output_size": size,
                 "pipeline_s": round(_time(lambda: pipe(lr), device, args.repeats), 3),
+                # process CPU seconds of one more run: comparable on a machine shared with other jobs
+                "pipeline_cpu_s": round(_cpu_time(lambda: pipe(lr)), 2),
                 "svkr_s": round(_time(lambda: svkr(lr), device, args.repeats), 3),
                 "nbsr_s": round(_time(lambda: svkr.super_resolve(lr, kernel), device, args.repeats), 3),
             }
