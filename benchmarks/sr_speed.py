@@ -2,6 +2,7 @@
 
     python benchmarks/sr_speed.py [--ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt] [--dkenet-ckpt ... --nbsr-ckpt ...
         --depth-ckpt ...] [--sizes 256 768] [--steps 20] [--tile 64 --overlap 16] [--out benchmarks/results/sr_speed.json]
+        [--fragments configs/diffusion/space_to_depth.yaml ...] [--sd auto|on|off] [--sd-steps 50 4]
 
 For each output size S (LR = S/4, a crop of a real photograph, skimage's astronaut), in one process:
 - ``pipeline_s``: the full SSRPipeline (SVKR T=3 → encoders → DDIM ``--steps`` → VAE decode), tiled;
@@ -14,8 +15,17 @@ steps (memory does not depend on the step count); on CPU the peak RSS above the 
 sampled every 2 ms), on GPU ``torch.cuda.max_memory_allocated``. Expect the tiled peak to stay flat with image size
 (only the output canvas grows) and the untiled (``tile 0``) peak to grow with it.
 
-Without checkpoints the networks are built untrained from the tiny configs (``configs/ssr.yaml`` etc.): speed and
-memory depend on the architecture only; the JSON records which.
+Without checkpoints the networks are built untrained from the tiny configs (``configs/ssr.yaml`` plus any
+``--fragments``, e.g. ``configs/diffusion/space_to_depth.yaml``): speed and memory depend on the architecture only; the
+JSON records which.
+
+Stable-Diffusion size (``--sd``; ``auto``: when CUDA is available): the paper-size SSR stage on random weights
+shaped by the published SD-1.5 UNet and VAE configs (``benchmarks/sd_backbone.py``), with the paper-size front end
+(``configs/*_paper.yaml`` architectures, untrained), at one 768² output (LR 192²), in each of ``--sd-dtypes``
+(fp16, bf16) at each of ``--sd-steps`` (the paper's 50 DDIM steps and a few-step setting): seconds for SVKR (fp32),
+for the diffusion stage (encoders + DDIM + VAE decode) and their sum, and the peak GPU memory, saved to
+``--sd-out`` (``benchmarks/results/sr_speed_sd.json``). ``--sd-size tiny`` runs the same code at a few channels
+(a CPU check of this path).
 """
 
 from __future__ import annotations
@@ -61,6 +71,16 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mem-steps", type=int, default=2, help="sampling steps in the memory subprocesses")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/sr_speed.json"))
+    p.add_argument("--fragments", nargs="*", default=[], help="config fragments merged onto configs/ssr.yaml's model")
+    p.add_argument("--cpu-part", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the tiny pipeline (the default part)")
+    p.add_argument("--sd", choices=["auto", "on", "off"], default="auto",
+                   help="Stable-Diffusion-size timing (auto: when CUDA is available)")
+    p.add_argument("--sd-size", choices=["sd15", "tiny"], default="sd15")
+    p.add_argument("--sd-steps", type=int, nargs="+", default=[50, 4])
+    p.add_argument("--sd-dtypes", nargs="+", default=["fp16", "bf16"])
+    p.add_argument("--sd-output", type=int, default=768, help="output side of the SD timing (LR = side / 4)")
+    p.add_argument("--sd-out", default=str(ROOT / "benchmarks/results/sr_speed_sd.json"))
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # memory subprocess: output size
     return p.parse_args(argv)
 
@@ -69,32 +89,45 @@ def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
-def _init_args(config: str) -> dict[str, Any]:
-    return dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"])
+def _init_args(config: str, fragments: list[str] | None = None) -> dict[str, Any]:
+    from ssr_lightning.ablate.study import deep_merge
+
+    args = dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"])
+    for frag in fragments or []:
+        args = deep_merge(args, yaml.safe_load(Path(frag).read_text())["model"]["init_args"])
+    return args
+
+
+def build_svkr(paper: bool = False) -> SVKR:
+    """SVKR over untrained DE, KE, NBSR with the architectures of the tiny (or ``*_paper.yaml``) configs."""
+    from ssr_lightning.inference import LearnedDepth
+    from ssr_lightning.modules import DKENetModule, NBSRModule
+    from ssr_lightning.networks.depthnet import DepthNet
+
+    tag = "_paper" if paper else ""
+    ke = {k: v for k, v in _init_args(f"dkenet{tag}.yaml").items() if k in ("channels", "blocks_per_stage", "use_depth")}
+    nb = {k: v for k, v in _init_args(f"nbsr{tag}.yaml").items()
+          if k in ("channels", "num_blocks", "growth", "code_channels")}
+    de = {k: v for k, v in _init_args(f"depth{tag}.yaml").items() if k in ("channels", "blocks_per_level", "output")}
+    sr = NBSRModule(**nb)
+    sr._ensure_basis()  # the PCA kernel basis artifact (fitted once if missing)
+    return SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).model.eval(), sr.model.eval())
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[LatentDiffusionSR, SVKR, str]:
     """The diffusion model and SVKR: trained when checkpoints are given, else untrained tiny configs."""
-    from ssr_lightning.modules import DKENetModule, NBSRModule, SSRDiffusionModule
+    from ssr_lightning.modules import SSRDiffusionModule
 
     if args.ckpt:
         model = load_model(args.ckpt, "ssrdiffusion")
     else:
-        kw = _init_args("ssr.yaml")
+        kw = _init_args("ssr.yaml", args.fragments)
         model = SSRDiffusionModule(**kw, vae_arch={"block_out_channels": [32, 64, 64]}).model
     if args.dkenet_ckpt and args.nbsr_ckpt and args.depth_ckpt:
         svkr = SVKR.from_config(SVKRConfig(args.dkenet_ckpt, args.nbsr_ckpt, "learned", args.depth_ckpt))
         weights = "trained" if args.ckpt else "trained SVKR, untrained diffusion"
     else:
-        from ssr_lightning.inference import LearnedDepth
-        from ssr_lightning.networks.depthnet import DepthNet
-
-        ke = {k: v for k, v in _init_args("dkenet.yaml").items() if k in ("channels", "blocks_per_stage", "use_depth")}
-        nb = {k: v for k, v in _init_args("nbsr.yaml").items() if k in ("channels", "num_blocks", "growth", "code_channels")}
-        de = {k: v for k, v in _init_args("depth.yaml").items() if k in ("channels", "blocks_per_level", "output")}
-        sr = NBSRModule(**nb)
-        sr._ensure_basis()  # the PCA kernel basis artifact (fitted once if missing)
-        svkr = SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).model.eval(), sr.model.eval())
+        svkr = build_svkr()
         weights = "untrained (architecture-only timing)" if not args.ckpt else "trained diffusion, untrained SVKR"
     return model.eval().to(device), svkr.eval().to(device), weights
 
@@ -111,6 +144,12 @@ def real_lr(size: int) -> torch.Tensor:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _cpu_time(fn: Any) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
 
 
 def _time(fn: Any, device: torch.device, repeats: int) -> float:
@@ -169,12 +208,8 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps({"output_size": args.child, "tile": args.tile, "peak_mb": round(peak / 2**20, 1), "kind": kind}))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = _parse(argv)
-    if args.child is not None:
-        child(args)
-        return {}
-    device = _device(args.device)
+def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The tiny (or checkpointed) pipeline: seconds per output size, and peak memory in subprocesses."""
     model, svkr, weights = build(args, device)
     pipe = SSRPipeline(model, svkr, tile=args.tile, overlap=args.overlap, num_inference_steps=args.steps,
                        device=device, progress=True)
@@ -189,6 +224,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row = {
                 "output_size": size,
                 "pipeline_s": round(_time(lambda: pipe(lr), device, args.repeats), 3),
+                # process CPU seconds of one more run: comparable on a machine shared with other jobs
+                "pipeline_cpu_s": round(_cpu_time(lambda: pipe(lr)), 2),
                 "svkr_s": round(_time(lambda: svkr(lr), device, args.repeats), 3),
                 "nbsr_s": round(_time(lambda: svkr.super_resolve(lr, kernel), device, args.repeats), 3),
             }
@@ -198,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.memory:
         passthrough = [a for k in ("ckpt", "dkenet_ckpt", "nbsr_ckpt", "depth_ckpt") if getattr(args, k)
                        for a in (f"--{k.replace('_', '-')}", getattr(args, k))]
+        passthrough += ["--fragments", *args.fragments] if args.fragments else []
         for tile in (args.tile, 0):
             for size in sizes:
                 cmd = [sys.executable, __file__, "--child", str(size), "--tile", str(tile), "--overlap",
@@ -209,6 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "weights": weights,
         "steps": args.steps, "tile": args.tile, "overlap": args.overlap, "scale": SCALE, "repeats": args.repeats,
+        "fragments": args.fragments, "autoencoder": model.config.autoencoder,
+        "sample_strength": model.config.sample_strength,
         "speed": rows, "memory": memory,
         "params": {"diffusion_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    "diffusion_total": sum(p.numel() for p in model.parameters()),
@@ -217,6 +257,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"-> {args.out}")
+    return report
+
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def sd_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """The paper-size stage (random SD-1.5-shaped weights) at one output size per dtype and step count."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sd_backbone import build_sd_model, count_parameters
+
+    t0 = time.perf_counter()
+    base = build_sd_model(args.sd_size)
+    build_s = time.perf_counter() - t0
+    svkr = build_svkr(paper=args.sd_size == "sd15").to(device)
+    lr = real_lr(args.sd_output // SCALE).to(device)
+    with torch.no_grad():
+        svkr(lr)  # warm-up
+        svkr_s = _time(lambda: svkr(lr), device, args.repeats)
+        depth, kernel, _ = svkr(lr).final
+    rows = []
+    for name in args.sd_dtypes:
+        model = base.to(device=device, dtype=_DTYPES[name])
+        x = lr.to(_DTYPES[name])
+
+        def run(steps: int) -> None:
+            model.super_resolve(x, depth, kernel, generator=torch.Generator().manual_seed(0),  # noqa: B023
+                                num_inference_steps=steps)
+
+        with torch.no_grad():
+            run(1)  # warm-up (kernels, autotuning)
+            for steps in args.sd_steps:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                diffusion_s = _time(lambda: run(steps), device, args.repeats)  # noqa: B023
+                row = {"dtype": name, "steps": steps, "output_size": args.sd_output, "svkr_fp32_s": round(svkr_s, 3),
+                       "diffusion_s": round(diffusion_s, 3), "total_s": round(svkr_s + diffusion_s, 3)}
+                if device.type == "cuda":
+                    row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+              "torch": torch.__version__, "size": args.sd_size, "weights": "random (published SD-1.5 configs)",
+              "params": count_parameters(base), "build_s": round(build_s, 1), "repeats": args.repeats, "rows": rows}
+    Path(args.sd_out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.sd_out).write_text(json.dumps(report, indent=2))
+    print(f"-> {args.sd_out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = _parse(argv)
+    if args.child is not None:
+        child(args)
+        return {}
+    device = _device(args.device)
+    report: dict[str, Any] = pipeline_benchmark(args, device) if args.cpu_part else {}
+    if args.sd == "on" or (args.sd == "auto" and device.type == "cuda"):
+        report["sd"] = sd_benchmark(args, device)
     return report
 
 

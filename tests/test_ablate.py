@@ -108,8 +108,10 @@ def test_shipped_studies_parse_and_expand() -> None:
         profiles = [None, *(yaml.safe_load(path.read_text()).get("profiles") or {})]
         if path.stem.startswith("table"):
             assert "paper" in profiles, f"{path.name} has a paper profile"
+        declared = yaml.safe_load(path.read_text()).get("variables") or {}
+        given = {k: "data/user_hr" for k, v in declared.items() if v is None}  # required variables need a value
         for profile in profiles:
-            study = load_study(path, profile)
+            study = load_study(path, profile, given)
             plan = expand(study, cwd=REPO)
             per_row = sum(len(r.seeds or study.seeds) for r in study.rows)  # a row may name a subset of the seeds
             assert len(plan.cells) == per_row * len(study.datasets) > 0
@@ -352,8 +354,10 @@ def test_shipped_study_commands_parse_with_the_ssr_cli(capsys: pytest.CaptureFix
 
     seen: set[tuple[str, str, tuple[str, ...]]] = set()
     for path in STUDIES:
+        declared = yaml.safe_load(path.read_text()).get("variables") or {}
+        given = {k: "data/user_hr" for k, v in declared.items() if v is None}
         for profile in [None, *(yaml.safe_load(path.read_text()).get("profiles") or {})]:
-            plan = expand(load_study(path, profile), cwd=REPO)
+            plan = expand(load_study(path, profile, given), cwd=REPO)
             seen |= {("fit", r.config, r.args) for r in plan.stages.values()}
             seen |= {("test", c.eval_config, c.eval_args) for c in plan.cells}
     for sub, config, args in sorted(seen):

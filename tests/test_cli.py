@@ -30,6 +30,10 @@ def test_explicit_model_keys() -> None:
             "--model.class_path", "x", "--model.init_args.modalities.use_kernel=false",
             "--model.init_args.fit.num_log_images", "3", "--model.init_args.use_depth", "true"]
     assert explicit_model_keys(args) == ["use_depth", "fit.learning_rate", "modalities.use_kernel", "fit.num_log_images"]
+    # a --config fragment after the stage config is a test-time choice too (the stage config's options are not)
+    frag = ["test", "--config", "configs/ssr.yaml", "--config", "configs/diffusion/start_frontend.yaml",
+            "--model.init_args.sampling.guidance_step", "1"]
+    assert explicit_model_keys(frag) == ["sampling.start", "sampling.sample_strength", "sampling.guidance_step"]
 
 
 def test_stage_configs_exist() -> None:
@@ -107,3 +111,16 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert used["model"]["init_args"]["fit"]["num_log_images"] == 3
     assert used["model"]["init_args"]["fit"]["learning_rate"] == pytest.approx(3e-3), "the rest of the group kept"
     assert used["model"]["init_args"]["channels"] == 8
+
+
+def test_resume_check_ignores_options_an_old_config_predates_unless_given() -> None:
+    from ssr_lightning.cli.main import _differences, _leaf_paths
+
+    old = {"model": {"init_args": {"sampling": {"sample_strength": 0.5}}}}
+    new = {"model": {"init_args": {"sampling": {"sample_strength": 0.5, "start": "lr", "color_fix": "none"}}}}
+    everything = _leaf_paths(new)
+    assert _differences(old, new, new_ok=everything) == []
+    given = everything - {"model.init_args.sampling.start"}  # set on the command line: a real difference
+    assert _differences(old, new, new_ok=given) == ["model.init_args.sampling.start: None -> 'lr'"]
+    changed = {"model": {"init_args": {"sampling": {"sample_strength": 1.0, "start": "lr"}}}}
+    assert _differences(old, changed, new_ok=everything) == ["model.init_args.sampling.sample_strength: 0.5 -> 1.0"]

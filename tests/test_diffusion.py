@@ -196,7 +196,7 @@ def test_blend_weights_partition_of_unity_and_pointwise_tiling_is_exact() -> Non
 class _FakeSVKR(torch.nn.Module):
     """Depth = mean LR intensity, kernel = a delta at the centre: stands in for the trained chain."""
 
-    def forward(self, lr: torch.Tensor) -> SVKRResult:
+    def forward(self, lr: torch.Tensor, **kw: Any) -> SVKRResult:
         b, _, h, w = lr.shape
         kernel = torch.zeros(b, 441, h, w)
         kernel[:, 220] = 1.0

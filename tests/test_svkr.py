@@ -222,3 +222,11 @@ def test_frontend_train_schedules_seeds_and_jobs(tmp_path: Path, monkeypatch) ->
     assert calls == []  # DONE stages are not trained again
     with pytest.raises(SystemExit, match="unknown stage 'dkenett'"):
         cli._train(cli.build_parser().parse_args(["--stages", "[dkenett]"]), tmp_path)
+
+
+def test_keeping_only_the_final_iterate_gives_the_same_result(batch: dict[str, torch.Tensor]) -> None:
+    svkr = _make_svkr(iterations=3, gamma=0.8)
+    full, last = svkr(batch["lr"]), svkr(batch["lr"], keep_all=False)
+    assert len(last.kernels) == len(last.images) == len(last.depths) == 1 and last.iterations == full.iterations == 3
+    for a, b in zip(full.final, last.final, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

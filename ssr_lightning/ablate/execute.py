@@ -71,6 +71,37 @@ class Layout:
                 record[kind] = str(self.artifact(run) / record[kind])
         return record if record.get("ckpt") and Path(record["ckpt"]).is_file() else None
 
+    def trained_stages(self, cell_id: str | None = None) -> dict[str, Path]:
+        """``{stage name: best checkpoint}`` of a finished cell (the only ``ok`` cell when ``cell_id`` is None), from
+        the DONE records of its artifacts, so the paths resolve wherever this folder is mounted (``ssr sr --from``).
+
+        Raises ``FileNotFoundError`` naming the folder when there is no such cell or a checkpoint is gone, and
+        ``ValueError`` listing the cells when several finished cells make the choice ambiguous."""
+        cells_dir = self.out / "cells"
+        records = []
+        for path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
+            record = json.loads(path.read_text())
+            if record.get("status") == "ok" and (cell_id is None or record.get("cell_id") == cell_id):
+                records.append(record)
+        if not records:
+            what = f"cell {cell_id!r}" if cell_id else "finished cell"
+            raise FileNotFoundError(f"{self.out}: no {what} in {cells_dir}; run the study first (ssr-ablate STUDY "
+                                    f"--out {self.out})")
+        if len(records) > 1:
+            raise ValueError(f"{self.out} holds {len(records)} finished cells "
+                             f"({', '.join(r['cell_id'] for r in records)}): name the diffusion checkpoint with --ckpt")
+        out: dict[str, Path] = {}
+        for name, info in records[0].get("stages", {}).items():
+            marker = self.out / "artifacts" / info["artifact"] / "DONE.json"
+            done = json.loads(marker.read_text()) if marker.is_file() else {}
+            rel = done.get("best") or done.get("ckpt")
+            ckpt = self.out / "artifacts" / info["artifact"] / rel if rel else None
+            if ckpt is None or not ckpt.is_file():
+                raise FileNotFoundError(f"{self.out}: the {name} checkpoint of cell {records[0]['cell_id']} is "
+                                        f"missing ({ckpt or marker}); rerun the study to retrain it")
+            out[name] = ckpt
+        return out
+
     def stage_status(self, run: StageRun) -> str:
         """"done" (DONE.json), "partial" (a last.ckpt to resume from) or "todo"."""
         if self.read_done(run) is not None:

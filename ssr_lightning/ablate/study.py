@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
 _TOP_KEYS = {
     "name", "description", "out", "base_configs", "common_overrides", "stage_overrides", "factors", "rows",
     "overrides", "datasets", "metrics", "seeds", "seed_args", "shared_stages", "evaluate", "report", "profiles",
+    "variables",
 }
 _EVAL_KEYS = {"stage", "ckpt", "commands", "source", "overrides", "num_samples"}
 _ROW_KEYS = {"label", "settings", "overrides", "evaluate", "seeds"}
@@ -122,8 +124,11 @@ def _args(value: Any, where: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list):
         raise StudyError(f"{where}: expected a list of CLI arguments, got {value!r}")
+    flat: list[Any] = []
+    for v in value:  # nested lists are flattened, so YAML anchors of argument lists compose: [*common, [--x, 1]]
+        flat.extend(_args(v, where) if isinstance(v, list) else [v])
     # YAML turns `false`/`8` into bool/int; the CLI wants the text jsonargparse parses
-    return tuple(("true" if v else "false") if isinstance(v, bool) else str(v) for v in value)
+    return tuple(("true" if v else "false") if isinstance(v, bool) else str(v) for v in flat)
 
 
 def _datasets(raw: Any) -> list[Dataset]:
@@ -259,8 +264,43 @@ def _check_seeds(rows: list[Row], seeds: list[int], shared: tuple[str, ...], bas
     check_keys(shared, list(base), "shared_stages (stage names of base_configs)")
 
 
-def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | None = None) -> Study:
-    """Validate a study mapping (with `profiles[profile]` merged on top) into a `Study`."""
+_VAR = re.compile(r"\{var:([A-Za-z0-9_]+)\}")
+
+
+def _substitute(value: Any, variables: dict[str, str]) -> Any:
+    """Every `{var:NAME}` in the strings of `value` replaced by the variable's value."""
+    if isinstance(value, str):
+        def one(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in variables:
+                raise StudyError(f"{{var:{name}}} is used but 'variables' does not declare {name!r} "
+                                 f"(declared: {sorted(variables) or 'none'})")
+            return variables[name]
+        return _VAR.sub(one, value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, variables) for v in value]
+    return value
+
+
+def _variables(raw: dict[str, Any], given: dict[str, str] | None) -> dict[str, str]:
+    """The study's `variables` (name -> default, null = required) with `given` (`--var NAME=VALUE`) on top."""
+    declared = raw.get("variables") or {}
+    if not isinstance(declared, dict):
+        raise StudyError(f"variables: expected {{name: default or null}}, got {declared!r}")
+    check_keys(given or {}, [str(k) for k in declared], "--var (the study's variables)")
+    values = {str(k): v for k, v in declared.items()} | dict(given or {})
+    missing = sorted(k for k, v in values.items() if v is None)
+    if missing:
+        raise StudyError(f"variable(s) {', '.join(missing)} have no value: pass "
+                         f"{' '.join(f'--var {k}=VALUE' for k in missing)}")
+    return {k: str(v) for k, v in values.items()}
+
+
+def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | None = None,
+                variables: dict[str, str] | None = None) -> Study:
+    """Validate a study mapping (with `profiles[profile]` merged on top and `{var:NAME}` filled in) into a `Study`."""
     if not isinstance(raw, dict):
         raise StudyError("a study file must hold a mapping")
     if profile is not None:
@@ -270,6 +310,7 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise StudyError(f"profile {profile!r} not in this study{hint}; available: {sorted(profiles)}")
         raw = deep_merge(raw, profiles[profile])
+    raw = _substitute(raw, _variables(raw, variables))
     check_keys(raw, _TOP_KEYS, "top level")
     for key in ("name", "base_configs", "evaluate"):
         if key not in raw:
@@ -304,8 +345,9 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
     )
 
 
-def load_study(path: str | Path, profile: str | None = None) -> Study:
-    """Read and validate a study YAML file, optionally with one of its `profiles` merged on top."""
+def load_study(path: str | Path, profile: str | None = None, variables: dict[str, str] | None = None) -> Study:
+    """Read and validate a study YAML file, optionally with one of its `profiles` merged on top and its
+    `variables` given values (`{var:NAME}` placeholders)."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -314,6 +356,6 @@ def load_study(path: str | Path, profile: str | None = None) -> Study:
     except yaml.YAMLError as err:
         raise StudyError(f"{path}: not valid YAML: {err}") from None
     try:
-        return parse_study(raw, path, profile)
+        return parse_study(raw, path, profile, variables)
     except StudyError as err:
         raise StudyError(f"{path}: {err}") from None

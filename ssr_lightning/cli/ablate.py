@@ -26,7 +26,7 @@ from ssr_lightning.ablate.plan import Plan, expand, shard_cells
 from ssr_lightning.ablate.runner import CLIRunner
 from ssr_lightning.ablate.study import StudyError, load_study
 
-__all__ = ["format_plan", "main", "parse_shard"]
+__all__ = ["format_plan", "main", "parse_shard", "parse_vars"]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -40,6 +40,17 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"--shard {text}: need 0 <= i < n")
     return i, n
+
+
+def parse_vars(items: list[str]) -> dict[str, str]:
+    """`["NAME=VALUE", ...]` → `{NAME: VALUE}` (a malformed item is a ValueError naming it)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--var {item!r}: expected NAME=VALUE (e.g. --var images=photos/)")
+        out[name] = value
+    return out
 
 
 def _short_args(args: tuple[str, ...], common: tuple[str, ...]) -> str:
@@ -90,6 +101,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of these options")
     p.add_argument("study", type=str, help="study YAML file (schema: ablations/README.md)")
     p.add_argument("--profile", type=str | None, default=None, help="merge profiles.<NAME> of the study on top (e.g. paper)")
+    p.add_argument("--var", default=[], action="append",
+                   help="NAME=VALUE for a {var:NAME} placeholder the study declares under `variables` (repeatable)")
     p.add_argument("--out", type=str | None, default=None,
                    help="results folder (default: the study's `out`, ablations/results/<name>)")
     p.add_argument("--shard", type=str | None, default=None, help="run only cells k with k %% n == i (0-based i/n)")
@@ -118,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(args.workdir).resolve()
     try:
-        study = load_study(args.study, profile=args.profile)
+        variables = parse_vars(args.var)
+        study = load_study(args.study, profile=args.profile, variables=variables)
         plan = expand(study, cwd=workdir)
-    except StudyError as err:
+    except (StudyError, ValueError) as err:
         print(f"ssr-ablate: {err}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else workdir / study.out

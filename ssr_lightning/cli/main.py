@@ -80,15 +80,39 @@ def readable_last(ckpt: Path) -> Path:
         return prev
 
 
+def _fragment_keys(path: str) -> list[str]:
+    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    model = doc.get("model") if isinstance(doc, dict) else None
+    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
+
+    def leaves(d: Any, prefix: str) -> list[str]:
+        if not isinstance(d, dict) or not d:
+            return [prefix] if prefix else []
+        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
+
+    return leaves(init, "")
+
+
 def explicit_model_keys(args: list[str]) -> list[str]:
-    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys."""
+    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
+    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
+    X's options are test-time choices, the stage config's are not)."""
     keys: list[str] = []
-    for arg in args:
-        if not arg.startswith("--model."):
+    configs = 0
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            configs += 1
+            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            found = _fragment_keys(path) if configs > 1 else []
+        elif arg.startswith("--model."):
+            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
+        else:
             continue
-        key = arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")
-        if key and key not in ("class_path", "help") and key not in keys:
-            keys.append(key)
+        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
     return keys
 
 
@@ -118,13 +142,24 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+def _differences(a: Any, b: Any, prefix: str = "", new_ok: set[str] | None = None) -> list[str]:
+    """Differences ``a -> b``; a key ``b`` has and ``a`` lacks is one only if it is not in ``new_ok`` (options added
+    to the code after ``a`` was written, left at their defaults, which reproduce the old behaviour)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for key in sorted(set(a) | set(b)):
-            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            path = f"{prefix}.{key}" if prefix else key
+            if key not in a and new_ok is not None and path in new_ok:
+                continue
+            out += _differences(a.get(key), b.get(key), path, new_ok)
         return out
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+def _leaf_paths(d: Any, prefix: str = "") -> set[str]:
+    if not isinstance(d, dict):
+        return {prefix}
+    return {p for k, v in d.items() for p in _leaf_paths(v, f"{prefix}.{k}" if prefix else k)} | {prefix}
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -264,7 +299,11 @@ class SSRCLI(LightningCLI):
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
         for side in (old, new):
             (side["model"].get("init_args") or {}).pop("scale", None)
-        diff = _differences(_plain(old), new)
+        # options the old config.yaml predates pass unless the command line sets them
+        explicit = {f"model.init_args.{k}" for k in explicit_model_keys(getattr(self, "_cli_args", []))}
+        new_ok = {p for p in _leaf_paths(new) if not any(e == p or e.startswith(p + ".") or p.startswith(e + ".")
+                                                           for e in explicit)}
+        diff = _differences(_plain(old), new, new_ok=new_ok)
         if diff:
             raise UsageError(f"cannot resume {run_dir}: the model options differ from its config.yaml "
                              f"({'; '.join(diff[:4])}). Resume with the run's own options, or start a new run "

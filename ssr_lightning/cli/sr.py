@@ -14,14 +14,20 @@ one input file, ``-o result.png`` names the file itself. ``--save-maps`` writes 
 16-bit, black = near), ``<stem>_kernel_var.png`` (per-pixel kernel variance, magma colour map) and
 ``<stem>_maps.npz`` (both as float arrays) beside it.
 
-Memory: activations follow the tile size, but the output canvas (two float32 maps of the output size, ~24 bytes per
-output pixel: 0.3 GB for 4000×3000) and SVKR on the whole LR image grow with the image. Large inputs show a per-tile
-progress bar with an ETA.
+Memory: UNet activations follow the tile size; SVKR on the whole LR image (its 441-channel kernel field: ~1.8 kB per
+LR pixel), the latents, the per-tile condition features and the output grow with the image (docs/EXPERIMENTS.md,
+issue 12, measures a 2000×1500 input). Large inputs show a per-step tile progress bar.
+
+Large images: SVKR runs once on the whole image; the diffusion runs in overlapping tiles (``--tile``/``--overlap``,
+LR pixels) fused at every denoising step. ``--start``, ``--strength``, ``--guidance`` and ``--color-fix`` override
+the model's sampling settings (docs/DESIGN.md §4). ``--from DIR`` takes every checkpoint from a results folder of
+``ssr-ablate ablations/pipeline.yaml`` (or any study with one finished cell).
 
 Examples::
 
     ssr sr photo.png -o photo_x4.png --ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt
     ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 64 --overlap 16 --steps 20
+    ssr sr photo.png -o out/ --from results/my_pipeline --color-fix wavelet --guidance 0.5
 """
 
 from __future__ import annotations
@@ -54,16 +60,29 @@ def build_parser() -> ArgumentParser:
                    help="output folder (or a .png file name for a single input)")
     p.add_argument("--ckpt", type=str | None, default=None,
                    help="diffusion checkpoint (default: the newest runs/ssrdiffusion run's best.ckpt)")
+    p.add_argument("--from", dest="from_dir", type=str | None, default=None,
+                   help="an ssr-ablate results folder with one finished cell (ablations/pipeline.yaml): its ssr, "
+                        "dkenet, nbsr and depth checkpoints (explicit --ckpt/--*-ckpt flags win)")
     p.add_argument("--dkenet-ckpt", type=str | None, default=None, help="KE checkpoint for SVKR (default: the model's)")
     p.add_argument("--nbsr-ckpt", type=str | None, default=None, help="NBSR checkpoint for SVKR (default: the model's)")
     p.add_argument("--depth", type=Literal["learned", "midas", "dpt"] | None, default=None,
                    help="SVKR depth estimator (default: the model's)")
     p.add_argument("--depth-ckpt", type=str | None, default=None, help="depth weights for SVKR (default: the model's)")
+    p.add_argument("--iterations", type=int | None, default=None,
+                   help="SVKR's T, refinement steps after the first DE -> KE -> NBSR pass (default: 3)")
     p.add_argument("--steps", type=int | None, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--strength", type=float | None, default=None,
                    help="1: sample from pure noise; <1: start from the noised LR latent at t=strength*T "
                         "(default: the model's)")
-    p.add_argument("--tile", type=int, default=64, help="tile side in LR pixels (0: whole image at once)")
+    p.add_argument("--start", type=Literal["noise", "lr", "frontend"] | None, default=None,
+                   help="start image for --strength < 1: lr (bicubic LR) or frontend (SVKR's I_T); noise needs "
+                        "strength 1 (default: the model's)")
+    p.add_argument("--guidance", type=float | None, default=None,
+                   help="kernel-aware guidance step (BlindDiff; 0 = off, 1 = a full line-search step; default: the "
+                        "model's)")
+    p.add_argument("--color-fix", type=Literal["none", "wavelet", "adain"] | None, default=None,
+                   help="colour correction from the condition image (default: the model's)")
+    p.add_argument("--tile", type=int, default=64, help="diffusion tile side in LR pixels (0: whole image at once)")
     p.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
@@ -118,6 +137,32 @@ def _check_options(args: Any) -> str | None:
         return f"--tile {args.tile} / --overlap {args.overlap}: must be >= 0 (--tile 0: no tiling)"
     if args.tile and args.overlap >= args.tile:
         return f"--overlap {args.overlap} must be smaller than --tile {args.tile}"
+    if args.iterations is not None and args.iterations < 0:
+        return f"--iterations {args.iterations}: must be >= 0 (0 = one DE -> KE -> NBSR pass)"
+    if args.guidance is not None and args.guidance < 0:
+        return f"--guidance {args.guidance}: must be >= 0 (0 = off)"
+    if args.start == "noise" and args.strength is not None and args.strength < 1:
+        return f"--start noise runs every step from pure noise: --strength {args.strength} must be 1 (or --start lr)"
+    return None
+
+
+def _from_folder(args: Any) -> str | None:
+    """Fill --ckpt and the SVKR checkpoints from ``--from DIR`` (flags given explicitly win); a problem or None."""
+    if not args.from_dir:
+        return None
+    from ssr_lightning.ablate.execute import Layout
+
+    try:
+        stages = Layout(args.from_dir).trained_stages()
+    except (FileNotFoundError, ValueError) as err:
+        return f"--from {args.from_dir}: {err}"
+    if "ssr" not in stages:
+        return (f"--from {args.from_dir}: its finished cell trained no 'ssr' (diffusion) stage (stages: "
+                f"{', '.join(stages) or 'none'}); pass --ckpt")
+    args.ckpt = args.ckpt or str(stages["ssr"])
+    args.dkenet_ckpt = args.dkenet_ckpt or (str(stages["dkenet"]) if "dkenet" in stages else None)
+    args.nbsr_ckpt = args.nbsr_ckpt or (str(stages["nbsr"]) if "nbsr" in stages else None)
+    args.depth_ckpt = args.depth_ckpt or (str(stages["depth"]) if "depth" in stages else None)
     return None
 
 
@@ -185,7 +230,7 @@ def _save_maps(dst: Path, depth: torch.Tensor | None, kvar: torch.Tensor | None)
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code (0 all done, 1 some file failed, 2 usage error or models not loadable)."""
     args = build_parser().parse_args(argv)
-    problem = _check_options(args)
+    problem = _check_options(args) or _from_folder(args)
     if problem:
         return _usage(problem)
     files = collect_inputs(args.inputs)
@@ -212,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         from ssr_lightning.inference.svkr import SVKRConfig
 
         svkr = None
-        if args.depth is not None or args.dkenet_ckpt or args.nbsr_ckpt or args.depth_ckpt:
+        if (args.depth is not None or args.dkenet_ckpt or args.nbsr_ckpt or args.depth_ckpt
+                or args.iterations is not None):
             svkr = SVKRConfig(dkenet_ckpt=args.dkenet_ckpt, nbsr_ckpt=args.nbsr_ckpt, depth=args.depth or "learned",
-                              depth_ckpt=args.depth_ckpt)
+                              depth_ckpt=args.depth_ckpt, iterations=3 if args.iterations is None else args.iterations)
         pipe = SSRPipeline.from_checkpoint(
             args.ckpt, svkr=svkr, device=device, tile=args.tile, overlap=args.overlap,
             num_inference_steps=args.steps, seed=args.seed, strength=args.strength, progress=True,
+            start=args.start, guidance=args.guidance, color_fix=args.color_fix,
         ) if todo else None
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
         return _usage(f"cannot load the models: {err}")

@@ -68,6 +68,12 @@ def _reflect_index(n: int, pad: int, length: int) -> Tensor:
     return torch.where(r > n - 1, 2 * (n - 1) - r, r)
 
 
+def _usable(idx: Tensor) -> Tensor:
+    """A cached index made under ``torch.inference_mode`` (e.g. by the Degrader in a test loop) cannot be saved for
+    backward outside it (guidance differentiates the blur): a copy can."""
+    return idx.clone() if torch.is_inference(idx) and not torch.is_inference_mode_enabled() else idx
+
+
 @lru_cache(maxsize=32)
 def _phase_index(hh: int, ww: int, k: int, scale: int, device: torch.device) -> tuple[Tensor, int, int]:
     """Flat gather index (s*s*hq*wq,) from an (hh*ww) image to its reflect-padded polyphase components."""
@@ -90,7 +96,7 @@ def _polyphase(hr: Tensor, k: int, scale: int) -> Tensor:
     if k // 2 >= min(hh, ww):
         raise ValueError(f"image {hh}x{ww} is too small for reflect padding by {k // 2} (kernel {k}x{k})")
     idx, hq, wq = _phase_index(hh, ww, k, scale, hr.device)
-    x = hr.reshape(b * c, hh * ww).index_select(1, idx)
+    x = hr.reshape(b * c, hh * ww).index_select(1, _usable(idx))
     return x.view(b, c, scale, scale, hq, wq)
 
 
@@ -164,7 +170,7 @@ def _strided_conv(hr: Tensor, weights: Tensor, scale: int) -> Tensor:
     if p >= min(hh, ww):
         raise ValueError(f"image {hh}x{ww} is too small for reflect padding by {p} (kernel {k}x{k})")
     # Gathering the padded image is one op (F.pad's reflect mode is ~2x slower on CPU).
-    x = hr.reshape(b * c, hh * ww).index_select(1, _pad_index(hh, ww, p, hr.device))
+    x = hr.reshape(b * c, hh * ww).index_select(1, _usable(_pad_index(hh, ww, p, hr.device)))
     x = x.view(b * c, 1, hh + 2 * p, ww + 2 * p)
     out = F.conv2d(x, weights.to(hr.dtype).view(-1, 1, k, k), stride=scale)
     return out.view(b, c, -1, hh // scale, ww // scale)

@@ -28,21 +28,25 @@ class VAELatents(ModelMixin, ConfigMixin):
         layers_per_block: ResNets per VAE block.
         latent_channels: Latent channels (4 as in Stable Diffusion).
         mid_attention: Self-attention in the VAE mid blocks (off: pure conv, tile-invariant).
+        norm_num_groups: GroupNorm groups of the tiny VAE (None: ``min(32, min(block_out_channels))``).
         pretrained_path: Local diffusers folder with ``vae/``: replaces the tiny VAE (nothing is downloaded).
     """
 
     scale: Tensor
 
+    pointwise = False  # the encoder/decoder see neighbourhoods: tiles overlap and blend
+
     @register_to_config
     def __init__(
         self, block_out_channels: Sequence[int] = (32, 64, 64), layers_per_block: int = 1, latent_channels: int = 4,
-        mid_attention: bool = False, pretrained_path: str | None = None,
+        mid_attention: bool = False, pretrained_path: str | None = None, norm_num_groups: int | None = None,
     ) -> None:
         super().__init__()
         if pretrained_path is not None:
             self.vae = load_pretrained_vae(pretrained_path)
         else:
-            self.vae = build_tiny_vae(tuple(block_out_channels), layers_per_block, latent_channels, mid_attention)
+            self.vae = build_tiny_vae(tuple(block_out_channels), layers_per_block, latent_channels, mid_attention,
+                                      norm_num_groups)
         self.register_buffer("scale", torch.tensor(float(self.vae.config.scaling_factor)))
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.networks.amf import AMFMode
 
 __all__ = ["BackboneConfig", "LossConfig", "ModalityConfig", "SamplingConfig"]
@@ -14,6 +15,12 @@ __all__ = ["BackboneConfig", "LossConfig", "ModalityConfig", "SamplingConfig"]
 class BackboneConfig:
     """The denoising UNet, the autoencoder and the noise schedule."""
 
+    autoencoder: Literal["vae", "space_to_depth"] = "vae"
+    """Latent space: vae (the VAEModule checkpoint of vae_ckpt, or pretrained_path's VAE) or space_to_depth
+    (lossless PixelUnshuffle by space_to_depth_factor with fixed per-colour normalisation; no VAE checkpoint, no
+    training; diffusion/space_to_depth.py)."""
+    space_to_depth_factor: int = 4
+    """Block side of the space_to_depth latent (the tiny VAE's factor is 4): 3·f² latent channels."""
     vae_ckpt: str | None = None
     """VAEModule checkpoint (`ssr fit --config configs/vae.yaml`) giving the latent space (None: the newest
     runs/vae run's best.ckpt); read once, when the stage is built (its weights then travel in this stage's
@@ -32,6 +39,9 @@ class BackboneConfig:
     """ResNets per block of the tiny UNet."""
     num_train_timesteps: int = 1000
     """Steps of the training noise schedule (DDPM)."""
+    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
+    """What the UNet predicts: epsilon (the paper's Eq. 5), sample (x0; a UNet narrower than its latent, e.g. the tiny
+    one on the 48-channel space_to_depth latent, cannot carry the noise it would have to predict) or v_prediction."""
     gradient_checkpointing: bool = False
     """Recompute UNet activations in backward (Stable-Diffusion-sized backbones)."""
 
@@ -48,6 +58,10 @@ class ModalityConfig:
     """LR-encoder modality f_3."""
     concat_lr: bool = True
     """Also concatenate the LR latent to the UNet input."""
+    image_condition: Literal["bicubic", "svkr"] = "bicubic"
+    """Image the LR encoder and concat_lr read: bicubic (the bicubic-upsampled LR, the paper) or svkr (the front
+    end's SR image I_T, a CasSR-style reference). Training with conditions.source=svkr uses SVKR's I_T; with gt
+    conditions NBSR(LR, GT kernel) (conditions.nbsr_ckpt), the oracle counterpart of SVKR's last step."""
     amf_hidden: int = 128
     """Hidden width of the AMF MLPs (paper: 128)."""
     amf_pooled: bool = False
@@ -71,12 +85,30 @@ class SamplingConfig:
     num_inference_steps: int = 20
     """Sampling steps."""
     sample_strength: float = 1.0
-    """1.0: from pure noise (the paper). s < 1: start at t ≈ s·T from the noised LR latent and run the last
-    round(s·steps) steps (LR-initialised, img2img-style)."""
+    """1.0: from pure noise (the paper). s < 1: start at t ≈ s·T from the noised start image's latent (see start)
+    and run the last round(s·steps) steps (img2img-style)."""
+    start: Literal["noise", "lr", "frontend"] = "lr"
+    """Start image for sample_strength < 1: lr (the bicubic-upsampled LR) or frontend (SVKR's I_T); noise: pure
+    noise, every step (needs sample_strength 1.0; the paper)."""
+    guidance_step: float = 0.0
+    """Kernel-aware guidance (BlindDiff) η: after every step x̂0 moves η times the line-search step down
+    ∇‖LR − (D(x̂0) ⊗ K)↓s‖² with the condition kernel field (GT or SVKR's K_T, also when use_kernel is off);
+    0 = off, 1 = a full step."""
+    color_fix: ColorFix = "none"
+    """Colour correction of the output from the condition image: none, wavelet (its low frequencies, StableSR) or
+    adain (its channel mean/std). Test metrics report both: psnr_y etc. with it, *_raw without."""
     seed: int = 0
     """Seed of the sampling noise."""
     num_val_samples: int = 4
     """Val images sampled per validation (first val batch)."""
+
+    def __post_init__(self) -> None:
+        from ssr_lightning.diffusion.model import check_sampling
+
+        try:
+            check_sampling(self.start, self.sample_strength, self.guidance_step, self.color_fix)
+        except ValueError as err:
+            raise ValueError(f"model.init_args.sampling: {err}") from None
 
 
 @dataclass

@@ -21,16 +21,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Denoiser", "GaussianDiffusion", "Sampler", "StepHook", "StepState"]
+__all__ = ["Denoiser", "GaussianDiffusion", "PredictionType", "Sampler", "StepHook", "StepState"]
 
 Sampler = Literal["ddim", "ddpm"]
-Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t, t) -> ε̂
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t, t) -> the network output (ε̂, x̂0 or v̂: prediction_type)
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
 
 
 @dataclass
 class StepState:
     """What a step hook sees: step ``index`` of ``num_steps``, its timestep ``t``, the new latent ``latent``
-    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``."""
+    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``.
+
+    ``alpha_prev`` is ᾱ of the timestep the step lands on and ``x0_coef`` the factor by which ``latent`` moves with
+    ``x0`` at fixed ``eps`` and ``z_t``: ``√ᾱ_prev`` for DDIM (η = 0), ``√ᾱ_prev·β_t / (1 − ᾱ_t)`` for DDPM's
+    posterior mean. A hook that corrects ``x0`` to ``x0'`` (guidance) returns ``latent + x0_coef·(x0' − x0)``.
+    """
 
     index: int
     num_steps: int
@@ -38,31 +44,44 @@ class StepState:
     latent: Tensor
     eps: Tensor
     x0: Tensor | None
+    alpha_prev: float = 1.0
+    x0_coef: float = 0.0
 
 
 StepHook = Callable[[StepState], Tensor | None]  # returns a replacement latent, or None to keep it
 
 
 class GaussianDiffusion:
-    """Noise schedule, training loss and sampling loop of ε-prediction latent diffusion.
+    """Noise schedule, training loss and sampling loop of latent diffusion (ε-, x0- or v-prediction).
 
     Args:
         num_train_timesteps: Steps of the training schedule.
         pretrained_path: A local diffusers folder whose ``scheduler/`` config replaces the default schedule.
+        prediction_type: What the network predicts: ``epsilon`` (the paper, Eq. 5), ``sample`` (x0) or
+            ``v_prediction``; the loss target and the schedulers' steps follow it (diffusers' own formulas).
 
     The default schedule is Stable Diffusion's (scaled_linear 0.00085–0.012), which suits unit-variance latents.
     """
 
-    def __init__(self, num_train_timesteps: int = 1000, pretrained_path: str | None = None) -> None:
+    def __init__(self, num_train_timesteps: int = 1000, pretrained_path: str | None = None,
+                 prediction_type: PredictionType = "epsilon") -> None:
         from diffusers import DDPMScheduler
 
+        if prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon, sample or v_prediction, got {prediction_type!r}")
         if pretrained_path is not None and (Path(pretrained_path) / "scheduler").is_dir():
             self.scheduler = DDPMScheduler.from_pretrained(pretrained_path, subfolder="scheduler",
                                                            local_files_only=True)
+            if self.scheduler.config.prediction_type != prediction_type:
+                self.scheduler = DDPMScheduler.from_config(self.scheduler.config, prediction_type=prediction_type)
         else:
             self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="scaled_linear",
-                                           beta_start=0.00085, beta_end=0.012, prediction_type="epsilon",
+                                           beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type,
                                            clip_sample=False)
+
+    @property
+    def prediction_type(self) -> str:
+        return str(self.scheduler.config.prediction_type)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -84,14 +103,17 @@ class GaussianDiffusion:
         self, denoise: Denoiser, z0: Tensor, features: dict[str, Sequence[Tensor]] | None = None,
         weights: dict[str, float] | None = None, generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """Eq. 5: ``‖ε − ε_θ(z_t, t)‖² + Σ_i λ_i ‖f_i‖₁`` → ``{"mse", "l1_<name>", "loss"}``.
+        """Eq. 5: ``‖ε − ε_θ(z_t, t)‖² + Σ_i λ_i ‖f_i‖₁`` → ``{"mse", "l1_<name>", "loss"}`` (the target is z0 for
+        ``sample`` and the velocity √ᾱ ε − √(1 − ᾱ) z0 for ``v_prediction``).
 
         ``features`` are the modality features f_i (a list of maps per modality; ``‖f_i‖₁`` = mean |f| over its
         maps) and ``weights`` their λ_i. ``denoise`` must already close over those features.
         """
         noise, t = self.noise_and_timesteps(z0, generator)
-        eps = denoise(self.add_noise(z0, noise, t), t)
-        out = {"mse": F.mse_loss(eps.float(), noise.float())}
+        pred = denoise(self.add_noise(z0, noise, t), t)
+        kind = self.prediction_type
+        target = noise if kind == "epsilon" else z0 if kind == "sample" else self.scheduler.get_velocity(z0, noise, t)
+        out = {"mse": F.mse_loss(pred.float(), target.float())}
         loss = out["mse"]
         for name, maps in (features or {}).items():
             out[f"l1_{name}"] = torch.stack([f.float().abs().mean() for f in maps]).mean()
@@ -138,11 +160,28 @@ class GaussianDiffusion:
         # DDIM with η = 0 is deterministic; DDPM draws fresh noise per step from the same generator.
         kw = {"generator": generator} if sampler == "ddpm" else {}
         for i, t in enumerate(timesteps):
-            eps = denoise(sched.scale_model_input(z, t), t)
+            eps = denoise(sched.scale_model_input(z, t), t)  # the network output (ε̂ unless prediction_type says)
             out = sched.step(eps, t, z, **kw)
             z = out.prev_sample
-            for hook in hooks:
-                new = hook(StepState(i, len(timesteps), t, z, eps, getattr(out, "pred_original_sample", None)))
-                if new is not None:
-                    z = new
+            if hooks:
+                alpha_prev, coef = _x0_coefficient(sched, sampler, int(t))
+                for hook in hooks:
+                    new = hook(StepState(i, len(timesteps), t, z, eps, getattr(out, "pred_original_sample", None),
+                                         alpha_prev, coef))
+                    if new is not None:
+                        z = new
         return z
+
+
+def _x0_coefficient(sched: Any, sampler: Sampler, t: int) -> tuple[float, float]:
+    """(ᾱ_prev, ∂z_{t−1}/∂x̂0) of one step of ``sched`` at timestep ``t`` (diffusers' own step formulas)."""
+    ac = sched.alphas_cumprod
+    if sampler == "ddim":
+        prev = t - sched.config.num_train_timesteps // sched.num_inference_steps
+        alpha_prev = float(ac[prev]) if prev >= 0 else float(sched.final_alpha_cumprod)
+        return alpha_prev, alpha_prev**0.5
+    prev = int(sched.previous_timestep(t))
+    alpha_t = float(ac[t])
+    alpha_prev = float(ac[prev]) if prev >= 0 else 1.0
+    beta_t = 1.0 - alpha_t / alpha_prev
+    return alpha_prev, alpha_prev**0.5 * beta_t / (1.0 - alpha_t)

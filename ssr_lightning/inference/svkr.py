@@ -71,11 +71,12 @@ class SVKRResult:
     depths: list[Tensor] = field(default_factory=list)
     kernels: list[Tensor] = field(default_factory=list)
     images: list[Tensor] = field(default_factory=list)
+    steps: int | None = None  # T when only the final iterate was kept (``SVKR(..., keep_all=False)``)
 
     @property
     def iterations(self) -> int:
         """T, the number of refinement steps after the initial pass."""
-        return len(self.images) - 1
+        return self.steps if self.steps is not None else len(self.images) - 1
 
     @property
     def final_depth(self) -> Tensor:
@@ -150,8 +151,12 @@ class SVKR(nn.Module):
         gt_depth: Tensor | None = None,
         iterations: int | None = None,
         gamma: float | None = None,
+        keep_all: bool = True,
     ) -> SVKRResult:
-        """Run Algorithm 1 on ``lr (B, 3, h, w)``; ``gt_depth`` feeds a ground-truth DE. Overrides T and γ if given."""
+        """Run Algorithm 1 on ``lr (B, 3, h, w)``; ``gt_depth`` feeds a ground-truth DE. Overrides T and γ if given.
+
+        ``keep_all=False`` keeps only (D^T, K^T, I^T), for large images: a 441-channel kernel field per iterate is
+        ~1.8 kB per LR pixel."""
         steps = self.iterations if iterations is None else int(iterations)
         g = self.gamma if gamma is None else float(gamma)
         size = (lr.shape[-2], lr.shape[-1])
@@ -165,11 +170,17 @@ class SVKR(nn.Module):
             out.images.append(image)
             for _ in range(steps):
                 depth = self.estimate_depth(image, size, gt_depth)
-                kernel = self.ema(self.estimate_kernel(lr, depth), kernel, g)
+                if not keep_all:
+                    out = SVKRResult(steps=steps)  # drop the previous iterates before the next KE allocates
+                new = self.estimate_kernel(lr, depth)
+                # in place without the iterates: one field less at the peak (same values as ema())
+                kernel = self.ema(new, kernel, g) if keep_all else new.mul_(g).add_(kernel, alpha=1.0 - g)
                 image = self.super_resolve(lr, kernel)
                 out.depths.append(depth)
                 out.kernels.append(kernel)
                 out.images.append(image)
+        if not keep_all:
+            out.steps = steps
         return out
 
     def extra_repr(self) -> str:

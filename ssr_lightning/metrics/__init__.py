@@ -7,9 +7,17 @@ from ssr_lightning.metrics.depth import (
     delta1,
     ssi_loss,
 )
-from ssr_lightning.metrics.image import kernel_l1, psnr, psnr_y, rgb_to_y, ssim, ssim_y
+from ssr_lightning.metrics.image import (
+    color_shift,
+    kernel_l1,
+    psnr,
+    psnr_y,
+    rgb_to_y,
+    ssim,
+    ssim_y,
+)
 
-__all__ = ["kernel_l1", "psnr", "psnr_y", "rgb_to_y", "ssim", "ssim_y"]
+__all__ = ["color_shift", "kernel_l1", "psnr", "psnr_y", "rgb_to_y", "ssim", "ssim_y"]
 __all__ += ["abs_rel", "align_scale_shift", "aligned_depth_metrics", "delta1", "ssi_loss"]
 from ssr_lightning.metrics.iqa import (
     HIGHER_IS_BETTER,

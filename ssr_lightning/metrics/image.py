@@ -126,3 +126,10 @@ def ssim(pred: Tensor, target: Tensor, crop_border: int = 0, quantize: bool = Fa
     x = _crop(_prepare(pred, quantize), crop_border) * 255.0
     y = _crop(_prepare(target, quantize), crop_border) * 255.0
     return _ssim_255(x, y).mean(dim=1).float()
+
+
+def color_shift(pred: Tensor, target: Tensor) -> Tensor:
+    """Largest per-channel difference of the image means, in 8-bit levels, per sample `(B,)` (0 = true colours)."""
+    _check_pair("color_shift", pred, target)
+    diff = _prepare(pred, False).mean(dim=(2, 3)) - _prepare(target, False).mean(dim=(2, 3))
+    return (diff.abs().amax(dim=1) * 255.0).float()

@@ -29,7 +29,7 @@ from unittest import mock
 import torch
 from torch import Tensor
 
-from ssr_lightning.metrics.image import psnr, psnr_y, ssim, ssim_y
+from ssr_lightning.metrics.image import color_shift, psnr, psnr_y, ssim, ssim_y
 
 __all__ = [
     "HIGHER_IS_BETTER", "LABELS", "NO_REFERENCE", "OFFLINE_METRICS", "PAPER_METRICS", "WEIGHT_FILES", "MetricSuite",
@@ -47,12 +47,14 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "lpips": False, "musiq": True, "clipiqa": True, "niqe": False,
     "fsim": True, "vif": True, "gmsd": False, "ms_ssim": True, "piqe": False,
     "kernel_l1": False, "resynth_psnr": True, "l1": False,
+    "color_shift": False, "psnr_y_raw": True, "ssim_y_raw": True, "psnr_raw": True, "color_shift_raw": False,
 }
 
 LABELS: dict[str, str] = {
     "psnr_y": "PSNR", "ssim_y": "SSIM", "psnr": "PSNR (RGB)", "ssim": "SSIM (RGB)", "lpips": "LPIPS",
     "musiq": "MUSIQ", "clipiqa": "CLIP-IQA", "niqe": "NIQE", "kernel_l1": "Kernel L1", "resynth_psnr": "Re-synth PSNR",
     "fsim": "FSIM (FR)", "vif": "VIF (FR)", "gmsd": "GMSD (FR)", "ms_ssim": "MS-SSIM (FR)", "piqe": "PIQE (NR)",
+    "color_shift": "Colour shift", "psnr_y_raw": "PSNR (no colour fix)", "color_shift_raw": "Colour shift (no fix)",
 }
 
 _HF = "https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/"
@@ -86,7 +88,10 @@ WEIGHT_FILES: dict[str, tuple[WeightFile, ...]] = {
     ),
 }
 
-_FIDELITY: dict[str, Callable[..., Tensor]] = {"psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim}
+_FIDELITY: dict[str, Callable[..., Tensor]] = {
+    "psnr_y": psnr_y, "ssim_y": ssim_y, "psnr": psnr, "ssim": ssim,
+    "color_shift": lambda sr, hr, crop_border=0: color_shift(sr, hr),  # whole-image means: no border crop
+}
 # smallest image side pyiqa's metric accepts: NIQE's 96×96 blocks, MS-SSIM's 11×11 window at 1/16 scale, VIF's
 # four scales (measured; smaller inputs raise inside pyiqa)
 _MIN_SIDE = {"niqe": 96, "ms_ssim": 176, "vif": 36}
@@ -187,8 +192,8 @@ class MetricSuite:
     """Per-sample scores of SR vs HR for a chosen set of metrics; unavailable metrics report why, as text.
 
     Args:
-        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `lpips`, `musiq`, `clipiqa`, `niqe` and the
-            weight-free `fsim`, `vif`, `gmsd`, `ms_ssim`, `piqe`.
+        names: metric names, any of `psnr_y`, `ssim_y`, `psnr`, `ssim`, `color_shift`, `lpips`, `musiq`, `clipiqa`,
+            `niqe` and the weight-free `fsim`, `vif`, `gmsd`, `ms_ssim`, `piqe`.
         crop_border: pixels cropped per side for PSNR/SSIM (the SR scale, BasicSR convention).
         device: where the learned metrics run.
         weights_root: the torch hub folder holding the weights (default: `$TORCH_HOME/hub` at construction).

@@ -8,7 +8,11 @@ samples with the EMA weights for validation, test and predict (``model.super_res
 Backbone: a tiny ``UNet2DModel`` + the VAE of a ``VAEModule`` checkpoint (``backbone.vae_ckpt``), or a local
 pretrained diffusers folder (``backbone.pretrained_path``), frozen when ``backbone.freeze_backbone`` so only encoders +
 AMF (+ the null text token, + conv_in with ``concat_lr``) train; frozen pretrained weights are then left out of the
-checkpoints (they are reloaded from ``pretrained_path``).
+checkpoints (they are reloaded from ``pretrained_path``). ``backbone.autoencoder=space_to_depth`` needs no VAE.
+
+Process options (``modalities.image_condition``, ``sampling.start``/``guidance_step``/``color_fix``): see
+``diffusion/model.py``. Test metrics are reported with the configured colour fix (``psnr_y``, ``ssim_y``, ``psnr``,
+``color_shift``) and without it (``*_raw``).
 """
 
 from __future__ import annotations
@@ -29,13 +33,21 @@ from ssr_lightning.diffusion.config import (
     SamplingConfig,
 )
 from ssr_lightning.diffusion.model import LatentDiffusionSR
-from ssr_lightning.inference.checkpoints import read_checkpoint, resolve_checkpoint
+from ssr_lightning.diffusion.space_to_depth import (
+    SPACE_TO_DEPTH_MEAN,
+    SPACE_TO_DEPTH_STD,
+)
+from ssr_lightning.inference.checkpoints import (
+    load_model,
+    read_checkpoint,
+    resolve_checkpoint,
+)
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
-from ssr_lightning.metrics import psnr, psnr_y, ssim_y
+from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule, as_config
 from ssr_lightning.visualize import heatmap, kernel_spread
 
-__all__ = ["ConditionConfig", "SSRDiffusionModule"]
+__all__ = ["ConditionConfig", "Conditions", "SSRDiffusionModule"]
 
 
 @dataclass
@@ -43,7 +55,19 @@ class ConditionConfig(SVKRConfig):
     """Where D_T and K_T come from: the batch's ground truth, or a frozen SVKR over trained stages."""
 
     source: Literal["gt", "svkr"] = "gt"
-    """gt: the batch's GT depth and kernel field; svkr: SVKR's estimates (its checkpoints, T and γ below)."""
+    """gt: the batch's GT depth and kernel field (and, where I_T is needed, NBSR(LR, GT kernel) from nbsr_ckpt);
+    svkr: SVKR's estimates D_T, K_T, I_T (its checkpoints, T and γ below)."""
+
+
+@dataclass
+class Conditions:
+    """What one batch is conditioned on: the UNet's maps (None where a modality is off), the guidance kernel field
+    (None without guidance) and the front end's SR image I_T (None where nothing reads it)."""
+
+    depth: Tensor | None = None
+    kernel: Tensor | None = None
+    guidance_kernel: Tensor | None = None
+    reference: Tensor | None = None
 
 
 class SSRDiffusionModule(StageModule):
@@ -85,19 +109,33 @@ class SSRDiffusionModule(StageModule):
             raise ValueError(f"model.init_args.conditions.source must be 'gt' or 'svkr', got "
                              f"{self.conditions_cfg.source!r}")
         vae_state = None
-        if bb.pretrained_path is None and vae_arch is None:
-            vae_ckpt = read_checkpoint(resolve_checkpoint(bb.vae_ckpt, "vae"), "vae")
-            vae_arch = dict(vae_ckpt["ssr"]["model_config"])
-            vae_state = {k[len("model."):]: v for k, v in vae_ckpt["state_dict"].items() if k.startswith("model.")}
+        if bb.autoencoder == "space_to_depth":
+            if bb.pretrained_path is not None:
+                raise ValueError("model.init_args.backbone.autoencoder=space_to_depth replaces the VAE: leave "
+                                 "backbone.pretrained_path empty (a pretrained UNet expects its own VAE's latents)")
+            # the constants go into the model config, so the checkpoint keeps the normalisation it was trained with
+            ae_config: dict[str, Any] | None = {"factor": bb.space_to_depth_factor, "mean": list(SPACE_TO_DEPTH_MEAN),
+                                                "std": list(SPACE_TO_DEPTH_STD)}
+            vae_arch = None
+        else:
+            if bb.pretrained_path is None and vae_arch is None:
+                vae_ckpt = read_checkpoint(resolve_checkpoint(bb.vae_ckpt, "vae"), "vae")
+                vae_arch = dict(vae_ckpt["ssr"]["model_config"])
+                vae_state = {k[len("model."):]: v for k, v in vae_ckpt["state_dict"].items()
+                             if k.startswith("model.")}
+            ae_config = vae_arch
         self.hparams["vae_arch"] = vae_arch  # recorded so the checkpoint alone rebuilds the VAE
         unet = {"block_out_channels": list(bb.block_out_channels), "down_block_types": list(bb.down_block_types),
                 "up_block_types": list(bb.up_block_types), "layers_per_block": bb.layers_per_block,
-                **{k: v for k, v in dataclasses.asdict(mod).items()}, "map_out": mod.map_width}
+                **{k: v for k, v in dataclasses.asdict(mod).items() if k != "image_condition"},
+                "map_out": mod.map_width}
+        sc = self.sampling_cfg
         self.model = LatentDiffusionSR(
-            autoencoder_config=vae_arch, unet_config=unet, pretrained_path=bb.pretrained_path,
-            num_train_timesteps=bb.num_train_timesteps, scale=scale, sampler=self.sampling_cfg.sampler,
-            num_inference_steps=self.sampling_cfg.num_inference_steps,
-            sample_strength=self.sampling_cfg.sample_strength,
+            autoencoder_config=ae_config, unet_config=unet, pretrained_path=bb.pretrained_path,
+            num_train_timesteps=bb.num_train_timesteps, scale=scale, sampler=sc.sampler,
+            num_inference_steps=sc.num_inference_steps, sample_strength=sc.sample_strength,
+            autoencoder=bb.autoencoder, image_condition=mod.image_condition, sample_start=sc.start,
+            guidance_step=sc.guidance_step, color_fix=sc.color_fix, prediction_type=bb.prediction_type,
         )
         if vae_state is not None:
             self.model.latents.load_state_dict(vae_state)
@@ -115,6 +153,7 @@ class SSRDiffusionModule(StageModule):
         self.ema = (EMAModel([p for _, p in self._trainable()], decay=self.loss_cfg.ema_decay)
                     if self.loss_cfg.ema_decay > 0 else None)
         self._svkr: list[SVKR] = []  # a list keeps the frozen SVKR out of parameters and state_dict
+        self._nbsr: list[torch.nn.Module] = []
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         params = dict(self.model.named_parameters())
@@ -135,27 +174,46 @@ class SSRDiffusionModule(StageModule):
                            f"{c.dkenet_ckpt}, {c.nbsr_ckpt})")
         return self._svkr[0].to(self.device)
 
-    def conditions(self, batch: dict[str, Any]) -> tuple[Tensor | None, Tensor | None]:
-        """(D_T, K_T) on the LR grid for the enabled modalities (None for a modality that is off)."""
+    def oracle_reference(self, lr: Tensor, kernel: Tensor) -> Tensor:
+        """NBSR(LR, GT kernel): I_T's counterpart under GT conditions (SVKR's last step with the true kernel)."""
+        if self._svkr:
+            return self._svkr[0].super_resolve(lr, kernel)
+        if not self._nbsr:
+            path = resolve_checkpoint(self.conditions_cfg.nbsr_ckpt, "nbsr")
+            self._nbsr.append(load_model(path, "nbsr"))
+            rank_zero_info(f"I_T under GT conditions: NBSR(LR, GT kernel) from {path}")
+        return self._nbsr[0].to(self.device)(lr, kernel).clamp(0.0, 1.0)
+
+    def conditions(self, batch: dict[str, Any], training: bool = False) -> Conditions:
+        """The batch's conditions for this stage's settings: D_T, K_T for the enabled modalities, the guidance
+        kernel field and I_T where the image condition, the start or (not in ``training``) sampling need them."""
         uses = self.model.uses
-        if not (uses["depth"] or uses["kernel"]):
-            return None, None
+        needs = self.model.needs()
+        need_ref = self.model.config.image_condition == "svkr" if training else needs["reference"]
+        need_guide = needs["guidance_kernel"] and not training
+        if not (uses["depth"] or uses["kernel"] or need_ref or need_guide):
+            return Conditions()
         if self.conditions_cfg.source == "svkr":
             with torch.no_grad():
                 gt = batch.get("depth") if self.conditions_cfg.depth == "gt" else None  # oracle DE, learned KE
-                depth, kernel, _ = self.svkr()(batch["lr"], gt_depth=gt).final
+                depth, kernel, image = self.svkr()(batch["lr"], gt_depth=gt).final
         else:
-            if uses["kernel"] and "kernel" not in batch:
+            depth, kernel, image = batch.get("depth_lr"), batch.get("kernel"), None
+            if (uses["kernel"] or need_ref or need_guide) and kernel is None:
                 raise ValueError("conditions.source='gt' needs GT kernel fields (HR data sets); use 'svkr' for "
                                  "paired data")
-            depth, kernel = batch.get("depth_lr"), batch.get("kernel")
-        return (depth if uses["depth"] else None), (kernel if uses["kernel"] else None)
+            if need_ref:
+                with torch.no_grad():
+                    image = self.oracle_reference(batch["lr"], kernel)
+        return Conditions(depth if uses["depth"] else None, kernel if uses["kernel"] else None,
+                          kernel if need_guide else None, image if need_ref else None)
 
     # --- training -----------------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Eq. 5 terms of a batch: ``mse``, ``l1_<modality>``, ``loss``."""
-        depth, kernel = self.conditions(batch)
-        return self.model.loss(batch["hr"], batch["lr"], depth, kernel, self.loss_cfg.weights(), generator)
+        c = self.conditions(batch, training=True)
+        return self.model.loss(batch["hr"], batch["lr"], c.depth, c.kernel, self.loss_cfg.weights(), generator,
+                               reference=c.reference)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         terms = self.diffusion_loss(batch)
@@ -180,9 +238,12 @@ class SSRDiffusionModule(StageModule):
                        f"modalities {m.unet.enabled or 'none'}, concat_lr={self.hparams.modalities['concat_lr']}")
 
     # --- sampling -----------------------------------------------------------------------------------------------
-    def sample(self, lr: Tensor, depth: Tensor | None, kernel: Tensor | None, seed: int) -> Tensor:
-        """``model.super_resolve`` with this stage's sampling settings and a seeded CPU generator."""
-        return self.model.super_resolve(lr, depth, kernel, torch.Generator().manual_seed(seed))
+    def sample(self, lr: Tensor, cond: Conditions, seed: int) -> tuple[Tensor, Tensor]:
+        """(colour-corrected, raw) SR of ``model.super_resolve`` with this stage's sampling settings, seeded."""
+        raw = self.model.super_resolve(lr, cond.depth, cond.kernel, torch.Generator().manual_seed(seed),
+                                       reference=cond.reference, guidance_kernel=cond.guidance_kernel,
+                                       color_fix="none")
+        return self.model.color_corrected(raw, lr, cond.reference), raw
 
     def forward(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
@@ -215,19 +276,24 @@ class SSRDiffusionModule(StageModule):
             return
         n = min(self.sampling_cfg.num_val_samples, bs)
         sub = {k: (v[:n] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == bs else v) for k, v in batch.items()}
-        depth, kernel = self.conditions(sub)
-        sr = self.sample(sub["lr"], depth, kernel, seed)
+        cond = self.conditions(sub)
+        sr, _ = self.sample(sub["lr"], cond, seed)
         hr, s = sub["hr"], self.hparams.scale
         self.log("val/psnr_y", psnr_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
         self.log("val/ssim_y", ssim_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
-        cols = [sub["lr"], sr, hr]
-        d = depth if depth is not None else sub.get("depth_lr")
-        k = kernel if kernel is not None else sub.get("kernel")
-        if d is not None:
-            cols.append(heatmap(d, cmap="viridis", vmin=0.0, vmax=1.0))
-        if k is not None:
-            cols.append(heatmap(kernel_spread(k), cmap="magma"))
-        self.log_grid("val/lr|sr|hr|depth|kernel_spread", cols, max_rows=self.fit_args.num_log_images)
+        # only what this row really read: no GT maps for a row that uses none
+        cols, names = [sub["lr"], sr, hr], ["lr", "sr", "hr"]
+        if cond.reference is not None:
+            cols.append(cond.reference)
+            names.append("I_T")
+        if cond.depth is not None:
+            cols.append(heatmap(cond.depth, cmap="viridis", vmin=0.0, vmax=1.0))
+            names.append("depth")
+        kernel = cond.kernel if cond.kernel is not None else cond.guidance_kernel
+        if kernel is not None:
+            cols.append(heatmap(kernel_spread(kernel), cmap="magma"))
+            names.append("kernel_spread" if cond.kernel is not None else "guidance_kernel_spread")
+        self.log_grid(f"val/{'|'.join(names)}", cols, max_rows=self.fit_args.num_log_images)
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
@@ -238,15 +304,17 @@ class SSRDiffusionModule(StageModule):
         super().on_test_epoch_end()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        depth, kernel = self.conditions(batch)
-        sr = self.sample(batch["lr"], depth, kernel, self.sampling_cfg.seed + batch_idx)
+        sr, raw = self.sample(batch["lr"], self.conditions(batch), self.sampling_cfg.seed + batch_idx)
         hr, s = batch["hr"], self.hparams.scale
-        self.record_test({"psnr_y": psnr_y(sr, hr, crop_border=s), "ssim_y": ssim_y(sr, hr, crop_border=s),
-                          "psnr": psnr(sr, hr, crop_border=s)}, batch.get("name"))
+        metrics = {}
+        for suffix, img in (("", sr), ("_raw", raw)):
+            metrics.update({f"psnr_y{suffix}": psnr_y(img, hr, crop_border=s),
+                            f"ssim_y{suffix}": ssim_y(img, hr, crop_border=s),
+                            f"psnr{suffix}": psnr(img, hr, crop_border=s), f"color_shift{suffix}": color_shift(img, hr)})
+        self.record_test(metrics, batch.get("name"))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        depth, kernel = self.conditions(batch)
-        return self.sample(batch["lr"], depth, kernel, self.sampling_cfg.seed + batch_idx)
+        return self.sample(batch["lr"], self.conditions(batch), self.sampling_cfg.seed + batch_idx)[0]
 
     def on_predict_start(self) -> None:
         self._use_ema()

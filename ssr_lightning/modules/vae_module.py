@@ -2,7 +2,12 @@
 
 Trains a tiny diffusers ``AutoencoderKL`` on HR patches (``ssr fit --config configs/vae.yaml``; loss L1 + a small KL,
 the Stable Diffusion recipe without the perceptual/GAN terms), or wraps/fine-tunes a pretrained one from a local
-folder. ``self.model`` is a :class:`~ssr_lightning.diffusion.VAELatents`; after each validation its ``scale`` is set
+folder.
+
+Colour (issue 12): trained on the embedded scenes alone, the tiny VAE shifts the colours of photos it never saw. Two
+cheap options act on that: ``color_augment`` (each training patch gets a random channel permutation and saturation,
+so the decoder sees every hue) and ``lowfreq_weight`` (an extra L1 term on 8×8-average-pooled images, i.e. on
+colour and low frequencies, which the pixel L1 weighs no more than any single texture pixel). ``self.model`` is a :class:`~ssr_lightning.diffusion.VAELatents`; after each validation its ``scale`` is set
 to ``1 / std`` of the posterior means over the validation split, so the diffusion stage sees unit-variance latents
 (a pretrained VAE keeps its config's ``scaling_factor``).
 """
@@ -16,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
-from ssr_lightning.metrics import psnr, psnr_y, ssim_y
+from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule
 from ssr_lightning.visualize import Panel
 
@@ -40,7 +45,10 @@ class VAEModule(StageModule):
         latent_channels: int = 4,
         mid_attention: bool = False,
         pretrained_path: str | None = None,
+        norm_num_groups: int | None = None,
         kl_weight: float = 1e-6,
+        color_augment: bool = False,
+        lowfreq_weight: float = 0.0,
         scale: int = 4,
         fit: FitConfig = FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50),  # noqa: B008
     ) -> None:
@@ -51,7 +59,11 @@ class VAEModule(StageModule):
             latent_channels: Latent channels (4 as in SD).
             mid_attention: Self-attention in the VAE mid blocks (off: pure conv, cheaper, tile-invariant).
             pretrained_path: Local diffusers folder with ``vae/``; replaces the tiny VAE (then ``fit`` fine-tunes).
+            norm_num_groups: GroupNorm groups of the tiny VAE (None: min(32, smallest width), i.e. instance norm on
+                the 32-channel levels, which cannot keep an image's mean colour).
             kl_weight: Weight of the KL term, per image pixel (SD: 1e-6).
+            color_augment: Random channel permutation + saturation (0.5-1.5) of each training patch.
+            lowfreq_weight: Weight of the L1 term between 8×8 average-pooled reconstruction and input (0 = off).
             scale: SR factor (linked to data.scale; unused by the VAE, recorded for the diffusion stage).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
@@ -59,7 +71,7 @@ class VAEModule(StageModule):
         self.save_stage_hparams()
         self.model = VAELatents(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
                                 latent_channels=latent_channels, mid_attention=mid_attention,
-                                pretrained_path=pretrained_path)
+                                pretrained_path=pretrained_path, norm_num_groups=norm_num_groups)
         self._std_sum: list[Tensor] = []
 
     @property
@@ -72,8 +84,19 @@ class VAEModule(StageModule):
         return self.model(img)
 
     # --- steps --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def augment_color(img: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per sample: a random permutation of the RGB channels and a random saturation in [0.5, 1.5]."""
+        b = img.shape[0]
+        perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)]).to(img.device)
+        out = torch.gather(img, 1, perm[:, :, None, None].expand(-1, -1, *img.shape[-2:]))
+        sat = (0.5 + torch.rand(b, 1, 1, 1, generator=generator)).to(img)
+        grey = out.mean(1, keepdim=True)
+        return (grey + sat * (out - grey)).clamp(0, 1)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        x = batch["hr"] * 2.0 - 1.0
+        hr = self.augment_color(batch["hr"]) if self.hparams.get("color_augment") else batch["hr"]
+        x = hr * 2.0 - 1.0
         dist = self.vae.encode(x).latent_dist
         rec = self.vae.decode(dist.sample()).sample
         l1 = F.l1_loss(rec, x)
@@ -81,6 +104,11 @@ class VAEModule(StageModule):
         kl = dist.kl().mean() / x[0].numel()
         loss = l1 + self.hparams.kl_weight * kl
         bs = x.shape[0]
+        lowfreq_weight = float(self.hparams.get("lowfreq_weight") or 0.0)
+        if lowfreq_weight > 0:
+            low = F.l1_loss(F.avg_pool2d(rec, 8), F.avg_pool2d(x, 8))
+            loss = loss + lowfreq_weight * low
+            self.log("train/lowfreq_l1", low, batch_size=bs)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/l1", l1, batch_size=bs)
         self.log("train/kl", kl, batch_size=bs)
@@ -93,7 +121,7 @@ class VAEModule(StageModule):
         rec = ((self.vae.decode(z).sample + 1.0) / 2.0).clamp(0, 1)
         s = self.hparams.scale
         metrics = {"psnr": psnr(rec, hr, crop_border=s), "psnr_y": psnr_y(rec, hr, crop_border=s),
-                   "ssim_y": ssim_y(rec, hr, crop_border=s)}
+                   "ssim_y": ssim_y(rec, hr, crop_border=s), "color_shift": color_shift(rec, hr)}
         return rec, z, metrics
 
     def on_validation_epoch_start(self) -> None:
