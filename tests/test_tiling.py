@@ -140,14 +140,12 @@ def test_pipeline_runs_svkr_once_on_the_whole_image() -> None:
 
 def _grid_tags(module: Any, batch: dict[str, torch.Tensor]) -> list[tuple[str, list[torch.Tensor]]]:
     logged: list[tuple[str, list[torch.Tensor]]] = []
-    module.log_grid = lambda tag, cols, max_rows=4: logged.append((tag, cols))
+    module.log_grid = lambda tag, cols, max_rows=4, names=None: logged.append((tag, cols))
     module.validation_step(batch, 0)
     return logged
 
 
 def test_stage_grid_shows_only_the_maps_a_row_used() -> None:
-    from ssr_lightning.visualize import heatmap
-
     hr = _scene(64, 64, 5).expand(2, -1, -1, -1).contiguous()
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "depth_lr": torch.rand(2, 1, 16, 16),
              "kernel": torch.softmax(torch.randn(2, 441, 16, 16), 1)}
@@ -155,7 +153,8 @@ def test_stage_grid_shows_only_the_maps_a_row_used() -> None:
     assert tag == "val/lr|sr|hr" and len(cols) == 3, "an LR-only row shows no (GT) maps"
     (tag, cols), = _grid_tags(tiny_module(use_kernel=False), batch)
     assert tag == "val/lr|sr|hr|depth"
-    torch.testing.assert_close(cols[3], heatmap(batch["depth_lr"], cmap="viridis", vmin=0.0, vmax=1.0))
+    assert [c.title for c in cols] == ["LR", "SR", "HR", "depth D_T"] and cols[3].unit, "labelled, with a colour bar"
+    torch.testing.assert_close(cols[3].images, batch["depth_lr"][:cols[3].images.shape[0]])
     (tag, cols), = _grid_tags(tiny_module(use_kernel=False, use_depth=False, guidance_step=0.5, sample_strength=0.5),
                               batch)
     assert tag == "val/lr|sr|hr|guidance_kernel_spread" and len(cols) == 4

@@ -45,7 +45,7 @@ from ssr_lightning.inference.checkpoints import (
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
 from ssr_lightning.modules.base import FitConfig, StageModule, as_config
-from ssr_lightning.visualize import heatmap, kernel_spread
+from ssr_lightning.visualize import Panel, kernel_spread
 
 __all__ = ["ConditionConfig", "Conditions", "SSRDiffusionModule"]
 
@@ -282,18 +282,20 @@ class SSRDiffusionModule(StageModule):
         self.log("val/psnr_y", psnr_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
         self.log("val/ssim_y", ssim_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
         # only what this row really read: no GT maps for a row that uses none
-        cols, names = [sub["lr"], sr, hr], ["lr", "sr", "hr"]
+        cols = [Panel("LR", sub["lr"]), Panel("SR", sr), Panel("HR", hr)]
+        names = ["lr", "sr", "hr"]
         if cond.reference is not None:
-            cols.append(cond.reference)
+            cols.append(Panel("reference I_T", cond.reference))
             names.append("I_T")
         if cond.depth is not None:
-            cols.append(heatmap(cond.depth, cmap="viridis", vmin=0.0, vmax=1.0))
+            cols.append(Panel.map("depth D_T", cond.depth, "viridis", 0.0, 1.0, "0 = near, 1 = far"))
             names.append("depth")
         kernel = cond.kernel if cond.kernel is not None else cond.guidance_kernel
         if kernel is not None:
-            cols.append(heatmap(kernel_spread(kernel), cmap="magma"))
+            title = "kernel spread σ(K_T)" if cond.kernel is not None else "guidance kernel σ(K_T)"
+            cols.append(Panel.map(title, kernel_spread(kernel), "magma", 0.0, None, "σ (HR px)"))
             names.append("kernel_spread" if cond.kernel is not None else "guidance_kernel_spread")
-        self.log_grid(f"val/{'|'.join(names)}", cols, max_rows=self.fit_args.num_log_images)
+        self.log_grid(f"val/{'|'.join(names)}", cols, max_rows=self.fit_args.num_log_images, names=sub.get("name"))
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
