@@ -315,3 +315,40 @@ def test_sr_process_flags_are_checked_before_any_model_loads(tmp_path: Path, cap
     except SystemExit as exc:  # a value outside a flag's choices: the parser's own usage error
         code = exc.code
     assert code == 2 and message in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# --- residual diffusion (SRDiff / ResShift) --------------------------------------------------------------------------
+def test_residual_process_falls_back_to_the_condition_image_and_trains_on_the_residual() -> None:
+    lr = _smooth_image(2, 8, 3)
+    front = _smooth_image(2, 32, 4)
+    bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    hr = _smooth_image(2, 32, 5)
+    zero = lambda z_t, t, feats, z_c: torch.zeros_like(z_t)  # noqa: E731  (a model that predicts x0 = 0)
+    for condition, image in (("bicubic", bicubic), ("svkr", front)):
+        res = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample", residual=True,
+                        residual_scale=2.0, image_condition=condition)
+        plain = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample",
+                          image_condition=condition)
+        res.unet.denoise = plain.unet.denoise = zero
+        kw: dict[str, Any] = {"num_inference_steps": 4, "strength": 1.0, "reference": front}
+        out = res.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
+        flat = plain.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
+        # x0 = 0 is "no residual": the condition image (up to DDIM's last-step noise, √(1 − ᾱ_0)/2 ≈ 0.015 rms)
+        assert (out - image).abs().mean() < 0.02, condition
+        assert (flat - image).abs().mean() > 5 * (out - image).abs().mean(), "without residual: the mean image"
+        # the training target is the scaled residual: with x0 = 0 the loss is its mean square
+        z0, z_c = res.latents.encode(hr), res.latents.encode(image)
+        mse = res.loss(hr, lr, None, None, generator=torch.Generator().manual_seed(1), reference=front)["mse"]
+        torch.testing.assert_close(mse, ((z0 - z_c) * 2.0).pow(2).mean())
+    with pytest.raises(ValueError, match="residual_scale"):
+        s2d_model(residual=True, residual_scale=0.0)
+
+
+def test_guidance_on_a_residual_process_lowers_the_lr_error() -> None:
+    m = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample", residual=True,
+                  residual_scale=2.0)
+    _, lr, kernel = _toy_problem()
+    kw: dict[str, Any] = {"num_inference_steps": 4, "guidance_kernel": kernel, "strength": 0.5}
+    plain = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
+    guided = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), guidance=1.0, **kw)
+    assert float(lr_consistency(guided, lr, kernel, 4)) < 0.5 * float(lr_consistency(plain, lr, kernel, 4))

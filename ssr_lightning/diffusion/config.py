@@ -42,6 +42,11 @@ class BackboneConfig:
     prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
     """What the UNet predicts: epsilon (the paper's Eq. 5), sample (x0; a UNet narrower than its latent, e.g. the tiny
     one on the 48-channel space_to_depth latent, cannot carry the noise it would have to predict) or v_prediction."""
+    residual: bool = False
+    """Diffuse the residual over the condition image's latent (SRDiff / ResShift) instead of the HR latent itself: the
+    sample starts from (and an uncertain model returns) the condition image, bicubic LR or the front end's I_T."""
+    residual_scale: float = 1.0
+    """Multiplier of that residual latent, so that its std is near the schedule's ~1."""
     gradient_checkpointing: bool = False
     """Recompute UNet activations in backward (Stable-Diffusion-sized backbones)."""
 

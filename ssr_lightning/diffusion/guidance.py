@@ -48,22 +48,29 @@ class KernelGuidance:
         step: η, the fraction of the line-search step (0 = off).
         grid: Tiling of the LR image (None: the whole image at once).
         latent_factor: Latent pixels per LR pixel (``s / vae_factor``).
+        offset: ``(z_c, scale)`` when the process diffuses a residual: x̂0 is decoded as ``x̂0 / scale + z_c``.
     """
 
     def __init__(self, decode: Callable[[Tensor], Tensor], lr: Tensor, kernel: Tensor, scale: int, step: float,
-                 grid: TileGrid | None = None, latent_factor: float = 1.0) -> None:
+                 grid: TileGrid | None = None, latent_factor: float = 1.0,
+                 offset: tuple[Tensor, float] | None = None) -> None:
         if step < 0:
             raise ValueError(f"guidance step must be >= 0 (0 = off), got {step}")
         self.decode, self.lr, self.kernel, self.scale, self.step = decode, lr, kernel, int(scale), float(step)
         self.grid = grid or TileGrid(lr.shape[-2], lr.shape[-1], 0, 0)
         self.f = latent_factor
+        self.offset = offset
         self.history: list[Tensor] = []  # E(x̂0) before each step, per sample (for tests and diagnostics)
 
     def _forward(self, xt: Tensor, i: int) -> Tensor:
         """(decode → blur with tile ``i``'s kernels → ↓s) of a latent tile."""
         # clone: under torch.inference_mode (Lightning's test/predict) the field is an inference tensor, which
         # autograd may not save for backward
-        kernel = self.kernel[self.grid.tiles[i].window(1)].clone()
+        tile = self.grid.tiles[i]
+        kernel = self.kernel[tile.window(1)].clone()
+        if self.offset is not None:
+            z_c, scale = self.offset
+            xt = xt / scale + z_c[tile.window(self.f)].clone()
         return blur_downsample(self.decode(xt), kernel, self.scale, method="shift")
 
     def correct(self, x0: Tensor) -> Tensor:

@@ -107,6 +107,10 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         guidance_step: Default kernel-aware guidance step η (0 = off).
         color_fix: Default colour correction of the output: ``none`` | ``wavelet`` | ``adain``.
         prediction_type: What the UNet predicts: ``epsilon`` (paper) | ``sample`` (x0) | ``v_prediction``.
+        residual: Diffuse the residual ``(z(HR) − z(condition image)) · residual_scale`` instead of ``z(HR)``
+            (SRDiff / ResShift): the process only generates what the condition image lacks, so an untrained or
+            uncertain model falls back to the condition image (bicubic or I_T) instead of a washed-out sample.
+        residual_scale: Multiplier of the residual latent (its std is far below 1; the schedule assumes ~1).
     """
 
     @register_to_config
@@ -115,12 +119,15 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         pretrained_path: str | None = None, num_train_timesteps: int = 1000, scale: int = 4, sampler: Sampler = "ddim",
         num_inference_steps: int = 20, sample_strength: float = 1.0, autoencoder: AutoencoderKind = "vae",
         image_condition: ImageCondition = "bicubic", sample_start: SampleStart = "lr", guidance_step: float = 0.0,
-        color_fix: ColorFix = "none", prediction_type: PredictionType = "epsilon",
+        color_fix: ColorFix = "none", prediction_type: PredictionType = "epsilon", residual: bool = False,
+        residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
         _choice("autoencoder", autoencoder)
         _choice("image_condition", image_condition)
         check_sampling(sample_start, sample_strength, guidance_step, color_fix)
+        if residual_scale <= 0:
+            raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
         # (config names end in _config: diffusers resolves config keys before submodules of the same name)
         self.latents: VAELatents | SpaceToDepthLatents
         if autoencoder == "space_to_depth":
@@ -193,6 +200,14 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             return self.latents.decode(z)
         return grid.blend(lambda i, t: self.latents.decode(z[t.window(self.latent_factor)]), self.scale)
 
+    def to_process(self, z: Tensor, z_c: Tensor) -> Tensor:
+        """An image latent in the space the process diffuses (itself, or the scaled residual over ``z_c``)."""
+        return (z - z_c) * self.config.residual_scale if self.config.residual else z
+
+    def from_process(self, z: Tensor, z_c: Tensor) -> Tensor:
+        """Inverse of :meth:`to_process`."""
+        return z / self.config.residual_scale + z_c if self.config.residual else z
+
     # --- training -----------------------------------------------------------------------------------------------
     def loss(
         self, hr: Tensor, lr: Tensor, depth: Tensor | None, kernel: Tensor | None,
@@ -206,7 +221,8 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             z0 = self.latents.encode(hr, sample=generator is None)
             z_c = self.latents.encode(self.condition_image(lr, reference))
         feats = self.unet.encode((z0.shape[-2], z0.shape[-1]), z_c, depth, kernel)
-        return self.process.loss(lambda z_t, t: self.unet.denoise(z_t, t, feats, z_c), z0, feats, weights, generator)
+        return self.process.loss(lambda z_t, t: self.unet.denoise(z_t, t, feats, z_c), self.to_process(z0, z_c), feats,
+                                 weights, generator)
 
     # --- sampling -----------------------------------------------------------------------------------------------
     def color_corrected(self, sr: Tensor, lr: Tensor, reference: Tensor | None = None,
@@ -269,17 +285,19 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             else:
                 init = z_c if cfg.image_condition == "bicubic" else self.encode_image(
                     F.interpolate(lr_p, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1), grid)
+            init = self.to_process(init, z_c)
         all_hooks = list(hooks)
         if guidance > 0:
             gk_p = pad_reflect(gk, q)[0]
-            all_hooks.insert(0, KernelGuidance(self.latents.decode, lr_p, gk_p, s, guidance, grid, r))
+            offset = (z_c, self.config.residual_scale) if self.config.residual else None
+            all_hooks.insert(0, KernelGuidance(self.latents.decode, lr_p, gk_p, s, guidance, grid, r, offset=offset))
         denoiser = FusedDenoiser(grid, r, lambda z_t, t, i: self.unet.denoise(z_t, t, feats[i], z_tiles[i]),
                                  progress=progress)
         z = self.process.sample(
             denoiser, noise.to(z_c), num_inference_steps or cfg.num_inference_steps, strength, reference=init,
             sampler=sampler or cfg.sampler, generator=generator, hooks=all_hooks,
         )
-        sr = self.decode_latent(z, grid).clamp(0, 1)[..., : s * h, : s * w]
+        sr = self.decode_latent(self.from_process(z, z_c), grid).clamp(0, 1)[..., : s * h, : s * w]
         if fix != "none":
             sr = apply_color_fix(sr, cond[..., : s * h, : s * w], fix).clamp(0, 1)
         return sr

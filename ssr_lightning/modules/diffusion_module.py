@@ -136,6 +136,7 @@ class SSRDiffusionModule(StageModule):
             num_inference_steps=sc.num_inference_steps, sample_strength=sc.sample_strength,
             autoencoder=bb.autoencoder, image_condition=mod.image_condition, sample_start=sc.start,
             guidance_step=sc.guidance_step, color_fix=sc.color_fix, prediction_type=bb.prediction_type,
+            residual=bb.residual, residual_scale=bb.residual_scale,
         )
         if vae_state is not None:
             self.model.latents.load_state_dict(vae_state)
