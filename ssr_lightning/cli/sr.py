@@ -26,7 +26,7 @@ the model's sampling settings (docs/DESIGN.md §4). ``--from DIR`` takes every c
 Examples::
 
     ssr sr photo.png -o photo_x4.png --ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt
-    ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 64 --overlap 16 --steps 20
+    ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 32 --overlap 8 --steps 20
     ssr sr photo.png -o out/ --from results/my_pipeline --color-fix wavelet --guidance 0.5
 """
 
@@ -82,8 +82,10 @@ def build_parser() -> ArgumentParser:
                         "model's)")
     p.add_argument("--color-fix", type=Literal["none", "wavelet", "adain"] | None, default=None,
                    help="colour correction from the condition image (default: the model's)")
-    p.add_argument("--tile", type=int, default=64, help="diffusion tile side in LR pixels (0: whole image at once)")
-    p.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels")
+    # 32/8: twice the tiny default's training patch (16 LR px); whole images far larger than the training patches
+    # show stripes 15 LR rows from each edge with that model (docs/EXPERIMENTS.md, issue 12)
+    p.add_argument("--tile", type=int, default=32, help="diffusion tile side in LR pixels (0: whole image at once)")
+    p.add_argument("--overlap", type=int, default=8, help="tile overlap in LR pixels")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")

@@ -70,7 +70,7 @@ class SSRPipeline:
     """
 
     def __init__(
-        self, model: LatentDiffusionSR, svkr: SVKR | None = None, tile: int = 64, overlap: int = 16,
+        self, model: LatentDiffusionSR, svkr: SVKR | None = None, tile: int = 32, overlap: int = 8,
         num_inference_steps: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
         progress: bool = False, strength: float | None = None, start: SampleStart | None = None,
         guidance: float | None = None, color_fix: ColorFix | None = None,
