@@ -37,14 +37,7 @@ TINY_UNET: dict[str, Any] = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    # The CI machine is shared: one intra-op thread avoids OpenMP oversubscription (10x slower when contended).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _GROUPS: dict[str, type] = {"backbone": BackboneConfig, "modalities": ModalityConfig, "sampling": SamplingConfig,

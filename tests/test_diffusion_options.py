@@ -31,13 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_diffusion import TINY_UNET, _randomise_amf, tiny_module
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gaussian_field(b: int, h: int, w: int, sigma: float = 1.5) -> torch.Tensor:
