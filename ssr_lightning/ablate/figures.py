@@ -26,7 +26,8 @@ from ssr_lightning.files import atomic_write
 
 __all__ = ["FIGURES", "delta_chart", "perception_distortion", "point_chart", "qualitative_grid", "save_figure"]
 
-_COLOURS = ("#1f4e79", "#c55a11", "#2e7d32", "#7030a0", "#806000", "#00838f")
+_COLOURS = ("#1f4e79", "#c55a11", "#2e7d32", "#7030a0", "#806000", "#00838f", "#d4a017", "#5d4037", "#e91e63",
+            "#607d8b")
 _LINE_COLOURS = ("#c62828", "#6d6d6d", "#00695c", "#ad1457")
 _METADATA = {"Software": None}  # matplotlib writes its version otherwise; nothing time-dependent is written
 
@@ -192,14 +193,15 @@ def perception_distortion(plan: Plan, table: Table, records: dict[str, Any], out
         return None
     fig = _figure(8.4, 5.0)
     ax = fig.add_subplot(111)
-    for r, lab in enumerate(table.labels):
+    others = [lab for lab in table.labels if lab not in table.reference_lines]  # one colour each, never shared
+    for lab in table.labels:
         ey, ex = table.entry(lab, cols[dist]), table.entry(lab, cols[per])
         if ey is None or ex is None or ey.mean is None or ex.mean is None:
             continue
         ref = lab in table.reference_lines
         # reference rows in the colours of their lines in the means chart
         colour = _LINE_COLOURS[table.reference_lines.index(lab) % len(_LINE_COLOURS)] if ref \
-            else _COLOURS[r % len(_COLOURS)]
+            else _COLOURS[others.index(lab) % len(_COLOURS)]
         (xl, xr), (yl, yh) = _whisker(ex), _whisker(ey)
         # a legend, not labels at the points: rows of an ablation often sit on top of each other
         ax.errorbar([ex.mean], [ey.mean], xerr=[[xl], [xr]], yerr=[[yl], [yh]], fmt="s" if ref else "o", ms=6,
