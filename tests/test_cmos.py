@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,14 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_NET = {"estimator_widths": (8, 8, 16), "sr_channels": 8, "sr_blocks": 1, "sr_growth": 4}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Shared 2-core machine: one intra-op thread avoids OpenMP oversubscription (as tests/test_diffusion.py).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-import time
 from collections import defaultdict
 
-import lightning as L
 import torch
 import torch.nn.functional as F
+from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.metrics import aligned_depth_metrics
@@ -52,13 +50,7 @@ def run(name: str, steps: int, patch_size: int = 96, augment: str = "hflip", bat
     dm = SRDataModule(patch_size=patch_size, val_size=128, batch_size=batch_size, augment=augment, num_val=4,
                       seed=seed)
     module = DepthModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
-    t = time.time()
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
-                        default_root_dir=tempfile.mkdtemp(prefix="ssr_tool_"))
-    trainer.fit(module, datamodule=dm)
-    secs = time.time() - t
-    module.eval()
+    secs = quick_fit(module, dm, steps)
     out = {"name": name, "steps": steps, "patch_size": patch_size, "augment": augment, "batch_size": batch_size,
            "lr": lr, "kw": kw, "train_s": round(secs), **evaluate(module.model)}
     return out

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
-import time
 
-import lightning as L
 import torch
+from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.degradation import DegradationConfig
@@ -79,13 +77,7 @@ def run(name: str, steps: int, patch_size: int = 96, batch_size: int = 8, lr: fl
     dm = SRDataModule(patch_size=patch_size, val_size=128, batch_size=batch_size, num_val=4, seed=seed,
                       degradation=deg)
     module = DKENetModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
-    t = time.time()
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
-                        default_root_dir=tempfile.mkdtemp(prefix="ssr_tool_"))
-    trainer.fit(module, datamodule=dm)
-    secs = time.time() - t
-    module.eval()
+    secs = quick_fit(module, dm, steps)
     return {"name": name, "steps": steps, "patch_size": patch_size, "batch_size": batch_size, "lr": lr,
             "train_noise": train_noise, "seed": seed, "kw": kw, "train_s": round(secs),
             **evaluate(module, mean_training_kernel())}

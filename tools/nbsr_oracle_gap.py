@@ -9,11 +9,9 @@ the embedded test split (24 scenes, 128 px crops) without and with noise + JPEG;
 """
 import json
 import sys
-import tempfile
-import time
 
-import lightning as L
 import torch
+from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.degradation import DegradationConfig
@@ -33,13 +31,7 @@ def run(name, steps, train_noise=True, clean_prob=0.0, **kw):
     deg = DegradationConfig(noise=train_noise, jpeg=train_noise, clean_prob=clean_prob)
     dm = SRDataModule(patch_size=96, val_size=128, batch_size=8, degradation=deg, num_val=4)
     m = NBSRModule(fit=FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50), **kw)
-    t = time.time()
-    tr = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
-                        default_root_dir=tempfile.mkdtemp(prefix="ssr_tool_"))
-    tr.fit(m, datamodule=dm)
-    secs = time.time() - t
-    m.eval()
+    secs = quick_fit(m, dm, steps)
     out = {"name": name, "steps": steps, "train_noise": train_noise, "clean_prob": clean_prob, "kw": kw, "train_s": round(secs)}
     for noise in (False, True):
         gt, zero = [], []
