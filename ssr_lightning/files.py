@@ -1,7 +1,10 @@
-"""Writing files safely: atomic replacement (temporary file + rename) and advisory locks.
+"""Files and names, safely: atomic replacement (temporary file + rename), advisory locks, names that stay inside
+their folder, and YAML that cannot blow up.
 
-Every result the suite writes (images, reports, JSON records, artifacts) goes through :func:`atomic_write`, so a
-reader, a crash or a concurrent writer never sees half a file. A leaf module: no project imports.
+Every result the suite writes (images, reports, JSON records, artifacts, checkpoints) goes through
+:func:`atomic_write`, so a reader, a crash or a concurrent writer never sees half a file. Every name a user gives
+that becomes a file or folder name (a study ``name``, ``ssr fit --name``) passes :func:`check_name`. Every YAML file a
+command reads goes through :func:`load_yaml`. A leaf module: no project imports.
 """
 
 from __future__ import annotations
@@ -10,13 +13,25 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "file_lock"]
+import yaml
+
+__all__ = [
+    "NAME_PATTERN", "YAMLFileError", "atomic_write", "atomic_write_json", "atomic_write_text", "check_name",
+    "file_lock", "load_yaml", "slugify",
+]
+
+# A name that becomes one path component: no separators, no "..", no leading dot or dash, bounded length.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Expanded YAML nodes allowed per file: shipped studies and configs have < 5,000; an alias bomb has billions.
+YAML_MAX_NODES = 200_000
+YAML_MAX_BYTES = 2 << 20
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
@@ -56,3 +71,83 @@ def file_lock(path: str | os.PathLike[str], blocking: bool = True) -> Iterator[b
             yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- names --------------------------------------------------------------------------------------------------------
+def slugify(text: str) -> str:
+    """``text`` made into a valid name (a suggestion for messages): other characters become ``-``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-._")
+    slug = re.sub(r"\.{2,}", ".", slug)
+    return (slug or "run")[:100]
+
+
+def check_name(value: str, option: str) -> str:
+    """``value`` if it is one safe path component (letters, digits, ``.``, ``_``, ``-``; not ``.``/``..``), else
+    ``ValueError`` naming ``option`` and a valid suggestion. Names never escape the folder they are joined to."""
+    text = str(value)
+    if NAME_PATTERN.fullmatch(text) and ".." not in text:
+        return text
+    raise ValueError(f"{option} {text!r}: a name must be one folder name of letters, digits, '.', '_' or '-' "
+                     f"(no '/', no '..', at most 100 characters), e.g. {slugify(text)!r}")
+
+
+# --- YAML -------------------------------------------------------------------------------------------------------
+class YAMLFileError(ValueError):
+    """A YAML file that cannot be read, is not valid YAML, or is too large once its aliases are expanded."""
+
+
+def _count_nodes(doc: Any, limit: int) -> int:
+    """Nodes of ``doc`` with aliases expanded (a shared list counts every time it is reached), stopping past
+    ``limit``: the walk costs at most ``limit`` steps however deep the alias chain."""
+    count, stack = 0, [doc]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            return count
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
+
+
+def load_yaml(source: str | os.PathLike[str], text: str | bytes | None = None,
+              max_nodes: int = YAML_MAX_NODES) -> Any:
+    """``yaml.safe_load`` of a file (or of ``text``, named ``source`` in messages) with bounds: at most
+    ``YAML_MAX_BYTES`` and ``max_nodes`` nodes once aliases are expanded (a "billion laughs" file is refused before
+    anything walks it). Raises :class:`YAMLFileError` naming the file and what to do."""
+    name = str(source)
+    if text is None:
+        path = Path(source)
+        if path.is_dir():
+            raise YAMLFileError(f"{name} is a folder, not a YAML file: give the path of a .yaml file")
+        try:
+            size = path.stat().st_size
+            if size > YAML_MAX_BYTES:
+                raise YAMLFileError(f"{name}: {size:,} bytes is too large for a config (limit {YAML_MAX_BYTES:,}); "
+                                    "give a YAML config file")
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise YAMLFileError(f"{name}: no such file") from None
+        except OSError as err:
+            raise YAMLFileError(f"{name}: cannot read it ({err.strerror or err})") from None
+    if isinstance(text, bytes):
+        if b"\x00" in text[:8192]:
+            raise YAMLFileError(f"{name}: a binary file, not YAML text: give a YAML config file")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise YAMLFileError(f"{name}: not UTF-8 text: give a YAML config file") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise YAMLFileError(f"{name}: not valid YAML{at}: {problem}") from None
+    if _count_nodes(doc, max_nodes) > max_nodes:
+        raise YAMLFileError(f"{name}: more than {max_nodes:,} values once its aliases (*name) are expanded; refused "
+                            "(an alias bomb?). Write the values out or use fewer nested aliases")
+    return doc
