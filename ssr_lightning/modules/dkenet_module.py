@@ -37,6 +37,8 @@ class DKENetModule(StageModule):
         scale: int = 4,
         depth_dropout: float = 0.0,
         normalize_depth: bool = False,
+        depth_fusion: str = "sft",
+        focal_plane: bool = False,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
@@ -54,6 +56,9 @@ class DKENetModule(StageModule):
                 ("no depth"), so the LR branch must read the blur from the pixels instead of leaning on depth.
             normalize_depth: Feed depth normalised per image (robust min/max, as every depth estimator's output
                 is at test time) instead of the data's absolute [0, 1] depth, in training and evaluation.
+            depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock) or "input" (the
+                depth channels concatenated to the LR at the first conv).
+            focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
@@ -67,6 +72,8 @@ class DKENetModule(StageModule):
             global_context=global_context,
             global_kernel=global_kernel,
             normalize_depth=normalize_depth,
+            depth_fusion=depth_fusion,  # type: ignore[arg-type]
+            focal_plane=focal_plane,
         )
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:

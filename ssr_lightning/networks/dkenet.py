@@ -13,6 +13,8 @@ docs/ARCHITECTURE.md (channel ``dy*k + dx``). ``use_depth=False`` is the MANet-l
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
@@ -91,6 +93,8 @@ class DKENet(ModelMixin, ConfigMixin):
         global_context: bool = True,
         global_kernel: bool = False,
         normalize_depth: bool = False,
+        depth_fusion: Literal["sft", "input"] = "sft",
+        focal_plane: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -106,14 +110,27 @@ class DKENet(ModelMixin, ConfigMixin):
         # Per-image [0, 1] depth (robust min/max), as every depth estimator returns it: the network then sees the
         # same kind of input from GT depth in training and from DE in SVKR, whatever the crop's depth range.
         self.normalize_depth = normalize_depth
+        if depth_fusion not in ("sft", "input"):
+            raise ValueError(f"depth_fusion must be 'sft' or 'input', got {depth_fusion!r}")
+        self.depth_fusion = depth_fusion
+        # Thin-lens defocus grows with |z - z_f|/z: the focal plane z_f is a per-image unknown that depth alone
+        # cannot give. With focal_plane, a sharpness score on the LR picks where the image is in focus, its
+        # softmax-weighted depth is the image's focal depth d_f, and the depth branch reads d, d - d_f, |d - d_f|.
+        self.focus_score = (nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                                          nn.Conv2d(channels, 1, 3, padding=1))
+                            if use_depth and focal_plane else None)
+        depth_in = depth_channels * (3 if self.focus_score is not None else 1)
 
         # A one-channel depth map needs less width than the RGB trunk; half keeps the depth branch + SFT from
         # dwarfing the MAConv trunk (and the with/without-depth ablation closer in size).
         self.depth_features = max(channels // 2, 4)
-        cond_ch = self.depth_features if use_depth else None
-        self.depth_encoder = _DepthEncoder(depth_channels, self.depth_features, blocks_per_stage) if use_depth else None
+        sft = use_depth and depth_fusion == "sft"
+        cond_ch = self.depth_features if sft else None
+        self.depth_encoder = _DepthEncoder(depth_in, self.depth_features, blocks_per_stage) if sft else None
+        # depth_fusion="input": the depth channels join the LR at the first conv (early fusion, no SFT)
+        head_in = in_channels + (depth_in if use_depth and depth_fusion == "input" else 0)
 
-        self.head = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.head = nn.Conv2d(head_in, channels, 3, padding=1)
         self.stage1 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
         self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         self.stage2 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
@@ -183,6 +200,14 @@ class DKENet(ModelMixin, ConfigMixin):
             return depth[..., :: self.scale, :: self.scale]
         return F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
 
+    def _relative_to_focus(self, lr: Tensor, depth: Tensor) -> Tensor:
+        """``[d, d - d_f, |d - d_f|]`` with ``d_f`` the depth where the LR looks sharpest (softmax-weighted)."""
+        assert self.focus_score is not None
+        weights = torch.softmax(self.focus_score(lr).flatten(2), dim=-1).view_as(depth[:, :1])
+        d_f = (weights * depth).sum(dim=(2, 3), keepdim=True)
+        rel = depth - d_f
+        return torch.cat([depth, rel, rel.abs()], dim=1)
+
     # ---------------------------------------------------------------------------------------------- forward
     def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
         """Upscale layer: ``(B,k*k,h,w) -> (B,k*k,s*h,s*w)`` by nearest repeat (each HR pixel takes the kernel
@@ -207,15 +232,20 @@ class DKENet(ModelMixin, ConfigMixin):
         if lr.dim() != 4:
             raise ValueError(f"lr must be (B,{self.in_channels},h,w), got shape {tuple(lr.shape)}")
         size = (lr.shape[-2], lr.shape[-1])
-        if self.depth_encoder is not None:
-            depth = self._prepare_depth(depth, size)
+        d1 = d2 = d3 = None  # without depth, a depth given is ignored: the MANet-like baseline
+        x = lr
+        if self.use_depth:
+            depth = self._prepare_depth(depth, size).to(lr.dtype)
             if self.normalize_depth:
-                depth = normalize_depth_map(depth)
-            d1, d2, d3 = self.depth_encoder(depth.to(lr.dtype))
-        else:
-            d1 = d2 = d3 = None  # depth, if given, is ignored: the MANet-like baseline
+                depth = normalize_depth_map(depth).to(lr.dtype)
+            if self.focus_score is not None:
+                depth = self._relative_to_focus(lr, depth)
+            if self.depth_encoder is not None:
+                d1, d2, d3 = self.depth_encoder(depth)
+            else:
+                x = torch.cat([lr, depth], dim=1)
 
-        f1 = self.head(lr)
+        f1 = self.head(x)
         for block in self.stage1:
             f1 = block(f1, d1)
         f2 = self.down(f1)
