@@ -187,7 +187,7 @@ class ReportTask(_Task):
         try:
             return [str(p) for p in write_report(self.plan, self.out)]
         except NothingToReport as err:
-            return [f"nothing to report: {err}"]
+            return [f"report not written: {err}"]
 
 
 def _parameters(opts: SlurmOptions, cluster: str, name: str, training: bool, cpu_only: bool = False

@@ -63,9 +63,12 @@ class Layout:
         folder at different places all resolve them.
         """
         marker = self.done(run)
-        if not marker.is_file():
+        try:
+            record = json.loads(marker.read_text()) if marker.is_file() else None
+        except (OSError, ValueError):
+            record = None  # a damaged marker: the stage is resumed from its last.ckpt and the marker rewritten
+        if not isinstance(record, dict):
             return None
-        record = json.loads(marker.read_text())
         for kind in _CKPT_KINDS:
             if record.get(kind):
                 record[kind] = str(self.artifact(run) / record[kind])
@@ -80,7 +83,7 @@ class Layout:
         cells_dir = self.out / "cells"
         records = []
         for path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
-            record = json.loads(path.read_text())
+            record = self.load_cell(path.stem)[0] or {}  # an unreadable cell JSON is no finished cell
             if record.get("status") == "ok" and (cell_id is None or record.get("cell_id") == cell_id):
                 records.append(record)
         if not records:

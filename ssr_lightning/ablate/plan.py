@@ -231,7 +231,7 @@ def _expand(study: Study, cwd: Path) -> Plan:
                     exp.stage(name, per_stage, seed, keys)
                 order = _topo(keys, plan)
                 # a file name (<out>/cells/<id>.json): slugs of the label and dataset, checked as one name
-                cell_id = safe_name(f"{slug(row.label)}__{slug(ds.name, 24)}__s{seed}",
+                cell_id = safe_name(f"{slug(row.label, 60)}__{slug(ds.name, 30)}__s{seed}",
                                     f"cell id of row {row.label!r} on {ds.name!r} (seed {seed})")
                 key = _sha({"eval": _norm_args(eval_args, keys, cwd),
                             "ckpt": spec.ckpt and _norm_args((spec.ckpt,), keys, cwd),

@@ -113,20 +113,18 @@ def lost_entries(old: dict[str, Any] | None, new: dict[str, Any], scan: CellScan
         return []
     before, after = _filled(old), _filled(new)
     columns = {f"{c.get('dataset')}/{c.get('metric')}" for c in new.get("columns") or [] if c.get("kind") == "value"}
-    lost: dict[str, list[str]] = {}
-    for (label, column), seeds in before.items():
-        if after.get((label, column), 0) < seeds:
-            lost.setdefault(label, []).append(column)
-    lines = []
-    for label, cols in lost.items():
-        if label not in scan.states:
-            lines.append(f"row {label!r}: no longer in the study")
-            continue
-        gone = [c for c in cols if c not in columns]
-        if gone:
-            lines.append(f"row {label!r}: column(s) {', '.join(gone)} no longer in the study")
-        if len(gone) < len(cols):
-            lines.append(f"row {label!r}: {scan.why(label)}")
+    lost = [(label, column) for (label, column), seeds in before.items() if after.get((label, column), 0) < seeds]
+    gone = sorted({column for _, column in lost if column not in columns})
+    lines = [f"column(s) {', '.join(gone)} no longer in the study"] if gone else []
+    for label in dict.fromkeys(label for label, column in lost if column in columns):
+        states = scan.states.get(label)
+        if states is None:
+            why = "no longer in the study"
+        elif states["ok"] == sum(states.values()):  # every cell finished: the study itself asks for less
+            why = f"all {states['ok']} cells finished, but the study now gives it fewer seeds or numbers"
+        else:
+            why = scan.why(label)
+        lines.append(f"row {label!r}: {why}")
     return lines
 
 
