@@ -211,6 +211,14 @@ def test_an_alias_bomb_config_is_refused_naming_stage_and_file(tmp_path: Path, c
     assert code == 2 and "toy.yaml: stage a: config" in line and "configs/a.yaml" in line and "aliases" in line
 
 
+def test_an_alias_bomb_options_file_is_refused(tmp_path: Path, capsys) -> None:
+    _, study = _study(tmp_path)
+    (tmp_path / "opts.yaml").write_text(_bomb("dry_run: true\n"))
+    code, err = _ablate(capsys, study, "--workdir", tmp_path, "--config", tmp_path / "opts.yaml")
+    line = _one_line(err)
+    assert code == 2 and f"--config {tmp_path / 'opts.yaml'}: more than" in line and "aliases" in line
+
+
 # --- 12: one line instead of a traceback -----------------------------------------------------------------------------
 @contextlib.contextmanager
 def _read_only(folder: Path) -> Iterator[None]:

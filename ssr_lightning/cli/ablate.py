@@ -15,16 +15,23 @@ import os
 import shlex
 import sys
 from pathlib import Path
-
 from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from ssr_lightning.ablate.cluster import SlurmOptions, SlurmUnavailable, check_slurm, format_jobs, submit_study, wait_all
+from ssr_lightning.ablate.cluster import (
+    SlurmOptions,
+    SlurmUnavailable,
+    check_slurm,
+    format_jobs,
+    submit_study,
+    wait_all,
+)
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Plan, expand, shard_cells
 from ssr_lightning.ablate.runner import CLIRunner
 from ssr_lightning.ablate.study import StudyError, load_study
+from ssr_lightning.files import YAMLFileError, load_yaml
 
 __all__ = ["check_out", "format_plan", "main", "parse_shard", "parse_vars"]
 
@@ -138,8 +145,27 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _check_config_options(argv: list[str]) -> str | None:
+    """Why a `--config FILE` option cannot be read (bounded, as every YAML: ``files.load_yaml``), or None."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[len("--config="):] \
+            if arg.startswith("--config=") else None
+        if value is None:
+            continue
+        try:  # a file, or the YAML text itself (jsonargparse takes both)
+            load_yaml(value) if Path(value).exists() else load_yaml("--config", text=value)
+        except YAMLFileError as err:
+            return f"--config {err}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ssr-ablate` console script; returns 0, or 1 when a cell failed."""
+    """Entry point of the `ssr-ablate` console script; returns 0, 1 when a cell failed, 2 for a usage error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    problem = _check_config_options(argv)
+    if problem:
+        print(f"ssr-ablate: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
