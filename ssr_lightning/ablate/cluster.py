@@ -26,6 +26,7 @@ job dependencies, so each level is awaited before the next is submitted): the te
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,20 @@ from ssr_lightning.ablate.plan import Cell, Plan
 from ssr_lightning.ablate.runner import CommandFailed, Runner, StageJob
 from ssr_lightning.files import atomic_write_json
 
-__all__ = ["CellTask", "ReportTask", "SlurmOptions", "StageTask", "job_levels", "submit_study"]
+__all__ = ["CellTask", "ReportTask", "SlurmOptions", "SlurmUnavailable", "StageTask", "check_slurm", "job_levels",
+           "submit_study"]
+
+
+class SlurmUnavailable(RuntimeError):
+    """`sbatch` or `srun` is not on PATH: nothing can be submitted from this machine."""
+
+
+def check_slurm() -> None:
+    """Raise :class:`SlurmUnavailable` unless `sbatch` and `srun` are on PATH (checked before anything is changed)."""
+    missing = [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+    if missing:
+        raise SlurmUnavailable(f"{' and '.join(missing)} not found on PATH: run ssr-ablate on a SLURM login node, or "
+                               "use --executor local; nothing was submitted or changed")
 
 
 @dataclass
@@ -173,7 +187,7 @@ class ReportTask(_Task):
         try:
             return [str(p) for p in write_report(self.plan, self.out)]
         except NothingToReport as err:
-            return [f"nothing to report: {err}"]
+            return [f"report not written: {err}"]
 
 
 def _parameters(opts: SlurmOptions, cluster: str, name: str, training: bool, cpu_only: bool = False
@@ -233,6 +247,8 @@ class Submitted:
 def submit_study(plan: Plan, cells: list[Cell], out: str | Path, runner: Runner, opts: SlurmOptions,
                  cluster: str = "slurm", retry_failed: bool = True) -> Submitted:
     """Submit the stage trainings, evaluations and the report of `cells` (those not finished) as job arrays."""
+    if cluster == "slurm":
+        check_slurm()  # before the FAILED.json markers below are removed
     layout = Layout(out)
     todo = [c for c in cells if layout.cell_status(c) != "ok"
             and (retry_failed or layout.cell_status(c) != "failed")]

@@ -63,9 +63,12 @@ class Layout:
         folder at different places all resolve them.
         """
         marker = self.done(run)
-        if not marker.is_file():
+        try:
+            record = json.loads(marker.read_text()) if marker.is_file() else None
+        except (OSError, ValueError):
+            record = None  # a damaged marker: the stage is resumed from its last.ckpt and the marker rewritten
+        if not isinstance(record, dict):
             return None
-        record = json.loads(marker.read_text())
         for kind in _CKPT_KINDS:
             if record.get(kind):
                 record[kind] = str(self.artifact(run) / record[kind])
@@ -80,7 +83,7 @@ class Layout:
         cells_dir = self.out / "cells"
         records = []
         for path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
-            record = json.loads(path.read_text())
+            record = self.load_cell(path.stem)[0] or {}  # an unreadable cell JSON is no finished cell
             if record.get("status") == "ok" and (cell_id is None or record.get("cell_id") == cell_id):
                 records.append(record)
         if not records:
@@ -110,22 +113,32 @@ class Layout:
             return "partial"
         return "todo"
 
-    def read_cell(self, cell: Cell | str) -> dict[str, Any] | None:
+    def load_cell(self, cell: Cell | str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(record, None)``; ``(None, None)`` when the cell has no JSON; ``(None, why)`` when its JSON cannot be read
+        (truncated, not JSON, not an object): ``why`` names the file."""
         path = self.cell_json(cell)
+        if not path.is_file():
+            return None, None
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except json.JSONDecodeError:
-            return None
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as err:  # ValueError: JSON and UTF-8 decoding errors
+            return None, f"{path} is unreadable ({getattr(err, 'strerror', None) or err})"
+        if not isinstance(record, dict):
+            return None, f"{path} is not a cell record (a JSON object)"
+        return record, None
+
+    def read_cell(self, cell: Cell | str) -> dict[str, Any] | None:
+        return self.load_cell(cell)[0]
 
     def failed_marker(self, run: StageRun) -> Path:
         """`FAILED.json` of a stage whose training failed in a cluster job (cell jobs then fail fast)."""
         return self.artifact(run) / "FAILED.json"
 
     def cell_status(self, cell: Cell) -> str:
-        """"ok", "failed", "stale" (a result of an older version of the cell) or "todo"."""
-        record = self.read_cell(cell)
+        """"ok", "failed", "stale" (a result of an older version of the cell), "unreadable" or "todo"."""
+        record, problem = self.load_cell(cell)
         if record is None:
-            return "todo"
+            return "unreadable" if problem else "todo"
         if record.get("key") != cell.key:
             return "stale"
         return str(record.get("status", "todo"))

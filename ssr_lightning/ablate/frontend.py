@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ssr_lightning.files import YAMLFileError, load_yaml
 from ssr_lightning.inference.depth import resize_depth
 from ssr_lightning.inference.svkr import SVKR
 from ssr_lightning.metrics import aligned_depth_metrics, kernel_l1, psnr_y, ssim_y
@@ -357,7 +357,10 @@ def merge_seeds(ladders: Sequence[Ladder]) -> tuple[Ladder, dict[str, dict[str, 
 def _data_config(path: Path) -> dict[str, Any]:
     for cand in (path, Path(__file__).resolve().parents[2] / path):
         if cand.is_file():
-            return dict(yaml.safe_load(cand.read_text()) or {})
+            doc = load_yaml(cand) or {}  # bounded; YAMLFileError (a ValueError) names the file
+            if not isinstance(doc, dict):
+                raise YAMLFileError(f"{cand}: a data config must hold a mapping of SRDataModule options")
+            return dict(doc)
     raise FileNotFoundError(f"data config not found: {path} (run from the repository root or pass --data-config)")
 
 

@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ssr_lightning.ablate.study import (
     EvalSpec,
     Study,
     StudyError,
     check_keys,
     parse_eval_spec,
+    safe_name,
+    slug,
     value_key,
 )
+from ssr_lightning.files import YAMLFileError, load_yaml
 
 __all__ = ["STAGE_REF", "Cell", "Plan", "StageRun", "expand", "file_digest", "run_name", "shard_cells", "slug"]
 
@@ -34,29 +35,30 @@ STAGE_REF = re.compile(r"\{stage:([A-Za-z0-9_.-]+)(?::(ckpt|best|last|dir))?\}")
 _BIG = 1 << 20  # files above 1 MiB (checkpoints) are identified by name and size, not read whole
 
 
-def slug(text: str) -> str:
-    """File-name-safe form of a label: lower case, runs of other characters become '_'."""
-    return re.sub(r"[^a-z0-9.-]+", "_", text.lower()).strip("_") or "row"
-
-
 def _sha(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def file_digest(path: Path, _seen: frozenset[Path] = frozenset()) -> str:
-    """Content digest of a file; for YAML configs, also of the config fragments it names (`trainer/cpu.yaml`)."""
-    path = path.resolve()
+    """Content digest of a file; for YAML configs, also of the config fragments it names (`trainer/cpu.yaml`).
+
+    A YAML config that cannot be read (invalid, binary, an alias bomb) is a StudyError naming it: every stage that
+    uses it would fail, so the plan stops before anything runs."""
+    shown, path = path, path.resolve()
     if not path.is_file():
         return f"missing:{path.name}"
-    if path.stat().st_size > _BIG:
-        return f"big:{path.name}:{path.stat().st_size}"
-    data = path.read_bytes()
+    try:
+        if path.stat().st_size > _BIG:
+            return f"big:{path.name}:{path.stat().st_size}"
+        data = path.read_bytes()
+    except OSError as err:
+        raise StudyError(f"{shown}: cannot read it ({err.strerror or err})") from None
     parts = [hashlib.sha256(data).hexdigest()]
     if path.suffix in (".yaml", ".yml") and path not in _seen:
         try:
-            doc = yaml.safe_load(data)
-        except yaml.YAMLError:
-            doc = None
+            doc = load_yaml(shown, data)  # bounded alias expansion: the walk below stays small
+        except YAMLFileError as err:
+            raise StudyError(f"config {err}") from None
         for text in _strings(doc):
             ref = path.parent / text  # jsonargparse resolves nested config paths relative to the parent config
             if text.endswith((".yaml", ".yml")) and ref.is_file():
@@ -169,7 +171,11 @@ class _Expander:
             problem = f"stage {name}: config {config} not found (cells using it will fail)"
             if problem not in self.plan.problems:
                 self.plan.problems.append(problem)
-        key = _sha({"stage": name, "config": file_digest(self.cwd / config), "seed": seed,
+        try:
+            digest = file_digest(self.cwd / config)
+        except StudyError as err:
+            raise StudyError(f"stage {name}: {err}") from None
+        key = _sha({"stage": name, "config": digest, "seed": seed,
                     "args": _norm_args(args, keys, self.cwd), "deps": sorted(deps)})
         keys[name] = key
         self.plan.stages.setdefault(key, StageRun(name, config, args, seed, tuple(deps), key))
@@ -190,8 +196,16 @@ def _row_changes(study: Study, settings: dict[str, Any]) -> tuple[dict[str, tupl
 
 
 def expand(study: Study, cwd: str | Path = ".") -> Plan:
-    """All cells (rows × datasets × seeds, in table order) and the distinct stage trainings they need."""
-    cwd = Path(cwd)
+    """All cells (rows × datasets × seeds, in table order) and the distinct stage trainings they need; a StudyError
+    names the study file."""
+    try:
+        return _expand(study, Path(cwd))
+    except StudyError as err:
+        where = f"{study.path}: " if study.path is not None and not str(err).startswith(str(study.path)) else ""
+        raise StudyError(f"{where}{err}") from None
+
+
+def _expand(study: Study, cwd: Path) -> Plan:
     plan = Plan(study, [])
     exp = _Expander(study, cwd, plan)
     base_eval = {k: v for k, v in vars(study.evaluate).items()}
@@ -216,7 +230,9 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
                 for name in dict.fromkeys(needed):
                     exp.stage(name, per_stage, seed, keys)
                 order = _topo(keys, plan)
-                cell_id = f"{slug(row.label)}__{slug(ds.name)}__s{seed}"
+                # a file name (<out>/cells/<id>.json): slugs of the label and dataset, checked as one name
+                cell_id = safe_name(f"{slug(row.label, 60)}__{slug(ds.name, 30)}__s{seed}",
+                                    f"cell id of row {row.label!r} on {ds.name!r} (seed {seed})")
                 key = _sha({"eval": _norm_args(eval_args, keys, cwd),
                             "ckpt": spec.ckpt and _norm_args((spec.ckpt,), keys, cwd),
                             "config": file_digest(cwd / study.base_configs[spec.stage]), "commands": spec.commands,
@@ -224,9 +240,10 @@ def expand(study: Study, cwd: str | Path = ".") -> Plan:
                 plan.cells.append(Cell(cell_id, r, row.label, dict(row.settings), ds.name, seed, order, dict(keys),
                                        spec, study.base_configs[spec.stage], eval_args, list(study.metrics), key))
     ids = [c.cell_id for c in plan.cells]
-    if len(set(ids)) != len(ids):
+    if len(set(ids)) != len(ids):  # parse_study checks labels, datasets and seeds: this is only a guard
         clashes = sorted({i for i in ids if ids.count(i) > 1})
-        raise StudyError(f"cell ids collide after slugging the row labels: {clashes}")
+        raise StudyError(f"two cells would share one result file: {clashes}; make the row labels, dataset names "
+                         "or seeds distinct")
     return plan
 
 

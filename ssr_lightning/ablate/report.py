@@ -20,18 +20,20 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssr_lightning.ablate.execute import Layout
 from ssr_lightning.ablate.plan import Plan
 from ssr_lightning.ablate.provenance import summarize
-from ssr_lightning.files import atomic_write_json, atomic_write_text, file_lock
+from ssr_lightning.ablate.records import lost_entries, read_old_report, report_lock, scan_cells
+from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.metrics.iqa import HIGHER_IS_BETTER, LABELS
 from ssr_lightning.metrics.stats import ALPHA, N_BOOT, Estimate, bootstrap_ci, paired_difference
 
-__all__ = ["Column", "Entry", "NothingToReport", "Table", "build_table", "to_csv", "to_json", "to_latex", "to_markdown",
+__all__ = ["Column", "Entry", "NothingToReport", "ReportKept", "Table", "build_table", "to_csv", "to_json", "to_latex", "to_markdown",
            "write_report"]
 
 DECIMALS = {"psnr_y": 2, "psnr": 2, "resynth_psnr": 2, "ssim_y": 3, "ssim": 3, "lpips": 3, "musiq": 2,
@@ -432,26 +434,41 @@ class NothingToReport(RuntimeError):
     """No cell of the current study has a finished result: the existing report is left as it is."""
 
 
+class ReportKept(NothingToReport):
+    """The new report would lose numbers the report on disk has (rows edited, cell JSONs unreadable or gone): the
+    existing report is left as it is unless `write_report(replace=True)`."""
+
+
+def _stderr(message: str) -> None:
+    print(f"ssr-ablate: warning: {message}", file=sys.stderr, flush=True)
+
+
 def read_records(plan: Plan, out: str | Path) -> dict[str, dict[str, Any]]:
     """The cell JSONs of the *current* plan under `<out>/cells` (records of an older version of a cell are left out)."""
-    layout = Layout(out)
-    return {c.cell_id: rec for c in plan.cells if (rec := layout.read_cell(c)) is not None and rec.get("key") == c.key}
+    return scan_cells(plan, out).records
 
 
-def write_report(plan: Plan, out: str | Path) -> list[Path]:
+def write_report(plan: Plan, out: str | Path, replace: bool = False,
+                 warn: Callable[[str], None] = _stderr) -> list[Path]:
     """Write `<out>/report/<name>.{md,csv,tex,json}`, the figures and TensorBoard hparams, atomically and under a lock.
 
-    Raises :class:`NothingToReport` (writing nothing) when no cell of this version of the study has finished, so an
-    edited study never replaces a report with empty cells. A figure that cannot be drawn removes its old file.
+    Nothing is replaced by a worse report: :class:`NothingToReport` (writing nothing) when no cell of this version of
+    the study has finished, :class:`ReportKept` when the report on disk has numbers the new one would not (or means
+    over more seeds), naming the rows and why, unless ``replace``. ``warn`` gets one line per unreadable cell JSON,
+    per row whose cells hold results of an earlier version of it, and when the report lock is held by another
+    process. A figure that cannot be drawn removes its old file.
     """
     from ssr_lightning.ablate.dashboard import tensorboard_report
     from ssr_lightning.ablate.figures import FIGURES
 
     out = Path(out)
-    with file_lock(out / "report.lock"):
-        records = read_records(plan, out)
+    with report_lock(out, warn):
+        scan = scan_cells(plan, out)
+        for line in scan.warnings():
+            warn(line)
+        records = scan.records
         if not any(r.get("status") == "ok" for r in records.values()):
-            stale = sum(1 for c in plan.cells if Layout(out).cell_status(c) == "stale")
+            stale = scan.count("stale")
             raise NothingToReport(
                 f"nothing to report in {out}: none of the {len(plan.cells)} cells of study {plan.study.name!r} has "
                 f"finished{f' ({stale} hold results of an earlier version of the study)' if stale else ''}; the "
@@ -459,10 +476,16 @@ def write_report(plan: Plan, out: str | Path) -> list[Path]:
         table = build_table(plan, records)
         folder = out / "report"
         name = plan.study.name
+        doc = to_json(table)
+        lost = lost_entries(read_old_report(folder / f"{name}.json"), doc, scan)
+        if lost and not replace:
+            raise ReportKept(f"kept the existing report {folder / name}.md: the new one would lose numbers it has "
+                             f"({'; '.join(lost)}). Run the study to redo those cells, or pass --replace-report to "
+                             "write the report with fewer numbers")
         paths = [folder / f"{name}.md", folder / f"{name}.csv", folder / f"{name}.tex"]
         for path, text in zip(paths, (to_markdown(table), to_csv(table), to_latex(table)), strict=True):
             atomic_write_text(path, text)
-        atomic_write_json(folder / f"{name}.json", to_json(table))
+        atomic_write_json(folder / f"{name}.json", doc)
         paths.append(folder / f"{name}.json")
         for suffix, draw in FIGURES.items():
             target = folder / f"{name}_{suffix}.png"

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ssr_lightning.files import YAMLFileError, check_name, load_yaml
 
 __all__ = [
     "Dataset", "EvalSpec", "Row", "Study", "StudyError", "check_keys", "deep_merge", "load_study", "parse_eval_spec",
-    "parse_study",
-    "value_key",
+    "parse_study", "safe_name", "slug", "value_key",
 ]
 
 _TOP_KEYS = {
@@ -46,6 +46,23 @@ _COMMANDS = ("test", "predict")
 
 class StudyError(ValueError):
     """A study file that does not follow the schema; the message names the key."""
+
+
+def safe_name(value: Any, where: str) -> str:
+    """``value`` if it is one safe file or folder name (``files.check_name``), else a StudyError naming ``where``."""
+    try:
+        return check_name(str(value), where)
+    except ValueError as err:
+        raise StudyError(str(err)) from None
+
+
+def slug(text: str, limit: int = 64) -> str:
+    """File-name-safe form of a label: lower case, runs of other characters become '_', no leading '.'/'-', no '..';
+    longer than ``limit``: cut, with a hash of the whole text, so distinct labels stay distinct."""
+    out = re.sub(r"\.{2,}", ".", re.sub(r"[^a-z0-9.-]+", "_", str(text).lower())).strip("_").lstrip(".-_") or "row"
+    if len(out) > limit:
+        out = out[:limit - 9].rstrip("._-") + "-" + hashlib.sha256(str(text).encode()).hexdigest()[:8]
+    return out
 
 
 def value_key(value: Any) -> str:
@@ -146,8 +163,7 @@ def _datasets(raw: Any) -> list[Dataset]:
             out.append(Dataset(str(item["name"]), extra))
         else:
             raise StudyError(f"datasets[{i}]: give 'embedded', a folder path or {{name, path|overrides}}, got {item!r}")
-    if len({d.name for d in out}) != len(out):
-        raise StudyError(f"datasets: names must be unique, got {[d.name for d in out]}")
+    _check_unique([d.name for d in out], "dataset name", "give each data set a distinct name (datasets[i].name)")
     return out
 
 
@@ -178,9 +194,7 @@ def _rows(raw: dict[str, Any], factors: dict[str, list[Any]]) -> list[Row]:
             per_stage = {str(k): _args(v, f"rows[{i}].overrides.{k}") for k, v in (r.get("overrides") or {}).items()}
             seeds = None
             if r.get("seeds") is not None:
-                if not isinstance(r["seeds"], list) or not r["seeds"]:
-                    raise StudyError(f"rows[{i}] ({r['label']!r}).seeds: a non-empty list of seeds, got {r['seeds']!r}")
-                seeds = tuple(int(x) for x in r["seeds"])
+                seeds = tuple(_seeds(r["seeds"], f"rows[{i}] ({r['label']!r}).seeds"))
             rows.append(Row(str(r["label"]), settings, per_stage, dict(r.get("evaluate") or {}), seeds))
         return rows
     if not factors:
@@ -255,9 +269,37 @@ def _check_report(report: dict[str, Any], rows: list[Row], raw: dict[str, Any]) 
             raise StudyError("report.perception_distortion.perception: name at least one metric (e.g. [niqe, piqe])")
 
 
+def _seeds(value: Any, where: str) -> list[int]:
+    """A non-empty list of distinct integer seeds (a repeated seed would make two cells of one file name)."""
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{where}: a non-empty list of integer seeds, got {value!r}")
+    out: list[int] = []
+    for item in value:
+        try:
+            seed = int(item)
+            if isinstance(item, bool) or seed != float(item):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise StudyError(f"{where}: {item!r} is not an integer seed") from None
+        if seed in out:
+            raise StudyError(f"duplicate seed {seed} in {where} ({value!r}): list each seed once")
+        out.append(seed)
+    return out
+
+
+def _check_unique(names: list[str], what: str, fix: str) -> None:
+    """Distinct ``names`` whose slugs (their part of the cell file names) are distinct too."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(slug(name), name)
+        if other == name and names.count(name) > 1:
+            raise StudyError(f"duplicate {what} {name!r}: {fix}")
+        if other != name:
+            raise StudyError(f"{what}s {other!r} and {name!r} both become {slug(name)!r} in the cell file names; "
+                             f"{fix}")
+
+
 def _check_seeds(rows: list[Row], seeds: list[int], shared: tuple[str, ...], base: dict[str, str]) -> None:
-    if len(set(seeds)) != len(seeds):
-        raise StudyError(f"seeds: must be distinct, got {seeds}")
     for row in rows:
         if row.seeds is not None and not set(row.seeds) <= set(seeds):
             raise StudyError(f"row {row.label!r}: seeds {list(row.seeds)} must be among the study's seeds {seeds}")
@@ -315,11 +357,14 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
     for key in ("name", "base_configs", "evaluate"):
         if key not in raw:
             raise StudyError(f"'{key}' is required")
-    base = {str(k): str(v) for k, v in raw["base_configs"].items()}
+    study_name = safe_name(raw["name"], "name")  # the report files are <out>/report/<name>.*: never outside <out>
+    if not isinstance(raw["base_configs"], dict):
+        raise StudyError(f"base_configs: expected {{stage name: config file}}, got {raw['base_configs']!r}")
+    # a stage name is a folder name (<out>/artifacts/<stage>-<key>, its run folder)
+    base = {safe_name(k, "base_configs stage name"): str(v) for k, v in raw["base_configs"].items()}
     factors = {str(k): list(v) for k, v in (raw.get("factors") or {}).items()}
     rows = _rows(raw, factors)
-    if len({r.label for r in rows}) != len(rows):
-        raise StudyError(f"row labels must be unique, got {[r.label for r in rows]}")
+    _check_unique([r.label for r in rows], "row label", "give each row a distinct label")
     evaluate = parse_eval_spec(dict(raw["evaluate"]), "evaluate")
     overrides = _validate_overrides(raw.get("overrides"))
     stage_overrides = {str(k): _args(v, f"stage_overrides.{k}") for k, v in (raw.get("stage_overrides") or {}).items()}
@@ -328,19 +373,19 @@ def parse_study(raw: dict[str, Any], path: Path | None = None, profile: str | No
             raise StudyError(f"stage {name!r} is used but not in base_configs ({sorted(base)})")
     _check_settings(rows, factors, overrides)
     _check_report(dict(raw.get("report") or {}), rows, raw)
-    seeds = [int(s) for s in (raw.get("seeds") or [0])]
+    seeds = _seeds(raw.get("seeds") or [0], "seeds")
     shared = raw.get("shared_stages") or []
     if not isinstance(shared, list):
         raise StudyError(f"shared_stages: a list of stage names, got {shared!r}")
     shared_stages = tuple(str(x) for x in shared)
     _check_seeds(rows, seeds, shared_stages, base)
     return Study(
-        name=str(raw["name"]), path=path, base_configs=base, rows=rows, factors=factors, overrides=overrides,
+        name=study_name, path=path, base_configs=base, rows=rows, factors=factors, overrides=overrides,
         common_overrides=_args(raw.get("common_overrides"), "common_overrides"), stage_overrides=stage_overrides,
         datasets=_datasets(raw.get("datasets")), metrics=[str(m) for m in (raw.get("metrics") or ["psnr_y", "ssim_y"])],
         seeds=seeds, seed_args=_args(raw.get("seed_args", ["--seed_everything", "{seed}"]), "seed_args"),
         evaluate=evaluate, report=dict(raw.get("report") or {}),
-        out=str(raw.get("out") or f"ablations/results/{raw['name']}"), shared_stages=shared_stages,
+        out=str(raw.get("out") or f"ablations/results/{study_name}"), shared_stages=shared_stages,
         description=str(raw.get("description") or ""), raw=raw,
     )
 
@@ -350,11 +395,9 @@ def load_study(path: str | Path, profile: str | None = None, variables: dict[str
     `variables` given values (`{var:NAME}` placeholders)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"study file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise StudyError(f"{path}: not valid YAML: {err}") from None
+        raw = load_yaml(path)  # bounded: size, binary, alias expansion; its messages name the file
+    except YAMLFileError as err:
+        raise StudyError(f"study {err}") from None
     try:
         return parse_study(raw, path, profile, variables)
     except StudyError as err:

@@ -15,18 +15,25 @@ import os
 import shlex
 import sys
 from pathlib import Path
-
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
-from ssr_lightning.ablate.cluster import SlurmOptions, format_jobs, submit_study, wait_all
+from ssr_lightning.ablate.cluster import (
+    SlurmOptions,
+    SlurmUnavailable,
+    check_slurm,
+    format_jobs,
+    submit_study,
+    wait_all,
+)
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Plan, expand, shard_cells
 from ssr_lightning.ablate.runner import CLIRunner
 from ssr_lightning.ablate.study import StudyError, load_study
+from ssr_lightning.files import YAMLFileError, load_yaml
 
-__all__ = ["format_plan", "main", "parse_shard", "parse_vars"]
+__all__ = ["check_out", "format_plan", "main", "parse_shard", "parse_vars"]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -51,6 +58,21 @@ def parse_vars(items: list[str]) -> dict[str, str]:
             raise ValueError(f"--var {item!r}: expected NAME=VALUE (e.g. --var images=photos/)")
         out[name] = value
     return out
+
+
+def check_out(out: Path, what: str) -> str | None:
+    """Why the results folder ``out`` cannot be used (a file, not writable), or None; creates it if missing."""
+    if out.exists() and not out.is_dir():
+        return f"{what} {out} is a file, not a folder: give a folder for the results (new or existing)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".ssr-ablate-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
+        return f"{what} {out}: cannot write there{where}: {err.strerror or err}; give a folder you can write to"
+    return None
 
 
 def _short_args(args: tuple[str, ...], common: tuple[str, ...]) -> str:
@@ -109,6 +131,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is already done; run nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from existing cell JSONs; run nothing")
     p.add_argument("--no-report", action="store_true", help="do not write the report after running")
+    p.add_argument("--replace-report", action="store_true",
+                   help="write the report even when it has fewer numbers than the one it replaces (default: keep the "
+                        "old report and say which rows would lose them)")
     p.add_argument("--skip-failed", action="store_true", help="leave cells recorded as failed alone (default: retry)")
     p.add_argument("--timeout", type=float | None, default=None, help="seconds allowed per ssr command (default: none)")
     p.add_argument("--workdir", type=str, default=".", help="folder where config paths resolve and ssr runs (default: .)")
@@ -120,8 +145,27 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _check_config_options(argv: list[str]) -> str | None:
+    """Why a `--config FILE` option cannot be read (bounded, as every YAML: ``files.load_yaml``), or None."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[len("--config="):] \
+            if arg.startswith("--config=") else None
+        if value is None:
+            continue
+        try:  # a file, or the YAML text itself (jsonargparse takes both)
+            load_yaml(value) if Path(value).exists() else load_yaml("--config", text=value)
+        except YAMLFileError as err:
+            return f"--config {err}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `ssr-ablate` console script; returns 0, or 1 when a cell failed."""
+    """Entry point of the `ssr-ablate` console script; returns 0, 1 when a cell failed, 2 for a usage error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    problem = _check_config_options(argv)
+    if problem:
+        print(f"ssr-ablate: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -130,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ssr-ablate: {err}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir).resolve()
+    if not workdir.is_dir():
+        print(f"ssr-ablate: --workdir {args.workdir}: not a folder; give the folder where config paths resolve",
+              file=sys.stderr)
+        return 2
     try:
         variables = parse_vars(args.var)
         study = load_study(args.study, profile=args.profile, variables=variables)
@@ -147,14 +195,36 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # `ssr-ablate ... --dry-run | head`: not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    # usage problems before anything in the results folder is touched
+    problem = None
+    if args.executor == "slurm" and not args.report_only:
+        try:
+            check_slurm()
+        except SlurmUnavailable as err:
+            problem = f"--executor slurm: {err}"
+    problem = problem or check_out(layout.out, "--out" if args.out else f"the results folder (`out` of {args.study})")
+    if problem:
+        print(f"ssr-ablate: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return _work(plan, layout, workdir, args)
+    except OSError as err:  # e.g. a read-only or full results folder found mid-way: one line, not a traceback
+        print(f"ssr-ablate: cannot write {err.filename or layout.out}: {err.strerror or err}; results written so far "
+              f"are kept in {layout.out}", file=sys.stderr)
+        return 1
+
+
+def _work(plan: Plan, layout: Layout, workdir: Path, args: Any) -> int:
+    """Report, submit or run, once the study and the results folder passed their checks."""
     from ssr_lightning.ablate.report import (  # matplotlib/tensorboard only here
         NothingToReport,
+        ReportKept,
         write_report,
     )
 
     if args.report_only:
         try:
-            paths = write_report(plan, layout.out)
+            paths = write_report(plan, layout.out, replace=args.replace_report)
         except NothingToReport as err:
             print(f"ssr-ablate: {err}", file=sys.stderr)
             return 1
@@ -168,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in failed:
         print(f"FAILED {r['cell_id']} at {r['error']['stage']}: {r['error']['message']}\n{r['error']['tail'][-1500:]}",
               file=sys.stderr)
+    kept = False
     if not args.no_report:
         try:
-            paths = write_report(plan, layout.out)
+            paths = write_report(plan, layout.out, replace=args.replace_report)
         except NothingToReport as err:
             print(f"ssr-ablate: {err}", file=sys.stderr)
-            paths = []
+            paths, kept = [], isinstance(err, ReportKept)
         table = next((Path(p) for p in paths if str(p).endswith(".md")), None)
         if table is not None and table.is_file():
             print("\n" + table.read_text())
@@ -181,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report: {path}")
     print(f"{len(records) - len(failed)} cells ok, {len(failed)} failed, "
           f"{len(shard_cells(plan.cells, args.shard)) - len(records)} already done -> {layout.out / 'cells'}")
-    return 1 if failed else 0
+    return 1 if failed or kept else 0
 
 
 def _submit(plan: Plan, layout: Layout, workdir: Path, args: object) -> int:
