@@ -74,6 +74,9 @@ def test_downscaling_matches_pil_bicubic_in_the_interior() -> None:
         interior = np.abs(ours - pil)[:, 3:-3, 3:-3]  # PIL renormalises at the edges instead of mirroring
         assert interior.max() < 1e-5, size  # the brief asks < 1/255; the two agree to float32 round-off
         assert np.abs(ours - pil).max() > 1e-3, "the edges differ: symmetric padding vs PIL's clipping"
+    # torch's antialiased bicubic shrink is PIL's too (A = -0.5), so it matches in the interior as well
+    aa = F.interpolate(x, size=(128, 128), mode="bicubic", antialias=True, align_corners=False)
+    assert torch.allclose(aa[..., 3:-3, 3:-3], imresize(x, 0.25)[..., 3:-3, 3:-3], atol=1e-12)
 
 
 def test_torch_bicubic_is_the_a_minus_three_quarters_kernel_with_clamped_edges() -> None:
