@@ -1,7 +1,8 @@
-"""`MetricSuite`: real NIQE offline from the shared weights, "n/a (weights missing)" without them, no network ever."""
+"""`MetricSuite`: real NIQE offline from the committed weights, "n/a (weights missing)" without them, no network."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from pathlib import Path
@@ -22,7 +23,14 @@ from ssr_lightning.metrics.iqa import (
     clip_importable,
 )
 
-SHARED_HUB = Path(__file__).resolve().parents[2] / "shared" / "weights" / "torch_hub"
+# A TORCH_HOME holding hub/pyiqa/niqe_modelparameters.mat: the committed copy (tests/assets/torch_hub, see its
+# README) unless SSR_TEST_TORCH_HOME names another
+ASSETS_TORCH_HOME = Path(__file__).resolve().parent / "assets" / "torch_hub"
+NIQE_FILE = "hub/pyiqa/niqe_modelparameters.mat"
+
+
+def niqe_torch_home() -> Path:
+    return Path(os.environ.get("SSR_TEST_TORCH_HOME") or ASSETS_TORCH_HOME)
 
 
 @pytest.fixture
@@ -129,11 +137,13 @@ def test_clipiqa_code_imports_without_pkg_resources() -> None:
     assert hasattr(arch, "CLIPIQA")
 
 
-@pytest.mark.skipif(not SHARED_HUB.is_dir(), reason=f"{SHARED_HUB} (the offline NIQE parameters) is not here")
-def test_real_niqe_offline_from_the_shared_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   no_network: list[object]) -> None:
+def test_real_niqe_offline_from_the_committed_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      no_network: list[object]) -> None:
+    source = niqe_torch_home()
+    assert (source / NIQE_FILE).is_file(), (f"{source / NIQE_FILE} is missing: SSR_TEST_TORCH_HOME must name a "
+                                            f"TORCH_HOME holding it (default: the committed {ASSETS_TORCH_HOME})")
     home = tmp_path / "torch_home"
-    shutil.copytree(SHARED_HUB, home)
+    shutil.copytree(source, home)  # a copy: whatever pyiqa does in its hub folder stays out of the repository
     # read at MetricSuite construction (torch.hub.get_dir() follows $TORCH_HOME), so no pyiqa reload is needed
     monkeypatch.setenv("TORCH_HOME", str(home))
     suite = MetricSuite(["niqe", "lpips"], crop_border=4)

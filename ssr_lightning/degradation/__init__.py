@@ -14,6 +14,7 @@ from .kernels import (
     sample_kernel_field,
 )
 from .noise import add_noise, jpeg
+from .resize import bicubic_upsample, imresize
 
 __all__ = [
     "KERNEL_SIZE",
@@ -23,10 +24,12 @@ __all__ = [
     "KernelConfig",
     "add_noise",
     "anisotropic_covariance",
+    "bicubic_upsample",
     "blur_downsample",
     "blur_downsample_invariant",
     "defocus_sigma",
     "gaussian_kernels",
+    "imresize",
     "jpeg",
     "sample_kernel_field",
 ]
