@@ -59,9 +59,23 @@ def mean_training_kernel(family: str, n: int = 16) -> torch.Tensor:
     return acc / n
 
 
+def training_fit(module: DKENetModule, family: str, n: int = 6) -> dict[str, float]:
+    """Kernel L1 on fresh training crops (eval mode): tells under- from over-fitting beside the val/test scores."""
+    dm = SRDataModule(patch_size=128, batch_size=8, degradation=degradation(family), seed=123)
+    dm.setup("fit")
+    vals: list[float] = []
+    for i, b in enumerate(dm.train_dataloader()):
+        if i >= n:
+            break
+        b = dm.degrade(b, training=True)
+        with torch.no_grad():
+            vals += kernel_l1(module(b["lr"], b["depth_lr"]), b["kernel"]).tolist()
+    return bootstrap_ci(vals).as_dict()
+
+
 def score(module: DKENetModule, family: str) -> dict[str, object]:
     mean_kernel = mean_training_kernel(family)
-    out: dict[str, object] = {}
+    out: dict[str, object] = {"train_crops": training_fit(module, family)}
     for split in ("val", "test"):
         rows: dict[str, list[float]] = {"ke": [], "mean_kernel": [], "per_image_mean": [], "names": []}
         for b in split_batches(family, split):
