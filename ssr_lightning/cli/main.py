@@ -191,6 +191,12 @@ def _leaf_paths(d: Any, prefix: str = "") -> set[str]:
     return {p for k, v in d.items() for p in _leaf_paths(v, f"{prefix}.{k}" if prefix else k)} | {prefix}
 
 
+def _clear(lock: Path) -> None:
+    with contextlib.suppress(OSError):
+        if lock.is_file():  # a failed fresh fit removes its run folder, lock included
+            lock.write_text("")
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Saves the resolved config as the run's ``config.yaml``; a resumed run never replaces it.
 
@@ -288,6 +294,8 @@ class SSRCLI(LightningCLI):
             else:
                 ckpt, self._resume_version = found
                 ckpt = readable_last(ckpt)
+                if ckpt.name == PREVIOUS and ckpt.with_name(LAST).is_file() and sub == "fit":
+                    self._set_aside = ckpt.with_name(LAST)  # unusable: must not become the next last.prev.ckpt
                 rank_zero_info(f"Resuming from {ckpt}")
                 cfg.ckpt_path = str(ckpt)
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
@@ -404,7 +412,7 @@ class SSRCLI(LightningCLI):
                                  "--root")
         if subcommand != "fit":
             return
-        lock = folder / RUN_LOCK
+        lock = folder.absolute() / RUN_LOCK
         if not held.enter_context(file_lock(lock, blocking=False)):
             try:
                 pid = lock.read_text().strip()
@@ -414,10 +422,15 @@ class SSRCLI(LightningCLI):
             raise UsageError(f"{folder} is in use by another `ssr fit`{holder}: wait for it to finish, or train under "
                              "another --name")
         lock.write_text(f"{os.getpid()}\n")
-        held.callback(lock.write_text, "")  # released: no holder
+        held.callback(_clear, lock)  # released: no holder
         if version is not None:  # a resume: temporary files of a save that was killed are stale now
             for stale in (folder / f"version_{version}" / "checkpoints").glob(".*.tmp.ckpt"):
                 stale.unlink(missing_ok=True)
+        broken = getattr(self, "_set_aside", None)
+        if broken is not None and broken.is_file():
+            kept = broken.with_name(f"{LAST}.unusable")
+            os.replace(broken, kept)
+            rank_zero_info(f"{broken} kept as {kept.name}: the next last.prev.ckpt is the checkpoint resumed from")
 
     def _remove_empty_run(self, subcommand: str) -> None:
         """A fit that failed before its first step (no checkpoint, step 0) leaves no version folder behind."""
