@@ -17,13 +17,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from test_diffusion import _save_ckpt, tiny_module
 
 from ssr_lightning.cli.main import RUN_LOCK
 from ssr_lightning.cli.main import main as ssr_main
 from ssr_lightning.cli.sr import main as sr_main
 from ssr_lightning.files import file_lock
-from ssr_lightning.inference.checkpoints import CheckpointError, find_checkpoint, load_model, read_checkpoint
+from ssr_lightning.inference.checkpoints import (
+    CheckpointError,
+    find_checkpoint,
+    load_model,
+    read_checkpoint,
+)
 from ssr_lightning.modules import DKENetModule
 from ssr_lightning.modules.checkpointing import RunCheckpointIO, TrainingError
 
@@ -130,7 +136,7 @@ def test_run_name_cannot_leave_the_root(tmp_path: Path, capsys, name: str) -> No
 def test_a_nan_loss_stops_training_and_every_checkpoint_stays_finite(tmp_path: Path, capsys, monkeypatch) -> None:
     step = DKENetModule.training_step
 
-    def diverging(self, batch, batch_idx):  # noqa: ANN001, ANN202
+    def diverging(self, batch, batch_idx):
         loss = step(self, batch, batch_idx)
         return loss * float("nan") if self.global_step >= 3 else loss
 
@@ -148,7 +154,7 @@ def test_nonfinite_weights_are_never_saved_over_finite_ones(tmp_path: Path, caps
     calls = []
     original = DKENetModule.optimizer_step
 
-    def poisoning(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - finite loss, NaN weights after
+    def poisoning(self, *args, **kwargs):
         original(self, *args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
@@ -184,7 +190,6 @@ def test_ssr_sr_refuses_a_nonfinite_checkpoint_and_writes_nothing(tmp_path: Path
     torch.manual_seed(0)
     ckpt = _save_ckpt(tiny_module(use_depth=False, use_kernel=False), tmp_path / "ssr.ckpt")
     _nan_copy(ckpt, ckpt)
-    from PIL import Image
     (tmp_path / "in").mkdir()
     Image.new("RGB", (12, 10), (120, 60, 30)).save(tmp_path / "in" / "a.png")
     code = sr_main([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpt), "--steps", "1"])
@@ -227,7 +232,7 @@ def test_checkpoint_writes_are_atomic_and_keep_the_previous_one(tmp_path: Path, 
     before = _digest(tmp_path)
     save = torch.save
 
-    def disk_full(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - half a file, then ENOSPC
+    def disk_full(obj, f, *args, **kwargs):
         save(obj, f)
         Path(f).write_bytes(Path(f).read_bytes()[:100])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
@@ -246,7 +251,7 @@ def test_a_full_disk_keeps_last_ckpt_and_ends_in_one_line(run: Path, capsys, mon
     before = _digest(ckpts)
     save = torch.save
 
-    def disk_full(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def disk_full(obj, f, *args, **kwargs):
         if str(f).endswith(".ckpt"):
             Path(f).write_bytes(b"\x80partial")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
@@ -301,7 +306,7 @@ def test_a_read_only_folder_is_found_before_any_work(run: Path, capsys, monkeypa
     target.mkdir(exist_ok=True)
     mkstemp = tempfile.mkstemp
 
-    def read_only(*args, dir=None, **kwargs):  # noqa: A002, ANN001, ANN002, ANN003, ANN202 - root ignores chmod
+    def read_only(*args, dir=None, **kwargs):
         if dir is not None and Path(dir).resolve() == target.resolve():
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
         return mkstemp(*args, dir=dir, **kwargs)
@@ -323,8 +328,8 @@ def test_a_read_only_folder_is_found_before_any_work(run: Path, capsys, monkeypa
 @pytest.mark.parametrize(("content", "message"), [
     (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), "bad.yaml: a binary file, not YAML text"),
     (b"model:\n  init_args: [\n", "bad.yaml: not valid YAML (line 3, column 1)"),
-    (b"model:\n  init_args:\n    chanels: 4\n", "bad.yaml: model.init_args.chanels: DKENetModule has no such option "
-                                                "(did you mean model.init_args.channels?)"),
+    (b"model:\n  init_args:\n    chanels: 4\n",
+     "bad.yaml: model.init_args.chanels: DKENetModule has no such option (did you mean model.init_args.channels?)"),
 ])
 def test_a_bad_config_file_is_named_in_one_line(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     (tmp_path / "bad.yaml").write_bytes(content)
@@ -350,10 +355,10 @@ def test_kernel_basis_usage_errors_exit_2_and_success_exits_0(tmp_path: Path) ->
     entry = "import sys; from ssr_lightning.cli.kernel_basis import main; sys.exit(main())"  # the console script
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     bad = subprocess.run([sys.executable, "-c", entry, "--components", "0"], capture_output=True, text=True, env=env,
-                         timeout=300)
+                         timeout=300, check=False)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "ssr-kernel-basis: need --components >= 1, --samples >= --components and --heldout >= 1 (got 0, 20000, 20000)"]
     out = tmp_path / "basis.pt"
     ok = subprocess.run([sys.executable, "-c", entry, "--components", "2", "--samples", "20", "--heldout", "4",
-                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+                         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300, check=False)
     assert ok.returncode == 0 and out.is_file() and ok.stderr == "", ok.stderr[-2000:]

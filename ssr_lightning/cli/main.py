@@ -57,7 +57,13 @@ from ssr_lightning.cli.parsing import (
     yaml_loader,
 )
 from ssr_lightning.data import DataError, SRDataModule
-from ssr_lightning.files import YAMLFileError, check_name, file_lock, unwritable
+from ssr_lightning.files import (
+    YAMLFileError,
+    check_name,
+    file_lock,
+    load_yaml,
+    unwritable,
+)
 from ssr_lightning.inference.checkpoints import (
     LAST,
     PACKAGE,
@@ -70,7 +76,8 @@ from ssr_lightning.inference.checkpoints import (
 from ssr_lightning.modules.checkpointing import TrainingError
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # one line, exit 1
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_WRITE_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}  # reported in one line, exit 1
 RUN_LOCK = ".ssr_fit.lock"  # in <root>/<name>: held by the fit that writes there, with its pid
 
 
@@ -112,8 +119,8 @@ def readable_last(ckpt: Path) -> Path:
 def _fragment_keys(path: str) -> list[str]:
     """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        doc = load_yaml(path) or {}
+    except YAMLFileError:
         return []
     model = doc.get("model") if isinstance(doc, dict) else None
     init = (model.get("init_args") if isinstance(model, dict) else None) or {}
@@ -216,8 +223,9 @@ class RunConfigCallback(SaveConfigCallback):
         path = log_dir / self.config_filename
         if path.is_file():
             text = self.parser.dump(self.config, skip_none=False)
-            if yaml.safe_load(path.read_text()) == yaml.safe_load(text):
-                return
+            with contextlib.suppress(YAMLFileError):  # an unreadable config.yaml is kept, this one goes beside it
+                if load_yaml(path) == load_yaml(path, text):
+                    return
             n = 1
             while (log_dir / f"config_resume_{n}.yaml").exists():
                 n += 1
@@ -277,6 +285,7 @@ class SSRCLI(LightningCLI):
     def _resolve_ckpt_path(self) -> None:
         """`--ckpt_path last` → the newest last.ckpt of this run name; a missing file is an error, not a fresh run."""
         self._resume_version: int | None = None
+        self._set_aside: Path | None = None
         sub = self.config.get("subcommand")
         if not sub:
             return
@@ -295,7 +304,7 @@ class SSRCLI(LightningCLI):
                 ckpt, self._resume_version = found
                 ckpt = readable_last(ckpt)
                 if ckpt.name == PREVIOUS and ckpt.with_name(LAST).is_file() and sub == "fit":
-                    self._set_aside = ckpt.with_name(LAST)  # unusable: must not become the next last.prev.ckpt
+                    self._set_aside = ckpt.with_name(LAST)
                 rank_zero_info(f"Resuming from {ckpt}")
                 cfg.ckpt_path = str(ckpt)
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
@@ -351,7 +360,10 @@ class SSRCLI(LightningCLI):
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             return
-        old_cfg = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old_cfg = load_yaml(saved) or {}
+        except YAMLFileError as err:
+            raise UsageError(f"cannot resume {run_dir}: {err}") from None
         # model.init_args.scale is a link target (from data.scale): compare data.scale instead
         old = {"model": old_cfg.get("model") or {}, "data.scale": (old_cfg.get("data") or {}).get("scale")}
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
@@ -427,7 +439,7 @@ class SSRCLI(LightningCLI):
             for stale in (folder / f"version_{version}" / "checkpoints").glob(".*.tmp.ckpt"):
                 stale.unlink(missing_ok=True)
         broken = getattr(self, "_set_aside", None)
-        if broken is not None and broken.is_file():
+        if broken is not None and broken.is_file():  # unusable: it must not become the next last.prev.ckpt
             kept = broken.with_name(f"{LAST}.unusable")
             os.replace(broken, kept)
             rank_zero_info(f"{broken} kept as {kept.name}: the next last.prev.ckpt is the checkpoint resumed from")
@@ -478,13 +490,13 @@ def main(args: list[str] | None = None) -> None:
     except TrainingError as err:
         print(f"ssr {argv[0] if argv else ''}: {err}", file=sys.stderr)
         sys.exit(1)
-    except OSError as err:
+    except OSError as err:  # a full disk or a file system that turned read-only mid-run: one line, failed work
         if err.errno not in _WRITE_ERRNOS or not err.filename:
             raise
-        print(f"ssr {argv[0] if argv else ''}: cannot write {err.filename}: {err.strerror}. Free space or make it "
-              "writable, then run again (--ckpt_path last resumes a fit)", file=sys.stderr)
+        advice = ("free space, then run again (--ckpt_path last resumes a fit)" if err.errno in _FULL_ERRNOS
+                  else "fix its permissions or pass another --root, then run again")
+        print(f"ssr {argv[0] if argv else ''}: {err.filename}: {err.strerror}: {advice}", file=sys.stderr)
         sys.exit(1)
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -91,10 +91,13 @@ class _RunCheckpoint(ModelCheckpoint):
             trainer.strategy.checkpoint_io = RunCheckpointIO()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Paths recorded at save time name this run's folder now (Lightning's own rule drops the scores and
-        writes ``best-v1.ckpt`` when the folder is spelled differently, e.g. an absolute ``--root``)."""
+        """Resuming the same run (its ``<name>/version_N/checkpoints`` folder, however ``--root`` is spelled now), the
+        paths recorded at save time name this folder: Lightning's own rule compares the spelling, drops the scores
+        and writes ``best-v1.ckpt``/``last-v1.ckpt`` beside the run's files. Another run's state is dropped, as
+        Lightning does."""
         state = dict(state_dict)
-        if self.dirpath:
+        recorded = state.get("dirpath")
+        if self.dirpath and recorded and _same_folder(Path(recorded), Path(self.dirpath)):
             here = Path(self.dirpath)
 
             def moved(p: Any) -> Any:
@@ -107,6 +110,12 @@ class _RunCheckpoint(ModelCheckpoint):
             if isinstance(state.get("best_k_models"), dict):
                 state["best_k_models"] = {moved(k): v for k, v in state["best_k_models"].items()}
         super().load_state_dict(state)
+
+
+def _same_folder(recorded: Path, here: Path) -> bool:
+    """``recorded`` and ``here`` are one run's checkpoint folder: the same path, or the same last three parts
+    (``<name>/version_N/checkpoints``) under a root spelled differently (relative, absolute, moved)."""
+    return recorded.absolute() == here.absolute() or recorded.parts[-3:] == here.absolute().parts[-3:]
 
 
 class KeepPreviousCheckpoint(_RunCheckpoint):
