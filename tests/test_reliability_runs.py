@@ -30,7 +30,7 @@ from ssr_lightning.inference.checkpoints import (
     load_model,
     read_checkpoint,
 )
-from ssr_lightning.modules import DKENetModule
+from ssr_lightning.modules import DKENetModule, checkpointing
 from ssr_lightning.modules.checkpointing import RunCheckpointIO, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -223,41 +223,32 @@ def test_resume_updates_best_ckpt_itself_and_only_with_a_better_score(run: Path,
 
 
 # --- 7: a kill or a full disk during a save ------------------------------------------------------------------------
+def _disk_full(path: Path, data: memoryview) -> None:
+    """The checkpoint file write on a full disk: part of the bytes land, then ENOSPC."""
+    path.write_bytes(bytes(data[:100]))
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
 def test_checkpoint_writes_are_atomic_and_keep_the_previous_one(tmp_path: Path, monkeypatch) -> None:
-    io, last = RunCheckpointIO(), tmp_path / "last.ckpt"
+    writer, last = RunCheckpointIO(), tmp_path / "last.ckpt"
     first = {"state_dict": {"w": torch.zeros(2)}, "global_step": 1}
-    io.save_checkpoint(first, last)
-    io.save_checkpoint({**first, "global_step": 2}, last)
+    writer.save_checkpoint(first, last)
+    writer.save_checkpoint({**first, "global_step": 2}, last)
     assert [torch.load(tmp_path / n)["global_step"] for n in ("last.prev.ckpt", "last.ckpt")] == [1, 2]
     before = _digest(tmp_path)
-    save = torch.save
-
-    def disk_full(obj, f, *args, **kwargs):
-        save(obj, f)
-        Path(f).write_bytes(Path(f).read_bytes()[:100])
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(checkpointing, "_write_file", _disk_full)
     with pytest.raises(TrainingError, match=r"cannot write .*last\.ckpt: No space left on device; the checkpoints"):
-        io.save_checkpoint({**first, "global_step": 3}, last)
+        writer.save_checkpoint({**first, "global_step": 3}, last)
     assert _digest(tmp_path) == before  # both files intact, no temporary file left
     with pytest.raises(TrainingError, match="weights are not finite at step 4"):
-        io.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}, "global_step": 4}, last)
+        writer.save_checkpoint({"state_dict": {"w": torch.tensor([float("nan")])}, "global_step": 4}, last)
     assert _digest(tmp_path) == before
 
 
 def test_a_full_disk_keeps_last_ckpt_and_ends_in_one_line(run: Path, capsys, monkeypatch) -> None:
     ckpts = run / CKPTS
     before = _digest(ckpts)
-    save = torch.save
-
-    def disk_full(obj, f, *args, **kwargs):
-        if str(f).endswith(".ckpt"):
-            Path(f).write_bytes(b"\x80partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
-        return save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", disk_full)
+    monkeypatch.setattr(checkpointing, "_write_file", _disk_full)
     code, err = _fit(run, capsys, "--root", "runs", "--ckpt_path", "last", "--trainer.max_steps", "6")
     line = _one_line(err)
     assert code == 1 and "last.ckpt: No space left on device" in line and "resume with --ckpt_path last" in line

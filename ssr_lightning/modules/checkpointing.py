@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def check_loss(loss: Tensor, step: int) -> None:
                             f"step, so the run's checkpoints keep the last finite weights. {_ADVICE}")
 
 
+def _write_file(path: Path, data: memoryview) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+
+
 class RunCheckpointIO(TorchCheckpointIO):
     """Saves atomically and only finite weights (``last.ckpt`` keeps its predecessor); loads through
     ``read_checkpoint``."""
@@ -66,8 +72,12 @@ class RunCheckpointIO(TorchCheckpointIO):
                                 f"({bad} holds NaN or inf), so {target} was not written; the run's checkpoints keep "
                                 f"the last finite weights. {_ADVICE}")
         previous = target.with_name(PREVIOUS) if target.name == LAST else None
+        # serialised in memory first (as Lightning's own writer does): torch's zip writer reports a full disk as a
+        # RuntimeError mid-file, Python's file write as OSError(ENOSPC)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
         try:
-            atomic_write(target, lambda tmp: torch.save(checkpoint, tmp), previous=previous)
+            atomic_write(target, lambda tmp: _write_file(tmp, buffer.getbuffer()), previous=previous)
         except OSError as err:
             raise TrainingError(f"cannot write {target}: {err.strerror or err}; the checkpoints already there are "
                                 "intact. Free space (or make the folder writable), then resume with --ckpt_path last"
