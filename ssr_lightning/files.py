@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import yaml
 
 __all__ = [
     "NAME_PATTERN", "YAMLFileError", "atomic_write", "atomic_write_json", "atomic_write_text", "check_name",
-    "file_lock", "load_yaml", "slugify",
+    "check_yaml_size", "file_lock", "load_yaml", "slugify", "unwritable",
 ]
 
 # A name that becomes one path component: no separators, no "..", no leading dot or dash, bounded length.
@@ -34,18 +35,41 @@ YAML_MAX_NODES = 200_000
 YAML_MAX_BYTES = 2 << 20
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path`` (atomic on POSIX)."""
+def _temporary_beside(path: Path) -> Path:
+    # unique per host, process and call: concurrent writers (threads, shards on a shared folder) never share one
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any], *,
+                 previous: str | os.PathLike[str] | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path`` (atomic on POSIX).
+
+    With ``previous`` (a path in the same folder), an existing ``path`` becomes ``previous`` once the new file is
+    complete: hard-linked first, so ``path`` never goes missing (renamed where the file system has no hard links).
+    A failed ``write`` leaves both files as they were.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per host, process and call: concurrent writers (threads, shards on a shared folder) never share one
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    tmp = _temporary_beside(path)
     try:
         write(tmp)
+        if previous is not None and path.is_file():
+            _keep_as(path, Path(previous))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _keep_as(path: Path, previous: Path) -> None:
+    """``path``'s current file becomes ``previous`` (a hard link, replaced atomically; else a rename)."""
+    link = _temporary_beside(previous)
+    try:
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        link.unlink(missing_ok=True)
+        os.replace(path, previous)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -147,7 +171,31 @@ def load_yaml(source: str | os.PathLike[str], text: str | bytes | None = None,
         at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise YAMLFileError(f"{name}: not valid YAML{at}: {problem}") from None
+    return check_yaml_size(doc, name, max_nodes)
+
+
+# --- folders ------------------------------------------------------------------------------------------------------
+def unwritable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be created in ``folder`` (or, while it does not exist, in its nearest existing parent, where
+    it would be made), else None. Tries for real (a temporary file, removed): permission bits do not bind root."""
+    here = Path(folder).absolute()
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        return f"{here} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(dir=here, prefix=".ssr-write-test-")
+    except OSError as err:
+        return f"{here}: {err.strerror or err}"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_yaml_size(doc: Any, source: str | os.PathLike[str], max_nodes: int = YAML_MAX_NODES) -> Any:
+    """``doc`` (already loaded, e.g. by another YAML loader) unless it has more than ``max_nodes`` values once its
+    aliases are expanded: then :class:`YAMLFileError` naming ``source``, as :func:`load_yaml` says it."""
     if _count_nodes(doc, max_nodes) > max_nodes:
-        raise YAMLFileError(f"{name}: more than {max_nodes:,} values once its aliases (*name) are expanded; refused "
+        raise YAMLFileError(f"{source}: more than {max_nodes:,} values once its aliases (*name) are expanded; refused "
                             "(an alias bomb?). Write the values out or use fewer nested aliases")
     return doc

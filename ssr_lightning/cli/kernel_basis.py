@@ -9,6 +9,7 @@ distribution and the held-out errors.
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ssr_lightning.degradation.kernels import KernelConfig
+from ssr_lightning.files import unwritable
 from ssr_lightning.networks.kernel_codec import (
     DEFAULT_COMPONENTS,
     DEFAULT_SAMPLES,
@@ -48,14 +50,33 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Fit and save the basis, report held-out reconstruction error (stdout + JSON beside the artifact)."""
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Fit and save the basis, report held-out reconstruction error (stdout + JSON beside the artifact).
+
+    Returns the report when called with ``argv``; as the console script (no ``argv``) it returns None, so the exit
+    status is 0. Bad options exit with status 2 and a failed write with 1, each with one line.
+    """
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.components < 1 or args.samples < args.components or args.heldout < 1:
-        raise SystemExit(f"ssr-kernel-basis: need --components >= 1, --samples >= --components and --heldout >= 1 "
-                         f"(got {args.components}, {args.samples}, {args.heldout})")
+        print(f"ssr-kernel-basis: need --components >= 1, --samples >= --components and --heldout >= 1 "
+              f"(got {args.components}, {args.samples}, {args.heldout})", file=sys.stderr)
+        sys.exit(2)
     cfg = KernelConfig(multiplicative_noise=args.multiplicative_noise, defocus=not args.no_defocus)
     out = default_basis_path(args.components, cfg) if args.out is None else Path(args.out)
+    problem = f"{out} is a folder" if out.is_dir() else unwritable(out.parent)
+    if problem:
+        print(f"ssr-kernel-basis: --out {out}: cannot write there ({problem}): give the path of a .pt file in a "
+              "writable folder", file=sys.stderr)
+        sys.exit(2)
+    try:
+        report = _fit_and_save(args, cfg, out)
+    except OSError as err:  # a full disk is failed work (1); a path that cannot be written is a bad --out (2)
+        print(f"ssr-kernel-basis: cannot write {err.filename or out}: {err.strerror or err}", file=sys.stderr)
+        sys.exit(1 if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else 2)
+    return report if argv is not None else None
+
+
+def _fit_and_save(args: Any, cfg: KernelConfig, out: Path) -> dict[str, Any]:
     basis = fit_kernel_basis(cfg, args.components, args.samples, args.seed)
     save_basis_atomic(basis, out)
     heldout_seed = args.seed + HELDOUT_SEED_OFFSET

@@ -16,23 +16,32 @@ Additions to the stock LightningCLI:
   refused with a clear message when the checkpoint belongs to another stage), but model options given explicitly
   on the command line still win (test-time switches such as `--model.init_args.conditions.source svkr`).
 
-Usage errors (bad options, missing or foreign checkpoints, a refused resume) end with one line naming the file or
-option and exit status 2; failed work (an exception while training) exits with status 1.
+- `--name` is one folder name (`files.check_name`); a fit holds a lock on its run folder `<root>/<name>`, so a second
+  fit of the same run is refused (naming the holder's pid) instead of interleaving checkpoints;
+- config files are read through `files.load_yaml` (bounded, named on every error); an unknown option is one line
+  with a "did you mean" suggestion.
+
+Usage errors (bad options, missing or foreign checkpoints, a refused resume, a run folder that cannot be written or is
+in use) end with one line naming the file or option and exit status 2; failed work (divergence, a full disk, an
+exception while training) exits with status 1, the first two in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
 import json
 import os
 import shutil
 import sys
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from jsonargparse import Namespace, set_parsing_settings
+from jsonargparse import Namespace, set_loader, set_parsing_settings
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import (
     LightningArgumentParser,
@@ -41,15 +50,35 @@ from lightning.pytorch.cli import (
 )
 from lightning.pytorch.utilities import rank_zero_info
 
+from ssr_lightning.cli.parsing import (
+    check_config_files,
+    explain_parse_error,
+    option_names,
+    yaml_loader,
+)
 from ssr_lightning.data import DataError, SRDataModule
+from ssr_lightning.files import (
+    YAMLFileError,
+    check_name,
+    file_lock,
+    load_yaml,
+    unwritable,
+)
 from ssr_lightning.inference.checkpoints import (
+    LAST,
+    PACKAGE,
+    PREVIOUS,
     STAGES,
     CheckpointError,
     find_checkpoint,
     read_checkpoint,
 )
+from ssr_lightning.modules.checkpointing import TrainingError
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_WRITE_ERRNOS = _FULL_ERRNOS | {errno.EROFS, errno.EACCES, errno.EPERM}  # reported in one line, exit 1
+RUN_LOCK = ".ssr_fit.lock"  # in <root>/<name>: held by the fit that writes there, with its pid
 
 
 class UsageError(Exception):
@@ -57,7 +86,8 @@ class UsageError(Exception):
 
 
 def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int] | None:
-    """The newest version's ``last.ckpt`` of run ``root/name`` (the checkpoint policy's ``last``), with its version."""
+    """The newest version's ``last.ckpt`` (or, where a kill left none, its ``last.prev.ckpt``) of run ``root/name``
+    (the checkpoint policy's ``last``), with its version."""
     ckpt = find_checkpoint(name, root, "last")
     if ckpt is None:
         return None
@@ -65,26 +95,32 @@ def find_last_checkpoint(root: str | os.PathLike, name: str) -> tuple[Path, int]
 
 
 def readable_last(ckpt: Path) -> Path:
-    """``ckpt`` if it reads as a checkpoint, else the ``last.prev.ckpt`` beside it (with a message), else UsageError."""
-    try:
-        read_checkpoint(ckpt)
-        return ckpt
-    except CheckpointError as err:
-        prev = ckpt.with_name("last.prev.ckpt")
+    """The version's ``last.ckpt`` if it reads as a checkpoint, else the ``last.prev.ckpt`` beside it (with a message
+    saying why), else UsageError."""
+    last, prev = ckpt.with_name(LAST), ckpt.with_name(PREVIOUS)
+    problem = f"{last}: missing"
+    if last.is_file():
         try:
-            read_checkpoint(prev)
-        except (CheckpointError, FileNotFoundError):
-            raise UsageError(f"{err} (and no readable {prev.name} beside it): resume from another checkpoint with "
-                             "--ckpt_path PATH or start a new run without --ckpt_path") from None
-        rank_zero_info(f"{ckpt} is corrupt; resuming from the previous checkpoint {prev} instead")
-        return prev
+            read_checkpoint(last)
+            return last
+        except CheckpointError as err:
+            problem = str(err)
+    try:
+        read_checkpoint(prev)
+    except (CheckpointError, FileNotFoundError):
+        raise UsageError(f"{problem} (and no readable {prev.name} beside it): resume from another checkpoint with "
+                         "--ckpt_path PATH or start a new run without --ckpt_path") from None
+    why = ("is missing" if not last.is_file() else "holds non-finite weights" if "not finite" in problem
+           else "is corrupt")
+    rank_zero_info(f"{last} {why}; resuming from the previous checkpoint {prev} instead")
+    return prev
 
 
 def _fragment_keys(path: str) -> list[str]:
     """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
     try:
-        doc = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        doc = load_yaml(path) or {}
+    except YAMLFileError:
         return []
     model = doc.get("model") if isinstance(doc, dict) else None
     init = (model.get("init_args") if isinstance(model, dict) else None) or {}
@@ -119,7 +155,7 @@ def explicit_model_keys(args: list[str]) -> list[str]:
 def _stage_of(model_cfg: Namespace | None) -> str | None:
     """The checkpoint stage of the configured LightningModule class (its ``stage`` attribute), if it has one."""
     class_path = str(getattr(model_cfg, "class_path", "") or "")
-    if "." not in class_path:
+    if not class_path.startswith(PACKAGE):  # never import a class outside the package
         return None
     module, name = class_path.rsplit(".", 1)
     try:
@@ -162,6 +198,12 @@ def _leaf_paths(d: Any, prefix: str = "") -> set[str]:
     return {p for k, v in d.items() for p in _leaf_paths(v, f"{prefix}.{k}" if prefix else k)} | {prefix}
 
 
+def _clear(lock: Path) -> None:
+    with contextlib.suppress(OSError):
+        if lock.is_file():  # a failed fresh fit removes its run folder, lock included
+            lock.write_text("")
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Saves the resolved config as the run's ``config.yaml``; a resumed run never replaces it.
 
@@ -181,8 +223,9 @@ class RunConfigCallback(SaveConfigCallback):
         path = log_dir / self.config_filename
         if path.is_file():
             text = self.parser.dump(self.config, skip_none=False)
-            if yaml.safe_load(path.read_text()) == yaml.safe_load(text):
-                return
+            with contextlib.suppress(YAMLFileError):  # an unreadable config.yaml is kept, this one goes beside it
+                if load_yaml(path) == load_yaml(path, text):
+                    return
             n = 1
             while (log_dir / f"config_resume_{n}.yaml").exists():
                 n += 1
@@ -206,12 +249,33 @@ class SSRCLI(LightningCLI):
                             help="Folder that holds the run folders (default: --trainer.default_root_dir, else runs).")
         parser.link_arguments("data.scale", "model.init_args.scale")
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("exit_on_error", False)  # errors reach parse_arguments, which makes them one line
+        return super().init_parser(**kwargs)
+
     def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
         self._cli_args = [] if isinstance(args, (dict, Namespace)) else [str(a) for a in (sys.argv[1:] if args is None else args)]
-        super().parse_arguments(parser, args)  # type: ignore[arg-type]
+        try:
+            check_config_files(self._cli_args)
+        except YAMLFileError as err:
+            raise UsageError(str(err)) from None
+        try:
+            super().parse_arguments(parser, args)  # type: ignore[arg-type]
+        except ArgumentError as err:
+            raise UsageError(self._explain(str(err))) from None
+
+    def _explain(self, message: str) -> str:
+        sub = next((a for a in self._cli_args if a in self.subcommands()), "")
+        sub_parser = getattr(self, "_subcommand_parsers", {}).get(sub)
+        return explain_parse_error(message, sub or "fit", option_names(sub_parser) if sub_parser else [], self._cli_args)
 
     def _run_name_and_root(self, cfg: Namespace) -> tuple[str, str]:
         """The run folder `<root>/<name>`: `--name` (else the stage name) under `--root` or the trainer's root dir."""
+        if cfg.get("name"):
+            try:
+                check_name(cfg.get("name"), "--name")
+            except ValueError as err:
+                raise UsageError(str(err)) from None
         name = cfg.get("name") or _stage_name(cfg.get("model"))
         root, trainer_root = cfg.get("root"), (cfg.get("trainer") or Namespace()).get("default_root_dir")
         if root and trainer_root and Path(root).resolve() != Path(trainer_root).resolve():
@@ -221,6 +285,7 @@ class SSRCLI(LightningCLI):
     def _resolve_ckpt_path(self) -> None:
         """`--ckpt_path last` → the newest last.ckpt of this run name; a missing file is an error, not a fresh run."""
         self._resume_version: int | None = None
+        self._set_aside: Path | None = None
         sub = self.config.get("subcommand")
         if not sub:
             return
@@ -238,6 +303,8 @@ class SSRCLI(LightningCLI):
             else:
                 ckpt, self._resume_version = found
                 ckpt = readable_last(ckpt)
+                if ckpt.name == PREVIOUS and ckpt.with_name(LAST).is_file() and sub == "fit":
+                    self._set_aside = ckpt.with_name(LAST)
                 rank_zero_info(f"Resuming from {ckpt}")
                 cfg.ckpt_path = str(ckpt)
         elif ckpt_path and not Path(ckpt_path).is_file() and ckpt_path not in ("best", "hpc"):
@@ -284,16 +351,19 @@ class SSRCLI(LightningCLI):
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
-        except SystemExit:
-            sys.stderr.write(f"Parsing the hyper-parameters of {ckpt_path} failed (see above)\n")
-            raise
+        except ArgumentError as err:
+            raise UsageError(f"--ckpt_path {ckpt_path}: its hyper-parameters do not fit this command: "
+                             f"{self._explain(str(err))}") from None
 
     def _check_resume_model(self, cfg: Namespace, run_dir: Path) -> None:
         """Refuse to resume a run with model options its checkpoints were not trained with."""
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             return
-        old_cfg = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old_cfg = load_yaml(saved) or {}
+        except YAMLFileError as err:
+            raise UsageError(f"cannot resume {run_dir}: {err}") from None
         # model.init_args.scale is a link target (from data.scale): compare data.scale instead
         old = {"model": old_cfg.get("model") or {}, "data.scale": (old_cfg.get("data") or {}).get("scale")}
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
@@ -330,11 +400,49 @@ class SSRCLI(LightningCLI):
             torch.set_float32_matmul_precision("high")
 
     def _run_subcommand(self, subcommand: str) -> None:
-        try:
-            super()._run_subcommand(subcommand)
-        except BaseException:
-            self._remove_empty_run(subcommand)
-            raise
+        with contextlib.ExitStack() as held:
+            self._claim_run_folder(subcommand, held)
+            try:
+                super()._run_subcommand(subcommand)
+            except BaseException:
+                self._remove_empty_run(subcommand)
+                raise
+
+    def _claim_run_folder(self, subcommand: str, held: contextlib.ExitStack) -> None:
+        """Before anything is written: the run folder must be writable, and a fit locks it (``RUN_LOCK``) for as long
+        as it runs, so a second fit of the same run is refused instead of interleaving checkpoints and logs."""
+        cfg = self.config[subcommand]
+        name, root = self._run_name_and_root(cfg)
+        folder = Path(root) / (name if subcommand == "fit" else f"{name}_{subcommand}")
+        version = getattr(self, "_resume_version", None) if subcommand == "fit" else None
+        folders = [folder] + ([folder / f"version_{version}", folder / f"version_{version}" / "checkpoints"]
+                              if version is not None else [])
+        for path in folders:
+            problem = unwritable(path)
+            if problem:
+                raise UsageError(f"cannot write the run folder {path} ({problem}): make it writable, or pass another "
+                                 "--root")
+        if subcommand != "fit":
+            return
+        lock = folder.absolute() / RUN_LOCK
+        if not held.enter_context(file_lock(lock, blocking=False)):
+            try:
+                pid = lock.read_text().strip()
+            except OSError:
+                pid = ""
+            holder = f" (pid {pid})" if pid.isdigit() else ""
+            raise UsageError(f"{folder} is in use by another `ssr fit`{holder}: wait for it to finish, or train under "
+                             "another --name")
+        lock.write_text(f"{os.getpid()}\n")
+        held.callback(_clear, lock)  # released: no holder
+        if version is not None:  # a resume: temporary files of a save that was killed are stale now
+            for stale in (folder / f"version_{version}" / "checkpoints").glob(".*.tmp.ckpt"):
+                stale.unlink(missing_ok=True)
+        broken = getattr(self, "_set_aside", None)
+        if broken is not None and broken.is_file():  # unusable: it must not become the next last.prev.ckpt
+            kept = broken.with_name(f"{LAST}.unusable")
+            os.replace(broken, kept)
+            rank_zero_info(f"{broken} kept as {kept.name}: the next last.prev.ckpt is the checkpoint resumed from")
 
     def _remove_empty_run(self, subcommand: str) -> None:
         """A fit that failed before its first step (no checkpoint, step 0) leaves no version folder behind."""
@@ -347,7 +455,9 @@ class SSRCLI(LightningCLI):
             return
         shutil.rmtree(log_dir, ignore_errors=True)
         for parent in (log_dir.parent, log_dir.parent.parent):  # <root>/<name>, then <root>, when left empty
-            if parent.is_dir() and parent.resolve() != Path.cwd().resolve() and not any(parent.iterdir()):
+            if parent.is_dir() and parent.resolve() != Path.cwd().resolve() and not any(
+                    p.name != RUN_LOCK for p in parent.iterdir()):
+                (parent / RUN_LOCK).unlink(missing_ok=True)
                 parent.rmdir()
         print(f"ssr: removed {log_dir}: the run failed before its first step", file=sys.stderr)
 
@@ -362,6 +472,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(sr_main(list(argv[1:])))
     # dataclass fields (DegradationConfig, KernelConfig) document themselves with attribute docstrings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    set_loader("yaml", yaml_loader, (yaml.YAMLError, YAMLFileError))
     try:
         SSRCLI(
             LightningModule,
@@ -376,6 +487,16 @@ def main(args: list[str] | None = None) -> None:
     except (UsageError, CheckpointError, DataError) as err:
         print(f"ssr {argv[0] if argv else ''}: {err}".replace("  ", " "), file=sys.stderr)
         sys.exit(2)
+    except TrainingError as err:
+        print(f"ssr {argv[0] if argv else ''}: {err}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:  # a full disk or a file system that turned read-only mid-run: one line, failed work
+        if err.errno not in _WRITE_ERRNOS or not err.filename:
+            raise
+        advice = ("free space, then run again (--ckpt_path last resumes a fit)" if err.errno in _FULL_ERRNOS
+                  else "fix its permissions or pass another --root, then run again")
+        print(f"ssr {argv[0] if argv else ''}: {err.filename}: {err.strerror}: {advice}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

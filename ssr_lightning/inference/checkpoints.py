@@ -2,15 +2,17 @@
 
 Where: ``ssr fit`` writes ``<root>/<name>/version_N/checkpoints/`` (``root`` = ``runs``, ``name`` = the stage name
 unless ``--name``), holding ``best.ckpt`` (best validation metric), ``last.ckpt`` (refreshed every
-``fit.ckpt_every_n_steps``), ``last.prev.ckpt`` (the ``last.ckpt`` before it) and ``step=N.ckpt`` files.
+``fit.ckpt_every_n_steps``), ``last.prev.ckpt`` (the ``last.ckpt`` before it) and ``step=N.ckpt`` files. Every file
+is written to a temporary file beside it and renamed, and only with finite weights (``modules/checkpointing.py``).
 
 Which: :func:`find_checkpoint` takes the newest version (highest ``N``) that has the wanted file:
-``best`` (default for inference; falls back to ``last`` when a run has no validation yet), ``last`` (resuming) or
-``newest`` (the most recently written ``.ckpt`` of that version).
+``best`` (default for inference; falls back to ``last`` when a run has no validation yet), ``last`` (resuming; falls
+back to ``last.prev.ckpt`` when a kill left no ``last.ckpt``) or ``newest`` (the most recently written ``.ckpt``).
 
-How: :func:`read_checkpoint` loads a file with ``weights_only=True`` (never unpickling code) and checks it is a
-checkpoint of the expected stage; :func:`load_model` returns the stage's ready network in eval mode (the EMA weights
-for the diffusion stage). Checkpoints of the first format (before ``ssr_lightning`` 0.2) are upgraded on read
+How: :func:`read_checkpoint` loads a file with ``weights_only=True`` (never unpickling code), refuses one whose
+hyper-parameters name a class outside this package (:func:`check_class_paths`, before anything imports it) or whose
+weights are not finite (:func:`first_nonfinite`), and checks it is a checkpoint of the expected stage;
+:func:`load_model` returns the stage's ready network in eval mode (the EMA weights for the diffusion stage). Checkpoints of the first format (before ``ssr_lightning`` 0.2) are upgraded on read
 (:mod:`ssr_lightning.inference.legacy`). Every failure names the file, the stage expected and, for a checkpoint of
 another stage, the stage found.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +31,17 @@ import torch
 from torch import nn
 
 __all__ = [
-    "FORMAT", "STAGES", "CheckpointError", "StageInfo", "Which", "build_model", "checkpoint_stage", "find_checkpoint",
-    "load_model", "model_class", "read_checkpoint", "require_file", "resolve_checkpoint",
+    "FORMAT", "LAST", "PACKAGE", "PREVIOUS", "STAGES", "CheckpointError", "StageInfo", "Which", "build_model",
+    "check_class_paths", "checkpoint_stage", "find_checkpoint", "first_nonfinite", "load_model", "model_class",
+    "read_checkpoint", "require_file", "resolve_checkpoint",
 ]
 
 FORMAT = 2
+LAST, PREVIOUS = "last.ckpt", "last.prev.ckpt"  # the resume file and the one before it
+PACKAGE = "ssr_lightning."  # the only classes a checkpoint may name
+# the instantiators LightningCLI records in hyper-parameters (never called here; allowed by name)
+_INSTANTIATORS = {"lightning.pytorch.cli.instantiate_module"}
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 Which = Literal["best", "last", "newest"]
 _VERSION = re.compile(r"version_(\d+)$")
 
@@ -75,10 +84,10 @@ def _versions(run_dir: Path) -> list[Path]:
 
 
 def _pick(ckpt_dir: Path, which: Which) -> Path | None:
-    if which == "newest":
-        files = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if which == "newest":  # not the hidden temporary files of a save in progress
+        files = sorted((p for p in ckpt_dir.glob("*.ckpt") if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime)
         return files[-1] if files else None
-    names = ("best.ckpt", "last.ckpt") if which == "best" else ("last.ckpt",)
+    names = ("best.ckpt", LAST) if which == "best" else (LAST, PREVIOUS)
     return next((ckpt_dir / n for n in names if (ckpt_dir / n).is_file()), None)
 
 
@@ -133,35 +142,91 @@ def checkpoint_stage(ckpt: dict[str, Any]) -> str | None:
     return meta.get("stage") if isinstance(meta, dict) else None
 
 
+def _class_paths(value: Any, where: str) -> list[tuple[str, Any]]:
+    """``(key, value)`` of every ``class_path``/``_class_path``/``_instantiator`` entry in nested hyper-parameters."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{where}.{key}"
+            if key in ("class_path", "_class_path", "_instantiator"):
+                found.append((here, item))
+            found += _class_paths(item, here)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found += _class_paths(item, f"{where}[{i}]")
+    return found
+
+
+def check_class_paths(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint whose hyper-parameters name a class outside ``ssr_lightning``: LightningCLI would import
+    it (running that module's code) to rebuild the model. Nothing is imported here."""
+    for section in ("hyper_parameters", "datamodule_hyper_parameters"):
+        for key, value in _class_paths(ckpt.get(section), section):
+            ok = isinstance(value, str) and _DOTTED.fullmatch(value) is not None and (
+                value in _INSTANTIATORS if key.endswith("_instantiator") else value.startswith(PACKAGE))
+            if not ok:
+                raise CheckpointError(f"{path}: refused: its {key} is {str(value)[:120]!r}, a class outside "
+                                      "ssr_lightning (importing it could run any code). Only checkpoints written by "
+                                      "`ssr fit` are accepted")
+
+
+def _tensors(value: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _tensors(item, f"{where}[{i}]")
+
+
+def first_nonfinite(ckpt: dict[str, Any]) -> str | None:
+    """The name of the first weight, EMA weight or optimiser-state tensor holding NaN or inf, else None: the one
+    finite-weights guard, used on every checkpoint save and load."""
+    for section in ("state_dict", "ema", "optimizer_states"):
+        for name, tensor in _tensors(ckpt.get(section), ""):
+            if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+                return f"{section}: {name}" if section != "state_dict" else name
+    return None
+
+
 def read_checkpoint(path: str | os.PathLike[str], stage: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``, upgraded to the current format, of stage ``stage``."""
+    """Load a checkpoint dict with ``weights_only=True``, upgraded to the current format, of stage ``stage``; refused
+    (``CheckpointError`` naming the file) when it names a class outside this package or holds non-finite weights."""
     from ssr_lightning.inference.legacy import upgrade
 
     p = require_file(path, stage or "checkpoint")
+    expected = f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint"
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{p}: refused to load: it holds Python objects that only code execution could rebuild "
             f"({str(err).splitlines()[0][:160]}). Only checkpoints written by `ssr fit` are accepted; expected "
-            f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint."
+            f"{expected}."
         ) from None
     except Exception as err:  # noqa: BLE001 - any other failure to unpickle means a corrupt or foreign file
         raise CheckpointError(
             f"{p}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:160]}); the file is "
-            f"truncated or corrupt. Expected {'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint: use "
-            "the run's last.prev.ckpt or best.ckpt, or retrain."
+            f"truncated or corrupt. Expected {expected}: use the run's last.prev.ckpt or best.ckpt, or retrain."
         ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict); expected "
-                              f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint written by `ssr fit`")
+        raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict); expected {expected} written by "
+                              "`ssr fit`")
+    check_class_paths(ckpt, p)
     ckpt = upgrade(ckpt, p)
     found = checkpoint_stage(ckpt)
     if stage is not None and found != stage:
         raise CheckpointError(f"{p} is a checkpoint of stage '{found or 'unknown'}' ({_label(found)}), but a "
                               f"'{stage}' ({_label(stage)}) checkpoint is expected here: pass the {_label(stage)} "
                               "checkpoint")
+    bad = first_nonfinite(ckpt)
+    if bad is not None:
+        raise CheckpointError(f"{p}: refused: its weights are not finite ({bad} holds NaN or inf; training had "
+                              "diverged). Use an earlier checkpoint of the run (last.prev.ckpt, best.ckpt) or retrain "
+                              "with a lower learning rate")
     return ckpt
 
 
@@ -187,6 +252,9 @@ def model_class(name: str) -> type[nn.Module]:
 def build_model(ckpt: dict[str, Any], ema: bool = True) -> nn.Module:
     """Rebuild the network of a (format-2) checkpoint dict and load its weights (EMA ones if present and ``ema``)."""
     meta = ckpt["ssr"]
+    bad = first_nonfinite({"state_dict": ckpt["state_dict"], "ema": ckpt.get("ema") if ema else None})
+    if bad is not None:
+        raise CheckpointError(f"refused: the checkpoint's weights are not finite ({bad} holds NaN or inf)")
     model = model_class(meta["model_class"]).from_config(dict(meta["model_config"]))
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     # A frozen pretrained backbone is not saved in the checkpoint: it comes from its pretrained_path.

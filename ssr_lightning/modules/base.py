@@ -21,16 +21,22 @@ from typing import Any, TypeVar
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
+from ssr_lightning.modules.checkpointing import (
+    BestCheckpoint,
+    KeepPreviousCheckpoint,
+    TrainingError,
+    check_loss,
+)
 from ssr_lightning.visualize import Panel, labelled_grid
 
-__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "as_config"]
+__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config"]
 
 C = TypeVar("C")
 
@@ -69,18 +75,6 @@ def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.asdict(value)
     return value
-
-
-class KeepPreviousCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` that moves the previous ``last.ckpt`` to ``last.prev.ckpt`` before writing a new one, so a
-    checkpoint corrupted by a kill mid-write still has a readable predecessor (``ssr fit --ckpt_path last`` falls
-    back to it)."""
-
-    def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
-        path = Path(filepath)
-        if trainer.is_global_zero and path.name == "last.ckpt" and path.is_file():
-            os.replace(path, path.with_name("last.prev.ckpt"))
-        super()._save_checkpoint(trainer, filepath)
 
 
 class FitTiming(Callback):
@@ -149,16 +143,20 @@ class StageModule(LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         # One callback keeps `last.ckpt` fresh during training (so a killed run loses at most N steps),
-        # the other keeps the best checkpoint by the stage's validation metric.
+        # the other keeps the best checkpoint by the stage's validation metric; both write atomically, finite
+        # weights only, and update their own files on resume (modules/checkpointing.py).
         periodic = KeepPreviousCheckpoint(filename="step{step}", save_last=True, save_top_k=0,
                                           every_n_train_steps=self.fit_args.ckpt_every_n_steps)
-        best = ModelCheckpoint(
+        best = BestCheckpoint(
             filename="best", monitor=self.monitor, mode=self.monitor_mode, save_top_k=1, auto_insert_metric_name=False
         )
         callbacks: list[Callback] = [periodic, best, FitTiming()]
         if self.logger is not None:
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         return callbacks
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        check_loss(loss, self.global_step)  # a NaN/inf loss stops training before it reaches the weights
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def model_config(self) -> dict[str, Any]:

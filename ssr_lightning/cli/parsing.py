@@ -1,0 +1,138 @@
+"""What the `ssr` command says when its command line or a config file is wrong: one line, naming the file or option.
+
+- Config files are read through :func:`ssr_lightning.files.load_yaml` (bounded size, no alias bombs, binary files
+  refused, every error naming the file): :func:`check_config_files` for the files on the command line, before
+  jsonargparse opens them; :func:`yaml_loader` (installed with ``jsonargparse.set_loader``) for every YAML text
+  jsonargparse parses, fragments a config names included.
+- :func:`explain_parse_error` turns a jsonargparse error (often dozens of lines, after a 90-line usage block) into one
+  line: an unknown option gets a ``difflib`` "did you mean", and the config file that set it is named.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser, get_loader
+
+from ssr_lightning.files import YAMLFileError, check_yaml_size, load_yaml
+from ssr_lightning.inference.checkpoints import PACKAGE
+
+__all__ = ["check_config_files", "explain_parse_error", "option_names", "yaml_loader"]
+
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+_JSONARGPARSE_YAML = get_loader("yaml")
+_NOISE = re.compile(r"\s*(-\s*)?(Subtypes:|Given value|Expected a <class 'NoneType'>|Errors:|"
+                    r"Does not validate against any of the Union)")
+
+
+def yaml_loader(stream: str, path: Any = "") -> Any:
+    """jsonargparse's YAML loader, bounded: a config file (``path`` given) passes ``load_yaml`` first (its errors name
+    the file), and no text expands past ``files.YAML_MAX_NODES`` values through aliases."""
+    if path:
+        load_yaml(str(path), stream)
+    return check_yaml_size(_JSONARGPARSE_YAML(stream), path or "a config fragment")
+
+
+def config_files(args: list[str]) -> list[tuple[str, str]]:
+    """``(option, path)`` of the config files on a command line: ``--config X``, ``-c X`` and a group given as a
+    file (``--trainer configs/trainer/debug.yaml``)."""
+    found = []
+    for i, arg in enumerate(args):
+        option, _, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not value and i + 1 < len(args):
+            value = args[i + 1]
+        if option in ("--config", "-c") and value and value != "-":
+            found.append(("--config", value))
+        elif option.startswith("--") and value.endswith(_CONFIG_SUFFIXES) and Path(value).is_file():
+            found.append((option, value))
+    return found
+
+
+def check_config_files(args: list[str]) -> None:
+    """Read every config file of the command line through ``load_yaml``: ``YAMLFileError`` naming the option and the
+    file when one is missing, binary, not YAML or too large."""
+    for option, path in config_files(args):
+        try:
+            load_yaml(path)
+        except YAMLFileError as err:
+            raise YAMLFileError(f"{option} {err}") from None
+
+
+def option_names(parser: ArgumentParser) -> list[str]:
+    return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+
+
+def _class_options(class_path: str) -> list[str]:
+    """``a.b`` option names of a class of this package (none for another class: nothing outside it is imported)."""
+    if not class_path.startswith(PACKAGE):
+        return []
+    module, name = class_path.rsplit(".", 1)
+    try:
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_class_arguments(getattr(importlib.import_module(module), name))
+    except Exception:  # noqa: BLE001 - only for a suggestion
+        return []
+    return [o.removeprefix("--") for o in option_names(parser)]
+
+
+def _has(doc: Any, keys: list[str]) -> bool:
+    for key in keys:
+        if not isinstance(doc, dict) or key not in doc:
+            return False
+        doc = doc[key]
+    return True
+
+
+def _source(key: str, args: list[str]) -> str:
+    """Where the option ``key`` (``model.init_args.x``) was set: ``"--key"`` on the command line, else the first config
+    file that holds it (``"FILE: key"``)."""
+    if any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args):
+        return f"--{key}"
+    for option, path in config_files(args):
+        group = option.removeprefix("--")
+        inner = key.split(".") if option == "--config" else key.removeprefix(f"{group}.").split(".")
+        if (option == "--config" or key.startswith(f"{group}.")) and _has(_safe_load(path), inner):
+            return f"{path}: {key}"
+    return f"--{key}"
+
+
+def _safe_load(path: str) -> Any:
+    try:
+        return load_yaml(path)
+    except YAMLFileError:
+        return None
+
+
+def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str) -> str:
+    """``WHERE: WHAT has no such option (did you mean X?); HINT``, ``WHERE`` the option or the file that set it."""
+    where = _source(key, args)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    dashes = "--" if where.startswith("--") else ""
+    suggestion = f" (did you mean {dashes}{close[0]}?)" if close else ""
+    return f"{where}: {what} has no such option{suggestion}; {help_hint} lists them"
+
+
+def explain_parse_error(message: str, sub: str, options: list[str], args: list[str]) -> str:
+    """One line for a jsonargparse error ``message`` of ``ssr sub``; ``options`` are the subcommand's option names and
+    ``args`` its command line (to name the config file that set an unknown option)."""
+    model = re.search(r"Problem with given class_path '([\w.]+)':\s*(?:Option '([^']+)' is not accepted|"
+                      r"unrecognized arguments: --([^\s=]+)|No action for key \"([^\"]+)\")", message)
+    if model:
+        class_path = model.group(1)
+        key = next(g for g in model.groups()[1:] if g)
+        known = [f"model.init_args.{o}" for o in _class_options(class_path)]
+        short = class_path.rsplit(".", 1)[-1]
+        return _unknown(f"model.init_args.{key}", known, args, short, f"`ssr {sub} --model {short} --help`")
+    top = re.search(r"unrecognized arguments: --([^\s=]+)|does not accept option '([^']+)'", message)
+    if top:
+        key = top.group(1) or top.group(2)
+        return _unknown(key, [o.removeprefix("--") for o in options], args, f"ssr {sub}", f"`ssr {sub} --help`")
+    config = re.search(r"Problems parsing config: (.*)", message, re.DOTALL)
+    if config:
+        message = config.group(1)
+    lines = [line.strip(" -").rstrip(":") for line in message.splitlines() if line.strip() and not _NOISE.match(line)]
+    return ": ".join(lines)[:400] + f" (`ssr {sub} --help` lists every option)"
