@@ -240,7 +240,7 @@ class _Progress:
         if self.made is not None and self.done == 0:
             _remove_if_empty(self.made)
         where = f" to {self.output}" if self.output is not None else ""
-        print(f"\nssr sr: interrupted (Ctrl-C): {self.done}/{self.total} images written{where} and kept; no partial "
+        print(f"ssr sr: interrupted (Ctrl-C): {self.done}/{self.total} images written{where} and kept; no partial "
               "file left", file=sys.stderr)
 
 

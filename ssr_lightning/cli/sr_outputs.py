@@ -52,8 +52,8 @@ def check_output_name(output: Path, files: list[Path], folder_given: bool) -> st
         return (f"-o {output}: ssr sr writes PNG files; name the output {output.with_suffix('.png').name}, or give "
                 "a folder")
     if folder_given or len(files) != 1:
-        what = "an input folder" if folder_given else f"{len(files)} inputs"
-        return f"-o {output} names one file, but there are {what}: give an output folder (e.g. -o {output.stem}/)"
+        what = "an input is a folder" if folder_given else f"there are {len(files)} inputs"
+        return f"-o {output} names one file, but {what}: give an output folder (e.g. -o {output.stem}/)"
     return None
 
 
