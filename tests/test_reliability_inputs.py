@@ -21,10 +21,20 @@ from ssr_lightning.cli import sr as sr_cli
 from ssr_lightning.cli.sr import build_parser
 from ssr_lightning.cli.sr import main as sr_main
 from ssr_lightning.cli.sr_inputs import collect_inputs
-from ssr_lightning.cli.sr_outputs import check_output_name, check_outputs, outputs_of, plan_outputs
+from ssr_lightning.cli.sr_outputs import (
+    check_output_name,
+    check_outputs,
+    outputs_of,
+    plan_outputs,
+)
 from ssr_lightning.data import DataError
 from ssr_lightning.data.datasets import scan_images
-from ssr_lightning.data.image_io import ImageReadError, ImageReadWarning, ImageTooLargeError, load_image
+from ssr_lightning.data.image_io import (
+    ImageReadError,
+    ImageReadWarning,
+    ImageTooLargeError,
+    load_image,
+)
 from ssr_lightning.inference.pipeline import SSRPipeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,7 +153,7 @@ def test_output_naming_rule_property(tmp_path: Path) -> None:
             earlier = root / rng.choice(["out", "x/out"]) / (rng.choice(STEMS[:4]) + rng.choice(["", "_png"]) + ".png")
             earlier.parent.mkdir(parents=True, exist_ok=True)
             earlier.write_bytes(b"earlier")
-        files, skipped = collect_inputs(args)
+        files, _ = collect_inputs(args)
         assert len({f.resolve() for f in files}) == len(files)
         output, save_maps = root / rng.choice(OUTS), rng.random() < 0.6
         folder_given = any(Path(a).is_dir() for a in args)
@@ -185,7 +195,7 @@ def test_sr_output_follows_exif_orientation(tmp_path: Path, ckpts, capsys) -> No
     exif[0x0112] = 6  # stored 20 wide x 12 high, shown rotated: 12 wide x 20 high
     (tmp_path / "in").mkdir()
     Image.open(_png(tmp_path / "src.png", 12, 20)).save(tmp_path / "in" / "rot.jpg", exif=exif.tobytes())
-    code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST], capsys)
+    code, _ = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST], capsys)
     assert code == 0 and Image.open(tmp_path / "out" / "rot.png").size == (12 * 4, 20 * 4)
 
 

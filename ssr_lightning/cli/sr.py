@@ -65,7 +65,12 @@ from ssr_lightning.cli.sr_outputs import (
     plan_outputs,
     renamed,
 )
-from ssr_lightning.data.image_io import IMAGE_EXTENSIONS, ImageReadWarning, load_image, save_image
+from ssr_lightning.data.image_io import (
+    IMAGE_EXTENSIONS,
+    ImageReadWarning,
+    load_image,
+    save_image,
+)
 from ssr_lightning.files import atomic_write
 
 __all__ = ["build_parser", "main"]
@@ -181,7 +186,11 @@ def _check_tile(args: Any, geometry: Any) -> str | None:
 
 def _read_model(args: Any) -> tuple[Any, Any, str | None]:
     """The diffusion checkpoint read (no network built) and its geometry, or a usage problem."""
-    from ssr_lightning.inference.checkpoints import CheckpointError, read_checkpoint, resolve_checkpoint
+    from ssr_lightning.inference.checkpoints import (
+        CheckpointError,
+        read_checkpoint,
+        resolve_checkpoint,
+    )
     from ssr_lightning.inference.pipeline import checkpoint_geometry
 
     try:
