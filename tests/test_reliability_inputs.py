@@ -10,6 +10,7 @@ import struct
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -34,6 +35,7 @@ from ssr_lightning.data.image_io import (
     ImageReadWarning,
     ImageTooLargeError,
     load_image,
+    read_size,
 )
 from ssr_lightning.inference.pipeline import SSRPipeline
 
@@ -211,6 +213,15 @@ def test_float_tiffs_by_range_and_nan_is_an_error(tmp_path: Path, ckpts, capsys)
     Image.fromarray(data * 1e6, mode="F").save(tmp_path / "huge.tif")
     with pytest.raises(ImageReadError, match="fit no image range"):
         load_image(tmp_path / "huge.tif")
+    rgb = np.random.default_rng(1).random((12, 10, 3)).astype(np.float32)  # float RGB: Pillow cannot, OpenCV can
+    cv2.imwrite(str(tmp_path / "rgb255.tif"), rgb[..., ::-1] * 255.0)
+    with pytest.warns(ImageReadWarning, match="divided by 255"):
+        np.testing.assert_allclose(load_image(tmp_path / "rgb255.tif"), rgb, atol=1e-6)
+    assert read_size(tmp_path / "rgb255.tif") == (10, 12)  # ssr sr's header check takes it too
+    rgb[0, 0, 0] = np.inf
+    cv2.imwrite(str(tmp_path / "rgbinf.tif"), rgb)
+    with pytest.raises(ImageReadError, match="rgbinf.tif': 1 of 360 pixel values are NaN or infinite"):
+        load_image(tmp_path / "rgbinf.tif")
     before = _digest(tmp_path / "in")
     code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST], capsys)
     assert code == 1 and "1/2 images" in err

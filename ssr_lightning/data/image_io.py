@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, TiffImagePlugin
 from scipy import ndimage
 
 from ssr_lightning.files import atomic_write
@@ -97,7 +97,16 @@ def _check_pixels(p: Path, w: int, h: int, max_pixels: int | None) -> None:
     if max_pixels is not None and w * h > max_pixels:
         raise ImageTooLargeError(
             f"image '{p}' declares {w}x{h} = {w * h:,} pixels, above the limit of {max_pixels:,}: a decompression "
-            "bomb, or too large to process; downscale it (or raise the limit if it is genuine)")
+            "bomb, or too large to process; downscale it")
+
+
+def _tiff_header(p: Path) -> tuple[int, int, int]:
+    """``(width, height, orientation)`` from a TIFF's first directory, for TIFFs Pillow cannot open (float RGB)."""
+    with open(p, "rb") as fh:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
+        fh.seek(ifd.next)
+        ifd.load(fh)
+    return int(ifd[256]), int(ifd[257]), int(ifd.get(274, 1))
 
 
 def read_size(path: PathLike) -> tuple[int, int]:
@@ -112,6 +121,9 @@ def read_size(path: PathLike) -> tuple[int, int]:
         with _open(p) as img:
             return img.size
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        if p.suffix.lower() in (".tif", ".tiff") and not isinstance(exc, PermissionError):
+            with contextlib.suppress(Exception):
+                return _tiff_header(p)[:2]
         raise _read_error(p, exc) from exc
 
 
@@ -259,21 +271,28 @@ def load_image(path: PathLike, max_pixels: int | None = MAX_PIXELS) -> np.ndarra
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        if p.suffix.lower() in (".tif", ".tiff") and not isinstance(exc, PermissionError):
-            # Pillow cannot decode some TIFFs (16-bit colour, float RGB); OpenCV can.
-            try:
-                x = _from_cv2(p)
-            except ImageReadError:
-                pass
-            else:
-                _check_pixels(p, x.shape[1], x.shape[0], max_pixels)
-                return x
-        raise _read_error(p, exc) from exc
+        x = _tiff_with_cv2(p, max_pixels) if p.suffix.lower() in (".tif", ".tiff") and not isinstance(
+            exc, PermissionError) else None
+        if x is None:
+            raise _read_error(p, exc) from exc
+        return x
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = old_truncated
-    if orientation in _ORIENT:
-        x = np.ascontiguousarray(_ORIENT[orientation](x))
-    return x
+    return _oriented(x, orientation)
+
+
+def _oriented(x: np.ndarray, orientation: int) -> np.ndarray:
+    return np.ascontiguousarray(_ORIENT[orientation](x)) if orientation in _ORIENT else x
+
+
+def _tiff_with_cv2(p: Path, max_pixels: int | None) -> np.ndarray | None:
+    """A TIFF Pillow cannot open (16-bit colour, float RGB), decoded by OpenCV; None without a TIFF directory."""
+    try:
+        w, h, orientation = _tiff_header(p)
+    except Exception:  # noqa: BLE001 - not a TIFF at all: the caller reports Pillow's error
+        return None
+    _check_pixels(p, w, h, max_pixels)
+    return _oriented(_from_cv2(p), orientation)  # its own errors (NaN pixels, undecodable) say what is wrong
 
 
 def save_image(path: PathLike, img: np.ndarray) -> None:
