@@ -300,6 +300,21 @@ def test_permission_denied_says_so(tmp_path: Path, ckpts, capsys, monkeypatch) -
     assert "convert it" not in err and "corrupt" not in err and (tmp_path / "out" / "ok.png").is_file()
 
 
+def test_an_unlistable_input_folder_is_a_usage_error(tmp_path: Path, ckpts, capsys, monkeypatch) -> None:
+    locked = _png(tmp_path / "locked" / "a.png").parent
+    real_iterdir = Path.iterdir
+
+    def deny(self: Path):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", deny)
+    code, err = _sr([str(locked), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"])], capsys)
+    assert code == 2 and err == f"ssr sr: cannot list the input folder {locked}: Permission denied; check its permissions\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tile_too_small_for_the_model_is_a_usage_error_before_loading(tmp_path: Path, ckpts, capsys,
                                                                         monkeypatch) -> None:
     _png(tmp_path / "in" / "a.png", 16, 16)
