@@ -11,6 +11,7 @@ from PIL import Image
 
 from ssr_lightning.data.image_io import (
     ImageReadError,
+    ImageReadWarning,
     check_pair_size,
     check_size,
     crop_to_multiple,
@@ -137,7 +138,8 @@ def test_float_tiff(tmp_path: Path) -> None:
     p = tmp_path / "f.tif"
     arr = np.array([[0.0, 0.25], [0.75, 1.5]], dtype=np.float32)
     Image.fromarray(arr, mode="F").save(p)
-    img = load_image(p)
+    with pytest.warns(ImageReadWarning, match="values above 1 are clipped"):
+        img = load_image(p)
     np.testing.assert_allclose(img[..., 0], [[0.0, 0.25], [0.75, 1.0]], atol=1e-6)
 
 

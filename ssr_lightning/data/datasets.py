@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .augment import AugmentMode, PatchAugment, center_crop, paired_augment, sample_seed
 from .image_io import (
     IMAGE_EXTENSIONS,
+    ImageReadError,
     check_pair_size,
     check_size,
     crop_to_multiple,
@@ -39,12 +40,9 @@ class DataError(ValueError):
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """(height, width) of a fully decoded image; raises on a corrupt or truncated file."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # decodes every pixel: a truncated file fails here, not mid-training
-        w, h = im.size
+    """(height, width) as training sees it: decoded by ``load_image`` (EXIF orientation applied), so a truncated
+    file, NaN pixels or an oversized one fail here, not mid-training."""
+    h, w = load_image(path).shape[:2]
     return h, w
 
 
@@ -59,12 +57,18 @@ def scan_images(files: Sequence[Path], scale: int, min_side: int | None, what: s
     for i, f in enumerate(tqdm(files, desc=f"checking {what}", leave=False, disable=len(files) < 200)):
         try:
             h, w = _image_size(f)
+        except ImageReadError as err:  # names the file and what is wrong (corrupt, permission, NaN, too large)
+            bad.append(str(err))
+            continue
         except Exception as err:  # noqa: BLE001 - every decoder error means "unusable file"
             bad.append(f"{f}: cannot be decoded ({type(err).__name__}: {str(err)[:80]})")
             continue
         if partners is not None:
             try:
                 hh, hw = _image_size(partners[i])
+            except ImageReadError as err:
+                bad.append(str(err))
+                continue
             except Exception as err:  # noqa: BLE001
                 bad.append(f"{partners[i]}: cannot be decoded ({type(err).__name__}: {str(err)[:80]})")
                 continue

@@ -9,7 +9,11 @@ decodes pointwise. The initial noise is one global map seeded once. With ``tile 
 is exactly the untiled one.
 
 Memory: UNet activations follow the tile size; SVKR's maps (a 441-channel kernel field on the LR grid), the latents,
-the per-tile condition features and the output grow with the image.
+the per-tile condition features and the output grow with the image (``ssr sr`` estimates the peak with SVKR as
+1.2 GB + 6 kB per LR pixel, fitted to docs/EXPERIMENTS.md issue 12: ``ssr_lightning/cli/sr_inputs.py``).
+
+Sizes: :func:`checkpoint_geometry` reads what a model needs of tiles and images (size multiple, smallest tile)
+from a checkpoint's config without building its weights, so callers can check options before loading anything.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.model import (
@@ -32,13 +37,73 @@ from ssr_lightning.diffusion.model import (
 from ssr_lightning.diffusion.tiling import blend_ramp, tile_starts, tiled_apply
 from ssr_lightning.inference.checkpoints import (
     build_model,
+    model_class,
     read_checkpoint,
     resolve_checkpoint,
 )
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.visualize import kernel_spread
 
-__all__ = ["SRResult", "SSRPipeline", "blend_ramp", "tile_starts", "tiled_apply"]
+__all__ = ["ModelGeometry", "SRResult", "SSRPipeline", "blend_ramp", "checkpoint_geometry", "tile_starts",
+           "tiled_apply"]
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What a diffusion model needs of its LR inputs: sides are padded to ``multiple``; a tile (or a padded image)
+    needs ``min_tile`` LR px per side, so that the UNet's deepest level keeps 2 latent px (GroupNorm needs > 1)."""
+
+    scale: int
+    multiple: int
+    min_tile: int
+
+    @classmethod
+    def of(cls, model: LatentDiffusionSR) -> ModelGeometry:
+        f, u, s, m = model.latents.factor, model.unet.size_multiple, int(model.scale), model.lr_multiple
+        tile = m
+        while tile * s < 2 * f * u:  # latent side tile·s/f over the UNet's downsampling u: at least 2
+            tile += m
+        return cls(s, m, tile)
+
+    def tile(self, tile: int) -> int:
+        """The tile side ``TileGrid`` uses for ``--tile tile`` (> 0): rounded down to the size multiple."""
+        return max(self.multiple, tile // self.multiple * self.multiple)
+
+    @property
+    def min_side(self) -> int:
+        """The smallest LR side that pads to ``min_tile``."""
+        return self.min_tile - self.multiple + 1
+
+
+def checkpoint_geometry(data: dict[str, Any]) -> ModelGeometry | None:
+    """The geometry of a read diffusion checkpoint, from its ``ssr.model_config`` on the meta device (no weights);
+    None for a ``pretrained_path`` backbone, whose sizes live in that folder (use ``ModelGeometry.of`` after
+    loading)."""
+    meta = data["ssr"]
+    config = dict(meta["model_config"])
+    if config.get("pretrained_path"):
+        return None
+    with torch.device("meta"):
+        return ModelGeometry.of(model_class(meta["model_class"]).from_config(config))
+
+
+class _StageBar:
+    """A progress bar over SVKR's stage calls (DE, KE, NBSR per iteration), labelled with the one running."""
+
+    def __init__(self, iterations: int) -> None:
+        self.iterations, self.started = iterations, False
+        self.bar = tqdm(total=3 * (iterations + 1), desc="SVKR", unit="stage", leave=False)
+
+    def __call__(self, stage: str, t: int) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description(f"SVKR {stage} t={t}/{self.iterations}")
+
+    def close(self) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.bar.close()
 
 
 @dataclass
@@ -62,7 +127,7 @@ class SSRPipeline:
         num_inference_steps: Sampling steps (default: the model's).
         seed: Seed of the global latent noise map.
         device: Where the networks run.
-        progress: Show a per-step tile progress bar.
+        progress: Show progress bars: SVKR's stages (DE, KE, NBSR per iteration) and the tiles of every step.
         strength: Sampling strength (1 = from pure noise); default: the model's.
         start: Start image for strength < 1 (``noise`` | ``lr`` | ``frontend``); default: the model's.
         guidance: Kernel-aware guidance step η (0 = off); default: the model's.
@@ -92,16 +157,19 @@ class SSRPipeline:
         self.svkr = svkr.eval().to(self.device) if svkr is not None and self.needs_svkr else None
         self.scale = int(model.scale)
         self.multiple = model.lr_multiple
+        self.geometry = ModelGeometry.of(model)
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt: str | os.PathLike[str] | None = None, svkr: SVKRConfig | None = None,
+        cls, ckpt: str | os.PathLike[str] | dict[str, Any] | None = None, svkr: SVKRConfig | None = None,
         device: str | torch.device = "cpu", **kw: Any,
     ) -> SSRPipeline:
-        """Load the diffusion checkpoint (EMA weights; default: the newest runs/ssrdiffusion best.ckpt) and, if it
-        needs maps or I_T, SVKR. SVKR checkpoints not given in ``svkr`` default to the ones the model was trained
-        with (``conditions.source=svkr``), else to the newest runs of each stage."""
-        data = read_checkpoint(resolve_checkpoint(ckpt, "ssrdiffusion"), "ssrdiffusion")
+        """Load the diffusion checkpoint (EMA weights; default: the newest runs/ssrdiffusion best.ckpt; or a
+        checkpoint already read with ``read_checkpoint``) and, if it needs maps or I_T, SVKR. SVKR checkpoints not
+        given in ``svkr`` default to the ones the model was trained with (``conditions.source=svkr``), else to the
+        newest runs of each stage."""
+        data = ckpt if isinstance(ckpt, dict) else read_checkpoint(resolve_checkpoint(ckpt, "ssrdiffusion"),
+                                                                    "ssrdiffusion")
         model = build_model(data).eval().requires_grad_(False)
         stage_svkr = None
         if any(model.needs(kw.get("start"), kw.get("guidance")).values()):
@@ -129,7 +197,12 @@ class SSRPipeline:
         lr_p = lr_p.to(self.device)
         depth = kernel = image = None
         if self.svkr is not None:
-            depth, kernel, image = self.svkr(lr_p, keep_all=False).final  # once, on the whole image
+            bar = _StageBar(self.svkr.iterations) if self.progress else None
+            try:  # once, on the whole image
+                depth, kernel, image = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
+            finally:
+                if bar is not None:
+                    bar.close()
         needs = m.needs(self.start, self.guidance)
         sr = m.super_resolve(
             lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None,

@@ -19,6 +19,7 @@ A convex combination of two kernel fields whose kernels each sum to 1 again sums
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -152,29 +153,38 @@ class SVKR(nn.Module):
         iterations: int | None = None,
         gamma: float | None = None,
         keep_all: bool = True,
+        on_stage: Callable[[str, int], None] | None = None,
     ) -> SVKRResult:
         """Run Algorithm 1 on ``lr (B, 3, h, w)``; ``gt_depth`` feeds a ground-truth DE. Overrides T and γ if given.
 
         ``keep_all=False`` keeps only (D^T, K^T, I^T), for large images: a 441-channel kernel field per iterate is
-        ~1.8 kB per LR pixel."""
+        ~1.8 kB per LR pixel. ``on_stage(name, t)`` is called before each stage call (``"DE"``, ``"KE"``,
+        ``"NBSR"``; t = 0..T), for progress reports."""
         steps = self.iterations if iterations is None else int(iterations)
         g = self.gamma if gamma is None else float(gamma)
         size = (lr.shape[-2], lr.shape[-1])
         out = SVKRResult()
+        stage = on_stage or (lambda name, t: None)
         with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            stage("DE", 0)
             depth = self.estimate_depth(lr, size, gt_depth)  # D^0 = DE(I^0), I^0 = LR
+            stage("KE", 0)
             kernel = self.estimate_kernel(lr, depth)
+            stage("NBSR", 0)
             image = self.super_resolve(lr, kernel)
             out.depths.append(depth)
             out.kernels.append(kernel)
             out.images.append(image)
-            for _ in range(steps):
+            for t in range(1, steps + 1):
+                stage("DE", t)
                 depth = self.estimate_depth(image, size, gt_depth)
                 if not keep_all:
                     out = SVKRResult(steps=steps)  # drop the previous iterates before the next KE allocates
+                stage("KE", t)
                 new = self.estimate_kernel(lr, depth)
                 # in place without the iterates: one field less at the peak (same values as ema())
                 kernel = self.ema(new, kernel, g) if keep_all else new.mul_(g).add_(kernel, alpha=1.0 - g)
+                stage("NBSR", t)
                 image = self.super_resolve(lr, kernel)
                 out.depths.append(depth)
                 out.kernels.append(kernel)

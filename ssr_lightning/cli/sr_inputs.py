@@ -1,0 +1,124 @@
+"""What ``ssr sr`` reads: the input files, every folder entry it does not take (with the reason), and the checks made
+from file headers alone, before any model loads: readable, at least ``MIN_SIDE`` px, at most ``--max-pixels``.
+
+Memory: the peak host memory of one image with SVKR is estimated as ``MEMORY_BASE + MEMORY_PER_LR_PIXEL`` × LR
+pixels (1.2 GB + 6 kB per LR pixel), fitted to the measurement in docs/EXPERIMENTS.md (issue 12: a 2000×1500 LR
+input, 18.6 GB with 1.1 GB of models; per LR pixel about three of SVKR's 1.8 kB kernel fields, plus DE/NBSR's
+HR-size maps and the output).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ssr_lightning.data.image_io import IMAGE_EXTENSIONS, ImageReadError, read_size
+
+__all__ = ["MAX_PIXELS", "MEMORY_FORMULA", "MIN_SIDE", "InputError", "check_inputs", "collect_inputs",
+           "estimate_memory", "memory_note"]
+
+MIN_SIDE = 8  # LR pixels: below this the depth and diffusion networks have no spatial extent left
+MAX_PIXELS = 4_000_000  # LR pixels (2000×2000): about 25 GB by the estimate below
+MEMORY_BASE = 1.2e9
+MEMORY_PER_LR_PIXEL = 6_000
+MEMORY_FORMULA = "1.2 GB + 6 kB per LR pixel"
+
+
+class InputError(ValueError):
+    """An input folder that cannot be listed (a usage error)."""
+
+
+def estimate_memory(width: int, height: int) -> float:
+    """Estimated peak bytes of ``ssr sr`` (with SVKR) for one ``width × height`` LR image."""
+    return MEMORY_BASE + MEMORY_PER_LR_PIXEL * width * height
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _not_taken(entry: Path) -> str | None:
+    """Why a folder entry is not read as an input, or None."""
+    if entry.name.startswith("."):
+        return "hidden"
+    if entry.is_dir():
+        return "a folder: input folders are not searched recursively"
+    if not entry.is_file():
+        return "not a regular file"
+    if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image extension ({entry.suffix or 'none'})"
+    return None
+
+
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files named directly (kept even if missing, to be reported) plus the images inside named folders, each once;
+    and every entry not taken, as ``"path (reason)"``. Raises :class:`InputError` for a folder it cannot list."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    seen: set[Path] = set()
+
+    def take(f: Path) -> None:
+        key = f.resolve()
+        if key in seen:
+            skipped.append(f"{f} (given twice: read once)")
+        else:
+            seen.add(key)
+            files.append(f)
+
+    for item in inputs:
+        p = Path(item)
+        if not p.is_dir():
+            take(p)
+            continue
+        try:
+            entries = sorted(p.iterdir())
+        except OSError as err:
+            raise InputError(f"cannot list the input folder {p}: {err.strerror or err}; check its permissions") from None
+        for entry in entries:
+            why = _not_taken(entry)
+            if why:
+                skipped.append(f"{entry} ({why})")
+            else:
+                take(entry)
+    return files, skipped
+
+
+def check_inputs(files: list[Path], max_pixels: int) -> tuple[dict[Path, str], dict[Path, tuple[int, int]]]:
+    """From headers only (no pixel decoded): ``(problems, sizes)``, the reason each bad input cannot be used
+    (missing, unreadable and why, too small, above ``max_pixels``) and ``(width, height)`` of the others."""
+    bad: dict[Path, str] = {}
+    sizes: dict[Path, tuple[int, int]] = {}
+    for f in files:
+        if not f.exists():
+            bad[f] = "no such file"
+            continue
+        try:
+            w, h = read_size(f)
+        except (ImageReadError, OSError) as err:
+            bad[f] = str(err)
+            continue
+        if w * h > max_pixels:
+            bad[f] = (f"{w}x{h} = {w * h:,} LR pixels is above --max-pixels {max_pixels:,}: it would need about "
+                      f"{_gb(estimate_memory(w, h))} of memory ({MEMORY_FORMULA}). Downscale it, or raise "
+                      "--max-pixels if this machine has that memory")
+        elif min(w, h) < MIN_SIDE:
+            bad[f] = f"{w}x{h} px is too small: ssr sr needs at least {MIN_SIDE}x{MIN_SIDE} LR pixels"
+        else:
+            sizes[f] = (w, h)
+    return bad, sizes
+
+
+def _physical_memory() -> float | None:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_note(sizes: dict[Path, tuple[int, int]]) -> str:
+    """One line: the estimated peak memory of the largest input (and a warning when it exceeds this machine's)."""
+    f, (w, h) = max(sizes.items(), key=lambda item: item[1][0] * item[1][1])
+    need, ram = estimate_memory(w, h), _physical_memory()
+    over = f"; more than this machine's {_gb(ram)}" if ram and need > ram else ""
+    return (f"memory: about {_gb(need)} for the largest input, {f.name} ({w}x{h} LR px; estimate with SVKR: "
+            f"{MEMORY_FORMULA}){over}")
