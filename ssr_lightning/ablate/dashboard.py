@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ssr_lightning.ablate.formats import to_markdown
 from ssr_lightning.ablate.plan import Plan
-from ssr_lightning.ablate.report import Table, direction, to_markdown
+from ssr_lightning.ablate.table import Table, direction
 from ssr_lightning.files import atomic_write_text
 from ssr_lightning.metrics.iqa import LABELS
 
