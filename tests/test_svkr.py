@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.ablate.frontend import (
+from ssr_lightning.frontend.ladder import (
     evaluate_invariant_ke,
     evaluate_ladder,
     format_markdown,
