@@ -1,18 +1,29 @@
-"""The layers of docs/ARCHITECTURE.md: the Lightning-free packages never import Lightning, and imports go one way."""
+"""The layers of docs/ARCHITECTURE.md: the Lightning-free packages never import Lightning, and imports go one way.
+
+Both rules read the import graph of tools/architecture_map.py (every import, function-local ones included), the
+graph the diagram is drawn from; the Lightning check also imports the packages in a fresh interpreter.
+"""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1] / "ssr_lightning"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import architecture_map as amap  # noqa: E402
+
+GRAPH = amap.module_graph()
 LIGHTNING_FREE = ("networks", "diffusion", "inference", "degradation", "metrics")
-# Each package may import only the packages listed for it (besides itself and leaf modules such as visualize).
+LEAVES = {"files", "visualize"}  # leaf modules: every layer may import them, they import no project module
+# Each layer may import only the layers listed for it (besides itself and the leaves).
 ALLOWED = {
+    "files": set(),
+    "visualize": set(),
     "degradation": set(),
     "metrics": set(),
     "networks": {"degradation"},
@@ -21,13 +32,13 @@ ALLOWED = {
     "data": {"degradation"},
     "modules": {"inference", "diffusion", "networks", "degradation", "metrics", "data"},
     "ablate": {"modules", "inference", "diffusion", "networks", "degradation", "metrics", "data"},
-    "cli": {"ablate", "modules", "inference", "diffusion", "networks", "degradation", "metrics", "data"},
+    "frontend": {"inference", "diffusion", "networks", "degradation", "metrics", "data"},
+    "cli": {"ablate", "frontend", "modules", "inference", "diffusion", "networks", "degradation", "metrics", "data"},
 }
 
 
 def _modules(package: str) -> list[str]:
-    return sorted(f"ssr_lightning.{package}." + p.relative_to(PKG / package).with_suffix("").as_posix().replace("/", ".")
-                  for p in (PKG / package).rglob("*.py") if p.name != "__init__.py") + [f"ssr_lightning.{package}"]
+    return sorted(m for m in GRAPH if amap.layer_of(m) == package)
 
 
 @pytest.mark.parametrize("package", LIGHTNING_FREE)
@@ -44,27 +55,20 @@ def test_lightning_free_packages_never_import_lightning(package: str) -> None:
     assert proc.returncode == 0, f"{package} imports Lightning: {proc.stdout[-600:]} {proc.stderr[-1500:]}"
 
 
-def _imported_packages(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        elif isinstance(node, ast.ImportFrom) and node.level == 1 and path.parent != PKG:
-            names = [f"ssr_lightning.{path.parent.name}"]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "ssr_lightning" and len(parts) > 1 and (PKG / parts[1]).is_dir():
-                out.add(parts[1])
-    return out
+def test_every_layer_has_a_rule() -> None:
+    assert set(ALLOWED) == set(amap.LAYERS)
 
 
-@pytest.mark.parametrize("package", sorted(ALLOWED))
-def test_imports_go_one_way(package: str) -> None:
-    for path in sorted((PKG / package).rglob("*.py")):
-        used = _imported_packages(path) - {package}
-        upward = used - ALLOWED[package]
-        assert not upward, f"{path.relative_to(PKG.parent)} imports {sorted(upward)}: an upward import (docs/ARCHITECTURE.md)"
+@pytest.mark.parametrize("layer", sorted(ALLOWED))
+def test_imports_go_one_way(layer: str) -> None:
+    allowed = ALLOWED[layer] | (set() if layer in LEAVES else LEAVES)
+    upward = {f"{b} ({', '.join(where[:3])})" for (a, b), where in amap.layer_graph(GRAPH).items()
+              if a == layer and b not in allowed}
+    assert not upward, f"{layer} imports {sorted(upward)}: an upward import (docs/ARCHITECTURE.md)"
+
+
+@pytest.mark.parametrize("layer", LIGHTNING_FREE + tuple(sorted(LEAVES)))
+def test_lightning_free_layers_reach_no_lightning_import(layer: str) -> None:
+    # static and transitive, so an import inside a function counts too (the subprocess check sees only import time)
+    direct = {other: amap.imports_lightning(GRAPH, other) for other in amap.LAYERS}
+    assert layer in amap.lightning_free(GRAPH), f"{layer} reaches Lightning: {({k: v for k, v in direct.items() if v})}"
