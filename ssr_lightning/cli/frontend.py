@@ -27,6 +27,8 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
+from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.frontend.ladder import (
     Ladder,
     evaluate_invariant_ke,
@@ -37,8 +39,6 @@ from ssr_lightning.frontend.ladder import (
     merge_seeds,
     summarize,
 )
-from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
-from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.inference.checkpoints import (
     find_checkpoint,
     load_model,
