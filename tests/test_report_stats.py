@@ -15,9 +15,8 @@ import yaml
 from PIL import Image
 
 from ssr_lightning.ablate.execute import Executor, Layout
-from ssr_lightning.ablate.formats import to_csv, to_json, to_latex, to_markdown
 from ssr_lightning.ablate.plan import expand
-from ssr_lightning.ablate.report import write_report
+from ssr_lightning.ablate.report import to_csv, to_json, to_latex, to_markdown, write_report
 from ssr_lightning.ablate.study import StudyError, parse_study
 from ssr_lightning.ablate.table import build_table
 from ssr_lightning.cli.ablate import main as ablate_main

@@ -2,8 +2,8 @@
 
 study.py (YAML schema) → plan.py (cells, hashed stage trainings) → execute.py (artifacts, locks, cell JSONs)
 with runner.py (the `ssr` command lines; pluggable `Runner`) or cluster.py (the same as submitit job arrays on
-SLURM) → report.py (writes the report: table.py computes the numbers with CIs and paired Δ, formats.py writes
-them as text, figures.py draws them, dashboard.py logs them for TensorBoard). provenance.py records code, versions,
+SLURM) → report.py (the report as Markdown, CSV, LaTeX and JSON of the numbers table.py computes with CIs and
+paired Δ; figures.py draws them, dashboard.py logs them for TensorBoard). provenance.py records code, versions,
 configs and machine per cell; writer.py is the Lightning callback that scores `ssr predict` outputs.
 """
 

@@ -1,4 +1,4 @@
-"""What a study table holds and how its numbers are computed from the cell JSONs (rendered by `formats.py`).
+"""What a study table holds and how its numbers are computed from the cell JSONs (written out by `report.py`).
 
 Rows are the study's rows (✓/✗ factor columns where rows have settings), columns its metrics, one block per
 dataset when there are several (Table 1). Every number follows docs/DESIGN.md §5 (`metrics/stats.py`):
