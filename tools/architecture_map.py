@@ -8,7 +8,7 @@ A layer is a package of ``ssr_lightning/`` (``networks``, ``ablate``, …) or a 
 (relative imports resolved, ``from pkg import submodule`` read as an import of the submodule): the diagram has one
 arrow per pair of layers with at least one import between them, no more and no fewer. A layer is green when no module
 in it, nor in any layer it reaches, imports Lightning. Imports by name at run time (``importlib.import_module`` of a
-``class_path``) are not imports here. ``tests/test_architecture_map.py`` checks the committed block and, on the same
+``class_path``) are not imports here. ``tests/test_layers.py`` checks the committed block and, on the same
 graph, the layer rules and that no package has a module cycle.
 """
 
