@@ -16,12 +16,11 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-__all__ = ["Panel", "heatmap", "kernel_spread", "labelled_grid", "sample_grid"]
+__all__ = ["Panel", "heatmap", "kernel_spread", "labelled_grid"]
 
 
 def kernel_spread(field: Tensor, size: int = 21) -> Tensor:
@@ -66,37 +65,6 @@ def heatmap(x: Tensor, cmap: str = "magma", vmin: float | None = None, vmax: flo
     )
     idx = (t[:, 0] * 255).round().long()
     return lut[idx].permute(0, 3, 1, 2).contiguous()
-
-
-def _up(x: Tensor, size: tuple[int, int]) -> Tensor:
-    return F.interpolate(x.float(), size=size, mode="nearest")
-
-
-def sample_grid(
-    hr: Tensor,
-    depth: Tensor,
-    kernel: Tensor,
-    lr: Tensor,
-    spread_max: float | None = None,
-    pad: int = 2,
-) -> Tensor:
-    """One row per sample: HR | depth (magma, 0 = near) | kernel spread σ (viridis) | LR (nearest-upscaled).
-
-    Returns a ``(3, rows·(H+pad), 4·(W+pad))`` tensor in ``[0, 1]``, white-padded. The spread column uses a
-    shared scale ``[0, spread_max]`` (default: the batch maximum) so rows compare.
-    """
-    hh, ww = hr.shape[-2:]
-    spread = kernel_spread(kernel)
-    cols = [
-        hr.float().clamp(0, 1),
-        heatmap(depth, "magma", 0.0, 1.0),
-        _up(heatmap(spread, "viridis", 0.0, spread_max if spread_max is not None else float(spread.max())),
-            (hh, ww)),
-        _up(lr.clamp(0, 1), (hh, ww)),
-    ]
-    cols = [F.pad(c.to(hr.device), (0, pad, 0, pad), value=1.0) for c in cols]
-    rows = torch.cat(cols, dim=3)  # (B, 3, H+pad, 4(W+pad))
-    return torch.cat(list(rows), dim=1)
 
 
 @dataclass

@@ -265,13 +265,8 @@ def _records(plan: Any) -> dict[str, dict[str, Any]]:
 
 
 def test_report_tables_bold_arrows_pm_and_text_cells(tmp_path: Path) -> None:
-    from ssr_lightning.ablate.report import (
-        build_table,
-        to_csv,
-        to_json,
-        to_latex,
-        to_markdown,
-    )
+    from ssr_lightning.ablate.report import to_csv, to_json, to_latex, to_markdown
+    from ssr_lightning.ablate.table import build_table
 
     _write_configs(tmp_path)
     plan = expand(parse_study(_study(seeds=[0, 1])), cwd=tmp_path)

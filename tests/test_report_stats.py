@@ -16,8 +16,9 @@ from PIL import Image
 
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import expand
-from ssr_lightning.ablate.report import build_table, to_csv, to_json, to_latex, to_markdown, write_report
+from ssr_lightning.ablate.report import to_csv, to_json, to_latex, to_markdown, write_report
 from ssr_lightning.ablate.study import StudyError, parse_study
+from ssr_lightning.ablate.table import build_table
 from ssr_lightning.cli.ablate import main as ablate_main
 from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssr_lightning.ablate.frontend import (
+from ssr_lightning.degradation.blur import KernelBasis
+from ssr_lightning.frontend.ladder import (
     evaluate_invariant_ke,
     evaluate_ladder,
     format_markdown,
@@ -17,7 +18,6 @@ from ssr_lightning.ablate.frontend import (
     merge_seeds,
     summarize,
 )
-from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.depth import LearnedDepth, resize_depth
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.modules.svkr_module import FIGURE_NAME, SVKRModule

@@ -2,8 +2,9 @@
 
 study.py (YAML schema) → plan.py (cells, hashed stage trainings) → execute.py (artifacts, locks, cell JSONs)
 with runner.py (the `ssr` command lines; pluggable `Runner`) or cluster.py (the same as submitit job arrays on
-SLURM) → report.py (tables with CIs and paired Δ) / figures.py / dashboard.py (TensorBoard). provenance.py records
-code, versions, configs and machine per cell; writer.py is the Lightning callback that scores `ssr predict` outputs.
+SLURM) → report.py (the report as Markdown, CSV, LaTeX and JSON of the numbers table.py computes with CIs and
+paired Δ; figures.py draws them, dashboard.py logs them for TensorBoard). provenance.py records code, versions,
+configs and machine per cell; writer.py is the Lightning callback that scores `ssr predict` outputs.
 """
 
 from ssr_lightning.ablate.execute import Executor, Layout

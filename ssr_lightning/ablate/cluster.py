@@ -25,7 +25,6 @@ job dependencies, so each level is awaited before the next is submitted): the te
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,8 +299,3 @@ def wait_all(submitted: Submitted) -> list[Any]:
         except Exception as err:  # noqa: BLE001 - a crashed job is reported, the others are still collected
             out.append({"status": "failed", "error": f"{type(err).__name__}: {err}", "job_id": str(job.job_id)})
     return out
-
-
-def read_jobs(folder: Path) -> dict[str, Any]:
-    path = folder / "jobs.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ssr_lightning.ablate.plan import Plan
-from ssr_lightning.ablate.report import Table, direction, to_markdown
+from ssr_lightning.ablate.table import Table, direction
 from ssr_lightning.files import atomic_write_text
 from ssr_lightning.metrics.iqa import LABELS
 
@@ -120,8 +120,9 @@ def _write_cells(plan: Plan, records: dict[str, dict[str, Any]], folder: Path) -
 
 
 def tensorboard_report(plan: Plan, table: Table, records: dict[str, dict[str, Any]], folder: Path,
-                       figures: list[Path]) -> int:
-    """(Re)write the study's TensorBoard folder; returns how many cell sessions were (re)written."""
+                       figures: list[Path], markdown: str) -> int:
+    """(Re)write the study's TensorBoard folder (``markdown``: the report's table, shown in the TEXT tab); returns
+    how many cell sessions were (re)written."""
     from torch.utils.tensorboard import SummaryWriter
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def tensorboard_report(plan: Plan, table: Table, records: dict[str, dict[str, An
     report = folder / REPORT_RUN
     shutil.rmtree(report, ignore_errors=True)
     with SummaryWriter(log_dir=str(report)) as writer:
-        writer.add_text("report/table", to_markdown(table), global_step=0)
+        writer.add_text("report/table", markdown, global_step=0)
         for png in figures:
             image = np.asarray(Image.open(png).convert("RGB"))
             writer.add_image(f"report/{png.stem.removeprefix(plan.study.name + '_')}", image, global_step=0,

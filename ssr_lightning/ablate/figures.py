@@ -21,7 +21,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from ssr_lightning.ablate.plan import Plan
-from ssr_lightning.ablate.report import Column, Entry, Table
+from ssr_lightning.ablate.table import Column, Entry, Table
 from ssr_lightning.files import atomic_write
 
 __all__ = ["FIGURES", "delta_chart", "perception_distortion", "point_chart", "qualitative_grid", "save_figure"]

@@ -12,7 +12,7 @@ or train every stage the ladder needs and evaluate it over training seeds (the f
 ``--train`` runs ``ssr fit`` for each stage (``--stages``) and seed into ``<out>/runs/seed_<s>/<stage>``, resuming
 what a kill interrupted; the headline stages (DKENet, NBSR, DepthNet) run for every seed, the others
 (``--single-seed-stages``) for the first seed only. Checkpoints left out default to the newest ``runs/<stage>`` run.
-Rows and summaries: ``ssr_lightning.ablate.frontend``.
+Rows and summaries: ``ssr_lightning.frontend.ladder``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from ssr_lightning.ablate.frontend import (
+from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
+from ssr_lightning.files import atomic_write_json, atomic_write_text
+from ssr_lightning.frontend.ladder import (
     Ladder,
     evaluate_invariant_ke,
     evaluate_ladder,
@@ -37,8 +39,6 @@ from ssr_lightning.ablate.frontend import (
     merge_seeds,
     summarize,
 )
-from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
-from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.inference.checkpoints import (
     find_checkpoint,
     load_model,

@@ -18,9 +18,10 @@ Process options (docs/DESIGN.md §4; each a config entry whose default reproduce
 - ``color_fix``: ``none`` | ``wavelet`` | ``adain`` colour correction of the output from the condition image
   (``diffusion/color.py``).
 
-Large images (``tile > 0``): the condition features are encoded per overlapping tile and the tiles' ε-predictions are
-blended at every denoising step into one latent (``diffusion/tiling.py``), then one scheduler step runs on the whole
-latent; a VAE encodes and decodes tile-wise with the same blending (space-to-depth is pointwise and needs none).
+Large images (``tile > 0``): the condition features are encoded per overlapping tile and the tiles' UNet outputs
+(ε̂, x̂0 or v̂, by ``prediction_type``) are blended at every denoising step into one latent (``diffusion/tiling.py``),
+then one scheduler step runs on the whole latent; a VAE encodes and decodes tile-wise with the same blending
+(space-to-depth is pointwise and needs none).
 """
 
 from __future__ import annotations
@@ -182,11 +183,6 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         if tuple(reference.shape) != want:
             raise ValueError(f"{why}: reference has shape {tuple(reference.shape)}, expected {want}")
         return reference.clamp(0, 1)
-
-    def lr_latent(self, lr: Tensor) -> Tensor:
-        """Latent of the bicubic-upsampled LR."""
-        up = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return self.latents.encode(up.clamp(0, 1))
 
     def encode_image(self, img: Tensor, grid: TileGrid | None = None) -> Tensor:
         """Latent of an HR-grid image; a VAE encodes tile by tile with blending on a multi-tile ``grid``."""

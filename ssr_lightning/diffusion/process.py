@@ -31,7 +31,8 @@ PredictionType = Literal["epsilon", "sample", "v_prediction"]
 @dataclass
 class StepState:
     """What a step hook sees: step ``index`` of ``num_steps``, its timestep ``t``, the new latent ``latent``
-    (``z_{t-1}``), the ε-prediction ``eps`` and the predicted clean latent ``x0``.
+    (``z_{t-1}``), the network output ``eps`` (ε̂ for ``epsilon``, x̂0 or v̂ for ``sample`` or
+    ``v_prediction``) and the predicted clean latent ``x0``.
 
     ``alpha_prev`` is ᾱ of the timestep the step lands on and ``x0_coef`` the factor by which ``latent`` moves with
     ``x0`` at fixed ``eps`` and ``z_t``: ``√ᾱ_prev`` for DDIM (η = 0), ``√ᾱ_prev·β_t / (1 − ᾱ_t)`` for DDPM's
@@ -141,7 +142,7 @@ class GaussianDiffusion:
         """Run the reverse process from ``noise`` (latent-shaped) and return the final latent.
 
         ``strength < 1`` needs ``reference``: sampling starts from it, noised to the first kept timestep (the
-        high-noise steps, where an ε-model's x0 estimate is least reliable, are skipped).
+        high-noise steps, where the x0 estimate is least reliable, are skipped).
         """
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")

@@ -8,8 +8,8 @@ over the overlaps (1 inside, full weight at image borders), normalised so the we
 every pixel. Blending per-tile maps with them therefore reproduces any map that does not depend on the tiling.
 
 :class:`FusedDenoiser` is the step-fused tiling of MultiDiffusion / StableSR / DiffBIR: at every denoising step the
-ε-predictions of the overlapping latent tiles are blended into one latent-sized map and the scheduler steps once on
-the whole latent, so neighbouring tiles agree at every step instead of being sampled apart and stitched.
+UNet outputs (ε̂, x̂0 or v̂) of the overlapping latent tiles are blended into one latent-sized map and the scheduler
+steps once on the whole latent, so neighbouring tiles agree at every step instead of being sampled apart and stitched.
 """
 
 from __future__ import annotations
@@ -139,12 +139,13 @@ class TileGrid:
 
 
 class FusedDenoiser:
-    """``denoise(z_t, t)`` over a whole latent from per-tile ε-predictions blended at every step (module doc).
+    """``denoise(z_t, t)`` over a whole latent from per-tile UNet outputs blended at every step (module doc).
 
     Args:
         grid: The tiling (LR pixels).
         factor: Latent pixels per LR pixel (``s / vae_factor``).
-        denoise_tile: ``(z_tile, t, i) -> ε̂_tile`` for tile ``i`` (it closes over that tile's condition features).
+        denoise_tile: ``(z_tile, t, i) ->`` the UNet output (ε̂, x̂0 or v̂) for tile ``i`` (it closes over that
+            tile's condition features).
         progress: Show a per-step tile bar.
     """
 

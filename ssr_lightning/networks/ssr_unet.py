@@ -1,7 +1,8 @@
 """SSRUNet: a diffusers denoising UNet with AMF after its input conv, every down block and the mid block.
 
 Paper §3.3 / docs/DESIGN.md §4: features of the kernel (f_1), depth (f_2) and LR (f_3) encoders modulate the
-ε-prediction UNet at several levels through AMF (``networks/amf.py``).
+denoising UNet (ε-, x0- or v-prediction: the process's ``prediction_type``) at several levels through AMF
+(``networks/amf.py``).
 
 Where the AMFs sit (one AMF per level, modulating the tensor that leaves the named sub-module):
 
@@ -85,10 +86,10 @@ def _amf_hook(module: nn.Module, args: Any, output: Any) -> Any:
 
 
 class SSRUNet(ModelMixin, ConfigMixin):
-    """ε-prediction UNet conditioned by AMF on kernel, depth and LR features (see the module doc).
+    """Denoising UNet conditioned by AMF on kernel, depth and LR features (see the module doc).
 
     Args:
-        latent_channels: Channels of the VAE latent (the UNet predicts ε with this many channels).
+        latent_channels: Channels of the VAE latent (the UNet's output has this many channels).
         block_out_channels: Tiny backbone widths per level (ignored with ``pretrained_path``).
         down_block_types: Tiny backbone down blocks (diffusers names).
         up_block_types: Tiny backbone up blocks.
@@ -170,8 +171,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
             for i, (name, _, ch) in enumerate(self._levels):
                 mods = {m: enc.out_channels[i] for m, enc in encoders.items()}
                 self.amf[name] = AMF(ch, mods, amf_hidden, amf_pooled, amf_mode)
-        # Module-level hook function reading its (AMF, features) from the hooked module: a deep copy of this
-        # network (e.g. for EMA) then hooks its own AMFs, which a closure over `self` would not.
+        # Module-level hook function reading its (AMF, features) from the hooked module, so a copy of this
+        # network (copy.deepcopy) hooks its own AMFs, which a closure over `self` would not.
         for name in self.amf:
             self._module_at(name).register_forward_hook(_amf_hook)
 
@@ -231,7 +232,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
         return next(self.parameters()).dtype
 
     def denoise(self, z_t: Tensor, t: Tensor | int, feats: dict[str, list[Tensor]], z_lr: Tensor | None = None) -> Tensor:
-        """ε-prediction from precomputed ``feats`` (reused across sampling steps)."""
+        """The UNet output (ε̂, x̂0 or v̂) from precomputed ``feats`` (reused across sampling steps)."""
         x = z_t
         if self.concat_lr:
             if z_lr is None:
@@ -253,6 +254,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
         self, z_t: Tensor, t: Tensor | int, z_lr: Tensor | None = None, depth: Tensor | None = None,
         kernel: Tensor | None = None,
     ) -> Tensor:
-        """ε̂ for noisy latents ``z_t (B, C, h, w)`` at timesteps ``t``; depth/kernel on the LR grid, any size."""
+        """The UNet output (ε̂, x̂0 or v̂) for noisy latents ``z_t (B, C, h, w)`` at timesteps ``t``; depth/kernel on
+        the LR grid, any size."""
         size = (z_t.shape[-2], z_t.shape[-1])
         return self.denoise(z_t, t, self.encode(size, z_lr, depth, kernel), z_lr)
