@@ -19,6 +19,7 @@ __all__ = [
     "anisotropic_covariance",
     "defocus_sigma",
     "gaussian_kernels",
+    "gaussian_log_field",
     "sample_kernel_field",
 ]
 
@@ -106,17 +107,22 @@ def gaussian_kernels(cov: Tensor, size: int = KERNEL_SIZE) -> Tensor:
     return k.div_(k.sum(dim=-1, keepdim=True))
 
 
-def _gaussian_field(cov: Tensor, size: int) -> Tensor:
-    """cov (B, h, w, 2, 2) -> kernel field (B, size*size, h, w), built channel-first with one matmul.
+def gaussian_log_field(cov: Tensor, size: int = KERNEL_SIZE) -> Tensor:
+    """cov (B, h, w, 2, 2) -> unnormalised log-kernels (B, size*size, h, w) (0 at the centre tap), channel-first.
 
-    Same maths as gaussian_kernels, but the quadratic form is a (k*k, 3) @ (3, h*w) product that lands directly in
-    the field layout, so the only full-size passes are the matmul, exp_ and the normalisation.
+    The quadratic form is a (k*k, 3) @ (3, h*w) product that lands directly in the field layout. Differentiable in
+    ``cov``: DKENet's thin-lens head adds it to its logits.
     """
     b, h, w = cov.shape[:3]
     coefs = _exponent_coefs(cov).reshape(b, h * w, 3).transpose(1, 2)  # (B, 3, h*w)
-    k = torch.matmul(_quad_basis(size, cov.device, cov.dtype), coefs).exp_()  # (B, k*k, h*w)
-    k.div_(k.sum(dim=1, keepdim=True))
-    return k.view(b, size * size, h, w)
+    return torch.matmul(_quad_basis(size, cov.device, cov.dtype), coefs).view(b, size * size, h, w)
+
+
+def _gaussian_field(cov: Tensor, size: int) -> Tensor:
+    """cov (B, h, w, 2, 2) -> kernel field (B, size*size, h, w): gaussian_kernels in the field layout, where the only
+    full-size passes are the matmul, exp_ and the normalisation."""
+    k = gaussian_log_field(cov, size).exp_()
+    return k.div_(k.sum(dim=1, keepdim=True))
 
 
 def anisotropic_covariance(sigma_x: Tensor, sigma_y: Tensor, theta: Tensor) -> Tensor:

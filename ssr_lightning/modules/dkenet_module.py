@@ -39,6 +39,7 @@ class DKENetModule(StageModule):
         normalize_depth: bool = False,
         depth_fusion: str = "sft",
         focal_plane: bool = False,
+        thin_lens: bool = False,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
@@ -59,6 +60,8 @@ class DKENetModule(StageModule):
             depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock) or "input" (the
                 depth channels concatenated to the LR at the first conv).
             focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
+            thin_lens: Add a thin-lens prior to the kernel logits: per-image lens parameters read from the pixels
+                make a per-pixel Gaussian whose defocus part follows depth (CoC ∝ |z − z_f|/z).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
@@ -74,6 +77,7 @@ class DKENetModule(StageModule):
             normalize_depth=normalize_depth,
             depth_fusion=depth_fusion,  # type: ignore[arg-type]
             focal_plane=focal_plane,
+            thin_lens=thin_lens,
         )
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:

@@ -13,6 +13,7 @@ docs/ARCHITECTURE.md (channel ``dy*k + dx``). ``use_depth=False`` is the MANet-l
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
+
+from ssr_lightning.degradation.kernels import anisotropic_covariance, gaussian_log_field
 
 from .blocks import DABlock
 from .depth_maps import normalize_depth_map
@@ -95,6 +98,7 @@ class DKENet(ModelMixin, ConfigMixin):
         normalize_depth: bool = False,
         depth_fusion: Literal["sft", "input"] = "sft",
         focal_plane: bool = False,
+        thin_lens: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -156,6 +160,21 @@ class DKENet(ModelMixin, ConfigMixin):
         if self.kernel_head is not None:
             nn.init.zeros_(self.kernel_head[-1].weight)
             nn.init.zeros_(self.kernel_head[-1].bias)
+        # Thin-lens head: per-image lens parameters read from pooled features — focal depth d_f, defocus gain g and
+        # threshold t, optics σx, σy, θ — make a per-pixel Gaussian log-kernel with covariance
+        # R diag(σx², σy²) Rᵀ + σ_def² I, σ_def = softplus(g·|d − d_f|/(d + c) − t): the thin-lens CoC
+        # m·A·|z − z_f|/z with z affine in d (docs/DESIGN.md §2), added to the per-pixel logits. Depth then sets
+        # where the blur is, and the only way to get its level right is to read the lens from the pixels.
+        self.lens_head = (nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.ReLU(inplace=True),
+                                        nn.Linear(2 * channels, 6)) if thin_lens else None)
+        # c = z_near / (z_far - z_near), learned; softplus⁻¹(1/3) starts it at the default z_range (1, 4)
+        self.lens_offset = nn.Parameter(torch.tensor(math.log(math.expm1(1 / 3)))) if thin_lens and use_depth else None
+        if self.lens_head is not None:
+            last = self.lens_head[-1]
+            nn.init.zeros_(last.weight)
+            with torch.no_grad():  # d_f = 0.5, g = 3, t = 1, σx = σy = 1 px, θ = 0
+                last.bias.copy_(torch.tensor([0.0, math.log(math.expm1(3.0)), 1.0, math.log(math.expm1(0.9)),
+                                              math.log(math.expm1(0.9)), 0.0]))
         self._init_tail()
 
     # ----------------------------------------------------------------------------------------------- presets
@@ -182,6 +201,8 @@ class DKENet(ModelMixin, ConfigMixin):
             r = torch.arange(k, dtype=torch.float32) - k // 2
             r2 = r[:, None] ** 2 + r[None, :] ** 2  # (dy, dx) grid, flattened as dy*k + dx below
             self.tail.bias.copy_((-r2 / (2 * _INIT_SIGMA**2)).flatten())
+            if self.lens_head is not None:  # the thin-lens prior is the initial kernel
+                self.tail.bias.zero_()
 
     def _prepare_depth(self, depth: Tensor | None, size: tuple[int, int]) -> Tensor:
         if depth is None:
@@ -207,6 +228,22 @@ class DKENet(ModelMixin, ConfigMixin):
         d_f = (weights * depth).sum(dim=(2, 3), keepdim=True)
         rel = depth - d_f
         return torch.cat([depth, rel, rel.abs()], dim=1)
+
+    def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int]) -> Tensor:
+        """Per-pixel Gaussian log-kernels (B, k², h, w) of the thin-lens parameters ``params (B, 6)``."""
+        b = params.shape[0]
+        h, w = size
+        p = params.float()
+        sx = F.softplus(p[:, 3]) + 0.1
+        sy = F.softplus(p[:, 4]) + 0.1
+        cov = anisotropic_covariance(sx, sy, p[:, 5]).view(b, 1, 1, 2, 2).expand(b, h, w, 2, 2)
+        if depth is not None and self.lens_offset is not None:
+            d = depth[:, 0].float()  # (B, h, w)
+            d_f = torch.sigmoid(p[:, 0]).view(b, 1, 1)
+            coc = F.softplus(p[:, 1]).view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
+            sigma = F.softplus(coc - p[:, 2].view(b, 1, 1))
+            cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=p.device, dtype=p.dtype)
+        return gaussian_log_field(cov, self.kernel_size)
 
     # ---------------------------------------------------------------------------------------------- forward
     def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
@@ -234,10 +271,12 @@ class DKENet(ModelMixin, ConfigMixin):
         size = (lr.shape[-2], lr.shape[-1])
         d1 = d2 = d3 = None  # without depth, a depth given is ignored: the MANet-like baseline
         x = lr
+        lens_depth = None
         if self.use_depth:
             depth = self._prepare_depth(depth, size).to(lr.dtype)
             if self.normalize_depth:
                 depth = normalize_depth_map(depth).to(lr.dtype)
+            lens_depth = depth
             if self.focus_score is not None:
                 depth = self._relative_to_focus(lr, depth)
             if self.depth_encoder is not None:
@@ -258,9 +297,12 @@ class DKENet(ModelMixin, ConfigMixin):
             f3 = block(f3, d3)
 
         logits = self.tail(f3)
-        if self.kernel_head is not None:
+        if self.kernel_head is not None or self.lens_head is not None:
             pooled = torch.cat([f3.mean(dim=(2, 3)), f3.std(dim=(2, 3), unbiased=False)], dim=1)
+        if self.kernel_head is not None:
             logits = logits + self.kernel_head(pooled)[..., None, None]
+        if self.lens_head is not None:
+            logits = logits + self._lens_prior(self.lens_head(pooled), lens_depth, size).to(logits.dtype)
         field = torch.softmax(logits, dim=1)
         return self.upscale_field(field) if upscale else field
 
