@@ -20,7 +20,7 @@ from ssr_lightning.ablate.report import to_csv, to_json, to_latex, to_markdown, 
 from ssr_lightning.ablate.study import StudyError, parse_study
 from ssr_lightning.ablate.table import build_table
 from ssr_lightning.cli.ablate import main as ablate_main
-from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference
+from ssr_lightning.metrics.stats import bootstrap_ci, bootstrap_seeds, paired_difference_seeds
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ablate import FakeRunner, _write_configs  # noqa: E402
@@ -37,7 +37,8 @@ def _raw(**extra: Any) -> dict[str, Any]:
         "base_configs": {"a": "configs/a.yaml", "b": "configs/b.yaml"},
         "rows": [{"label": "Bicubic", "seeds": [0], "evaluate": {"stage": "a", "ckpt": None, "source": "bicubic"}},
                  {"label": "full", "settings": {"gain": True}},
-                 {"label": "plus half", "settings": {"gain": True}, "overrides": {"b": ["--x", "1"]}},
+                 # scored differently from the same trainings as `full`: seed s of both rows is one replicate
+                 {"label": "plus half", "settings": {"gain": True}, "evaluate": {"overrides": ["--x", "1"]}},
                  {"label": "no effect", "settings": {"gain": False}}],
         "overrides": {"gain": {True: {"b": ["--gain", True]}, False: {"b": ["--gain", False]}}},
         "metrics": ["psnr_y", "niqe"], "seeds": [0, 1], "evaluate": {"stage": "b"},
@@ -80,26 +81,32 @@ def _row(table: Any, label: str, metric: str, kind: str = "value") -> Any:
     return table.entry(label, col)
 
 
-def test_cell_ci_over_images_and_std_over_seeds_match_the_known_values(table: Any) -> None:
+def test_cell_ci_over_seeds_then_images_and_std_over_seeds_match_the_known_values(table: Any) -> None:
     full = _row(table, "full", "psnr_y")
-    per_image = BASE + 1.0  # seeds 0 and 1 averaged per image
-    expected = bootstrap_ci(per_image)
-    assert full.mean == pytest.approx(per_image.mean()) and full.images == N and full.n == 2
-    assert (full.lo, full.hi) == pytest.approx((expected.lo, expected.hi))
+    expected = bootstrap_seeds(np.stack([BASE, BASE + 2.0]))  # two-level: seeds, then images
+    assert full.mean == pytest.approx(BASE.mean() + 1.0) and full.images == N and full.n == 2
+    assert (full.lo, full.hi) == pytest.approx((expected.lo, expected.hi)) and full.boot_seeds == 2
+    images_only = bootstrap_ci(BASE + 1.0)  # what averaging the seeds per image first would claim
+    assert full.hi - full.lo > images_only.hi - images_only.lo
     assert full.std == pytest.approx(np.sqrt(2.0)), "per-seed means differ by 2 dB: sample std √2"
     assert full.lo < full.mean < full.hi
     bicubic = _row(table, "Bicubic", "psnr_y")
     assert bicubic.n == 1 and bicubic.total == 1 and table.seeds["Bicubic"] == [0], "evaluated once"
+    one = bootstrap_ci(BASE - 3.0)
+    assert (bicubic.lo, bicubic.hi) == (one.lo, one.hi) and bicubic.boot_seeds == 1, "one seed: the image bootstrap"
 
 
 def test_paired_delta_and_significance(table: Any) -> None:
     half = _row(table, "plus half", "psnr_y", "delta")
     assert (half.mean, half.lo, half.hi) == pytest.approx((0.5, 0.5, 0.5)), "the same +0.5 dB on every image"
     assert half.significant and half.better
+    assert half.paired_seeds and half.mark == "* (Holm *)", "the same trainings: seeds resampled jointly"
     none = _row(table, "no effect", "psnr_y", "delta")
-    expected = paired_difference(BASE + 1.0 + SYMMETRIC, BASE + 1.0)
+    runs = np.stack([BASE, BASE + 2.0])  # other trainings than the reference's: seeds resampled per row
+    expected = paired_difference_seeds(runs + SYMMETRIC, runs)
     assert (none.mean, none.lo, none.hi) == pytest.approx((expected.mean, expected.lo, expected.hi))
-    assert none.lo < 0 < none.hi and not none.significant and none.better is None
+    assert none.lo < 0 < none.hi and not none.significant and none.better is None and none.paired_seeds is False
+    assert none.mark == "n.s." and none.p == pytest.approx(expected.p)
     niqe = _row(table, "plus half", "niqe", "delta")
     assert niqe.mean == pytest.approx(-0.05) and niqe.significant and niqe.better, "lower NIQE is better"
     bicubic = _row(table, "Bicubic", "psnr_y", "delta")
@@ -109,27 +116,36 @@ def test_paired_delta_and_significance(table: Any) -> None:
 
 def test_every_format_carries_the_statistics(table: Any) -> None:
     md = to_markdown(table)
-    assert "Mean over 24 test images per cell with its 95 % bootstrap CI" in md
+    assert ("Mean over 24 test images per cell; [lo, hi]: 95 % CI, two-level bootstrap over 2 training seeds then "
+            "24 images (Bicubic: bootstrap over 24 images) (2000 resamples)") in md
     assert "± std over 2 training seeds (0, 1)" in md and "evaluated once (no seed-dependent training): Bicubic" in md
     assert "Δ: paired per-image difference row − full" in md and "n.s. not significant" in md
+    assert "corrected mark: Holm across the 6 Δ tests of this table (family-wise error 0.05)" in md
     lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
-    assert "+0.50 [+0.50, +0.50] *" in lines["plus half"]
+    assert "+0.50 [+0.50, +0.50] * (Holm *)" in lines["plus half"]
     assert " n.s." in lines["no effect"] and " *" not in lines["no effect"].split("|")[-3]
     assert "| reference |" in lines["full"]
     full = _row(table, "full", "psnr_y")
     assert f"{full.mean:.2f} ± 1.41 [{full.lo:.2f}, {full.hi:.2f}]" in lines["full"]
     tex = to_latex(table)
-    assert r"$+0.50$ {\scriptsize[+0.50, +0.50]}$^{*}$" in tex and r"\,{\scriptsize n.s.}" in tex
+    assert r"$+0.50$ {\scriptsize[+0.50, +0.50]}$^{*}$\,{\scriptsize (Holm *)}" in tex
+    assert r"\,{\scriptsize n.s.}" in tex and "two-level bootstrap over 2 training seeds" in tex
     assert r"\caption{stats. Mean over 24 test images" in tex and r"$\Delta$ PSNR" in tex
     rows = {r.split(",")[0]: r.split(",") for r in to_csv(table).splitlines()}
     head = rows["label"]
     sig = head.index("embedded/delta_psnr_y_significant")
     assert rows["plus half"][sig] == "1" and rows["no effect"][sig] == "0"
+    assert rows["plus half"][head.index("embedded/delta_psnr_y_significant_corrected")] == "1"
+    assert rows["full"][head.index("embedded/psnr_y_ci_seeds")] == "2"
     assert rows["full"][head.index("embedded/psnr_y_images")] == "24"
     js = to_json(table)
     entry = js["rows"][2]["entries"][[c["kind"] for c in js["columns"]].index("delta")]
-    assert entry["significant"] is True and entry["better"] is True and entry["display"].endswith("*")
-    assert js["statistics"] == {"ci": 0.95, "bootstrap_resamples": 2000, "seeds": [0, 1]}
+    assert entry["significant"] is True and entry["better"] is True and entry["display"].endswith("* (Holm *)")
+    assert entry["significant_corrected"] is True and 0 < entry["p"] <= entry["p_adjusted"] < 0.05
+    stats = js["statistics"]
+    assert {k: stats[k] for k in ("ci", "bootstrap_resamples", "seeds", "correction")} == {
+        "ci": 0.95, "bootstrap_resamples": 2000, "seeds": [0, 1], "correction": "holm"}
+    assert stats["ci_text"].startswith("two-level bootstrap over 2 training seeds then 24 images")
 
 
 def test_study_validates_the_new_report_keys(tmp_path: Path) -> None:
@@ -155,7 +171,7 @@ def test_shared_stages_are_trained_once_for_every_seed(tmp_path: Path) -> None:
     plan = expand(parse_study(raw), cwd=tmp_path)
     stages = [r for r in plan.stages.values() if r.stage == "a"]
     assert len(stages) == 1 and stages[0].seed == 0, "a: one training (first seed) for the cells of both seeds"
-    assert len([r for r in plan.stages.values() if r.stage == "b"]) == 3 * 2, "b: per variant and seed"
+    assert len([r for r in plan.stages.values() if r.stage == "b"]) == 2 * 2, "b: per training variant and seed"
     assert len([c for c in plan.cells if c.label == "Bicubic"]) == 1
 
 

@@ -244,6 +244,8 @@ class Executor:
             record.update(status="ok", metrics=result["metrics"], available=result.get("available", {}),
                           num_samples=result.get("num_samples"), per_image=result.get("per_image", {}),
                           eval_seconds=round(time.time() - eval_start, 2))
+            if result.get("sources"):
+                record["sources"] = result["sources"]
         except CommandFailed as err:
             record.update(status="failed", error={"stage": current, "message": str(err), "tail": err.tail})
         except Exception as err:  # noqa: BLE001 - one broken cell must not stop the study

@@ -71,7 +71,7 @@ def _caption(fig: Figure, table: Table, bottom: float) -> None:
 
 
 def point_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, path: Path) -> Path | None:
-    """One panel per metric: each row's mean with its 95 % CI over images (per-seed means as open circles), the
+    """One panel per metric: each row's mean with its 95 % CI (the caption's; per-seed means as open circles), the
     study's reference rows (bicubic, front end) as vertical lines with their CI band; None if no numbers."""
     panels = _value_panels(table)
     if not panels:
@@ -154,7 +154,7 @@ def delta_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, pa
                 left, right = _whisker(e)
                 ax.errorbar([e.mean], [y], xerr=[[left], [right]], fmt="o" if d == 0 else "s", ms=5, capsize=3,
                             color=colour)
-                ax.annotate("*" if e.significant else "n.s.", (e.mean + right, y), xytext=(3, 0),
+                ax.annotate(e.mark or ("*" if e.significant else "n.s."), (e.mean + right, y), xytext=(3, 0),
                             textcoords="offset points", fontsize=7, va="center", color=colour)
                 lo, hi = min(lo, e.mean - left), max(hi, e.mean + right)
         ax.axvline(0.0, color="black", lw=1)
@@ -167,8 +167,8 @@ def delta_chart(plan: Plan, table: Table, records: dict[str, Any], out: Path, pa
         c0 = Column(metric, datasets[0], higher, "delta")
         ax.set_title(f"{c0.label()}{good}", fontsize=9)
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{table.title}: Δ vs {table.reference}\n(green / red: significantly better / worse, grey: n.s.)",
-                 fontsize=9, x=0.01, ha="left")
+    fig.suptitle(f"{table.title}: Δ vs {table.reference}\n(green / red: 95 % CI excludes 0, better / worse; grey: "
+                 "n.s.; the Holm-corrected mark in brackets; which CI: see below)", fontsize=9, x=0.01, ha="left")
     fig.tight_layout(rect=(0, 0.09, 1, 0.95))
     _caption(fig, table, bottom=max(fig.subplotpars.bottom, 0.16))
     return save_figure(fig, path)

@@ -236,7 +236,10 @@ def _expand(study: Study, cwd: Path) -> Plan:
                 key = _sha({"eval": _norm_args(eval_args, keys, cwd),
                             "ckpt": spec.ckpt and _norm_args((spec.ckpt,), keys, cwd),
                             "config": file_digest(cwd / study.base_configs[spec.stage]), "commands": spec.commands,
-                            "source": spec.source, "metrics": study.metrics, "stages": sorted(keys.values())})
+                            "source": spec.source, "metrics": study.metrics, "stages": sorted(keys.values()),
+                            # MATLAB's bicubic is a new result; torch's keeps the key cells had before the option
+                            **({"bicubic": spec.bicubic} if spec.source == "bicubic" and spec.bicubic != "torch"
+                               else {})})
                 plan.cells.append(Cell(cell_id, r, row.label, dict(row.settings), ds.name, seed, order, dict(keys),
                                        spec, study.base_configs[spec.stage], eval_args, list(study.metrics), key))
     ids = [c.cell_id for c in plan.cells]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,8 @@ def _tex_cell(table: Table, e: Entry, c: Column) -> str:
         f = f"{{:+.{d}f}}"
         text = f"${f.format(e.mean)}$"
         mark = "" if e.significant is None else ("$^{*}$" if e.significant else r"\,{\scriptsize n.s.}")
+        if e.significant and e.mark and e.mark != "*":  # the corrected mark beside the raw one: "(Holm n.s.)"
+            mark += f"\\,{{\\scriptsize {tex_escape(e.mark[1:].strip())}}}"
     else:
         f = f"{{:.{d}f}}"
         text = f.format(e.mean) + (f" $\\pm$ {f.format(e.std)}" if e.n > 1 and e.std is not None else "")
@@ -105,6 +108,10 @@ def _num(x: float | None) -> Any:
     return "" if x is None else x
 
 
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None  # a p of nothing to resample is NaN: not JSON
+
+
 def to_csv(table: Table) -> str:
     """One line per row: label, factors, then per value column mean/std/n/best/CI/images and per Δ column the
     difference, its CI, image count and significance (text values in the mean column)."""
@@ -113,8 +120,10 @@ def to_csv(table: Table) -> str:
     head = ["label", *table.factor_columns]
     for c in table.columns:
         k = c.key()
-        head += ([k, f"{k}_lo", f"{k}_hi", f"{k}_images", f"{k}_significant"] if c.kind == "delta" else
-                 [k, f"{k}_std", f"{k}_n", f"{k}_best", f"{k}_lo", f"{k}_hi", f"{k}_images"])
+        head += ([k, f"{k}_lo", f"{k}_hi", f"{k}_images", f"{k}_significant", f"{k}_p", f"{k}_p_adjusted",
+                  f"{k}_significant_corrected"] if c.kind == "delta" else
+                 [k, f"{k}_std", f"{k}_n", f"{k}_best", f"{k}_lo", f"{k}_hi", f"{k}_images", f"{k}_ci_seeds",
+                  f"{k}_ci_units"])
     w.writerow(head)
     for label, settings, row in zip(table.labels, table.settings, table.entries, strict=True):
         vals: list[Any] = []
@@ -122,10 +131,12 @@ def to_csv(table: Table) -> str:
             first = e.mean if e.mean is not None else e.text
             if c.kind == "delta":
                 sig = "" if e.significant is None else int(e.significant)
-                vals += [first, _num(e.lo), _num(e.hi), e.images or "", sig]
+                cor = "" if e.corrected is None else int(e.corrected)
+                vals += [first, _num(e.lo), _num(e.hi), e.images or "", sig, _num(_finite(e.p)),
+                         _num(_finite(e.p_adjusted)), cor]
             else:
                 vals += [first, e.std if e.mean is not None else "", e.n, int(e.best), _num(e.lo), _num(e.hi),
-                         e.images or ""]
+                         e.images or "", e.boot_seeds or "", e.units or ""]
         w.writerow([label, *(settings.get(f, "") for f in table.factor_columns), *vals])
     return buf.getvalue()
 
@@ -134,9 +145,12 @@ def _entry_json(table: Table, e: Entry, c: Column) -> dict[str, Any]:
     out: dict[str, Any] = {"mean": e.mean, "text": e.text, "display": table.text(e, c), "lo": e.lo, "hi": e.hi,
                            "images": e.images}
     if c.kind == "delta":
-        out.update(significant=e.significant, better=e.better)
+        out.update(significant=e.significant, better=e.better, p=_finite(e.p), p_adjusted=_finite(e.p_adjusted),
+                   significant_corrected=e.corrected, mark=e.mark, ci_seeds=e.boot_seeds or None,
+                   ci_units=e.units or None, paired_seeds=e.paired_seeds)
     else:
-        out.update(std=e.std, seeds=e.n, seeds_planned=e.total, best=e.best)
+        out.update(std=e.std, seeds=e.n, seeds_planned=e.total, best=e.best, ci_seeds=e.boot_seeds or None,
+                   ci_units=e.units or None)
     return out
 
 
@@ -145,7 +159,10 @@ def to_json(table: Table) -> dict[str, Any]:
     return {
         "title": table.title, "caption": table.caption(), "row_header": table.row_header,
         "factor_columns": table.factor_columns, "reference": table.reference, "reference_lines": table.reference_lines,
-        "statistics": {"ci": 1 - ALPHA, "bootstrap_resamples": N_BOOT, "seeds": table.study_seeds},
+        "statistics": {"ci": 1 - ALPHA, "bootstrap_resamples": N_BOOT, "seeds": table.study_seeds,
+                       "method": "two-level bootstrap (seeds, then images or their sources); one seed: images",
+                       "ci_text": table.ci_text(), "correction": "holm" if table.correction else None,
+                       "correction_note": table.correction},
         "columns": [{"metric": c.metric, "dataset": c.dataset, "kind": c.kind, "higher_is_better": c.higher_is_better,
                      "header": table.header(c)} for c in table.columns],
         "rows": [{"label": label, "settings": settings, "seeds": table.seeds.get(label, []),

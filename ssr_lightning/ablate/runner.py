@@ -115,7 +115,7 @@ class Runner:
             common += ["--ckpt_path", job.ckpt]
         writer = {"class_path": WRITER, "init_args": {
             "out_dir": str(job.cell_dir), "metrics": job.cell.metrics, "source": spec.source,
-            "num_samples": spec.num_samples}}
+            "num_samples": spec.num_samples, **({"bicubic": spec.bicubic} if spec.source == "bicubic" else {})}}
         commands = []
         if "test" in spec.commands and spec.source == "model":  # a bicubic row has no model to test
             commands.append(["test", *common])
@@ -171,12 +171,15 @@ def collect_metrics(cell_dir: Path, stage: str, names: list[str]) -> dict[str, A
     predict: dict[str, Any] = {}
     available: dict[str, Any] = {}
     pred_rows: dict[str, dict[str, float]] = {}
+    sources: dict[str, str] = {}
     num = 0
     pred_file = cell_dir / "predict_metrics.json"
     if pred_file.is_file():
         data = json.loads(pred_file.read_text())
         predict, available, num = data.get("summary", {}), data.get("available", {}), data.get("num_samples", 0)
         pred_rows = _per_image(data.get("per_sample", []))
+        # each image's source where the data set names one (kernel draws of one photo): the report's clusters
+        sources = {str(r["name"]): str(r["source"]) for r in data.get("per_sample", []) if "source" in r}
     test: dict[str, Any] = {}
     test_rows: dict[str, dict[str, float]] = {}
     tests = sorted((cell_dir / "eval" / f"{stage}_test").glob("version_*/test_metrics.json"),
@@ -196,7 +199,7 @@ def collect_metrics(cell_dir: Path, stage: str, names: list[str]) -> dict[str, A
         if rows and not isinstance(metrics[name], str):
             per_image[name] = rows
     return {"metrics": metrics, "available": available, "num_samples": num, "test_summary": test,
-            "per_image": per_image}
+            "per_image": per_image, **({"sources": sources} if sources else {})}
 
 
 class CLIRunner(Runner):

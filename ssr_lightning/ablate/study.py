@@ -23,7 +23,7 @@ _TOP_KEYS = {
     "overrides", "datasets", "metrics", "seeds", "seed_args", "shared_stages", "evaluate", "report", "profiles",
     "variables",
 }
-_EVAL_KEYS = {"stage", "ckpt", "commands", "source", "overrides", "num_samples"}
+_EVAL_KEYS = {"stage", "ckpt", "commands", "source", "overrides", "num_samples", "bicubic"}
 _ROW_KEYS = {"label", "settings", "overrides", "evaluate", "seeds"}
 _REPORT_KEYS = {"title", "row_header", "factor_columns", "factor_labels", "metrics", "decimals", "qualitative",
                 "reference", "delta_metrics", "reference_lines", "perception_distortion"}
@@ -99,6 +99,7 @@ class EvalSpec:
     source: str = "model"
     overrides: tuple[str, ...] = ()
     num_samples: int = 4
+    bicubic: str = "matlab"  # a bicubic source: MATLAB imresize (SR papers' row) or "torch" (F.interpolate)
 
 
 @dataclass(frozen=True)
@@ -177,10 +178,13 @@ def parse_eval_spec(raw: dict[str, Any], where: str) -> EvalSpec:
     source = raw.get("source", "model")
     if source not in ("model", "bicubic"):
         raise StudyError(f"{where}.source: 'model' or 'bicubic', got {source!r}")
+    bicubic = raw.get("bicubic", "matlab")
+    if bicubic not in ("matlab", "torch"):
+        raise StudyError(f"{where}.bicubic: 'matlab' (imresize, A = -0.5) or 'torch' (A = -0.75), got {bicubic!r}")
     stage = str(raw["stage"])
     ckpt = raw.get("ckpt", f"{{stage:{stage}}}")
     return EvalSpec(stage, None if ckpt is None else str(ckpt), commands, source,
-                    _args(raw.get("overrides"), f"{where}.overrides"), int(raw.get("num_samples", 4)))
+                    _args(raw.get("overrides"), f"{where}.overrides"), int(raw.get("num_samples", 4)), bicubic)
 
 
 def _rows(raw: dict[str, Any], factors: dict[str, list[Any]]) -> list[Row]:

@@ -3,11 +3,15 @@
 Rows are the study's rows (✓/✗ factor columns where rows have settings), columns its metrics, one block per
 dataset when there are several (Table 1). Every number follows docs/DESIGN.md §5 (`metrics/stats.py`):
 
-- a value is the mean over test images with its 95 % bootstrap CI over images (`[lo, hi]`), the per-image values
-  averaged over the training seeds that finished; with several seeds, ± the sample std of the per-seed means;
+- a value is the mean over test images with its 95 % CI `[lo, hi]`: with several finished seeds a two-level
+  bootstrap (seeds, then images: `bootstrap_seeds`), with one seed the bootstrap over images; images of one source
+  (a photo's kernel draws, recorded by `EvalWriter` or read from `{photo}_v{k}` names) are resampled together;
+  with several seeds, ± the sample std of the per-seed means;
 - a "Δ vs reference" column (`report.reference`, `report.delta_metrics`) holds the paired per-image difference
-  row − reference with its CI, `*` where the CI excludes 0 and `n.s.` (not significant) where it does not;
-- the caption states the image and seed counts, the reference and what the marks mean.
+  row − reference with the same kind of CI (`paired_difference_seeds`: seeds resampled per row, jointly when seed s
+  of both rows used the same stage trainings), `*` where the CI excludes 0 and `n.s.` where it does not, and beside
+  a `*` the Holm-corrected mark over every Δ test of the table (`mark_deltas`);
+- the caption states the image and seed counts, which CI, the reference, the marks and the correction.
 
 The best mean of a column (↑/↓ from `HIGHER_IS_BETTER`) is bold. Text values stay text: an unavailable metric
 reads "n/a (weights missing: FILE)" and is never bold, a cell whose every seed failed reads "failed", a cell not
@@ -24,15 +28,26 @@ from typing import Any
 from ssr_lightning.ablate.plan import Plan
 from ssr_lightning.ablate.provenance import summarize
 from ssr_lightning.metrics.iqa import HIGHER_IS_BETTER, LABELS
-from ssr_lightning.metrics.stats import ALPHA, N_BOOT, Estimate, bootstrap_ci, paired_difference
+from ssr_lightning.metrics.stats import (
+    ALPHA,
+    N_BOOT,
+    Bootstrap,
+    bootstrap_seeds,
+    correction_note,
+    mark_deltas,
+    paired_difference_seeds,
+    seed_matrix,
+    source_clusters,
+)
 
-__all__ = ["Column", "Entry", "Table", "build_table", "direction"]
+__all__ = ["Column", "Entry", "Table", "build_table", "ci_phrase", "direction"]
 
 DECIMALS = {"psnr_y": 2, "psnr": 2, "resynth_psnr": 2, "ssim_y": 3, "ssim": 3, "lpips": 3, "musiq": 2,
             "clipiqa": 3, "niqe": 2, "kernel_l1": 4, "fsim": 4, "vif": 3, "gmsd": 4, "ms_ssim": 4, "piqe": 2}
 PENDING = "—"
 REFERENCE = "reference"
 SIGNIFICANT, NOT_SIGNIFICANT = "*", "n.s."
+BICUBIC_NAMES = {"matlab": "MATLAB imresize bicubic (A = −0.5)", "torch": "torch bicubic (F.interpolate, A = −0.75)"}
 
 
 def _base(metric: str) -> str:
@@ -73,8 +88,10 @@ class Column:
 class Entry:
     """One table value: numbers over the finished seeds (+ the CI over images), or a text (n/a, failed, pending).
 
-    For a value column `mean ± std` is over seeds and `[lo, hi]` the bootstrap CI of the mean over `images`
-    images; for a Δ column `mean [lo, hi]` is the paired difference and `significant` says whether its CI excludes 0.
+    For a value column `mean ± std` is over seeds and `[lo, hi]` the CI of the mean over `images` images (a
+    two-level bootstrap over `boot_seeds` seeds when there are several; `units` sources when fewer than the images);
+    for a Δ column `mean [lo, hi]` is the paired difference, `significant` whether its CI excludes 0 and `mark` the
+    raw mark with the corrected one beside it (`corrected`: significant after the table's correction).
     """
 
     mean: float | None = None
@@ -88,6 +105,13 @@ class Entry:
     images: int = 0
     significant: bool | None = None
     better: bool | None = None  # a significant Δ in the metric's good direction
+    boot_seeds: int = 0  # seeds the bootstrap resampled (for a Δ: the fewer of the two rows')
+    units: int = 0  # images, or sources when images of one source were resampled together
+    p: float | None = None  # Δ: two-sided bootstrap p, and after the table's correction
+    p_adjusted: float | None = None
+    corrected: bool | None = None
+    mark: str | None = None  # "*", "n.s.", "* (Holm *)", "* (Holm n.s.)"
+    paired_seeds: bool | None = None  # Δ: seed s of both rows shared its trainings (seeds resampled jointly)
 
     def _ci(self, f: str) -> str:
         return f" [{f.format(self.lo)}, {f.format(self.hi)}]" if self.lo is not None and self.images > 1 else ""
@@ -108,8 +132,8 @@ class Entry:
         if self.mean is None:
             return self.text or PENDING
         f = f"{{:+.{decimals}f}}"
-        mark = "" if self.significant is None else f" {SIGNIFICANT if self.significant else NOT_SIGNIFICANT}"
-        return f.format(self.mean) + self._ci(f) + mark
+        mark = self.mark or ("" if self.significant is None else SIGNIFICANT if self.significant else NOT_SIGNIFICANT)
+        return f.format(self.mean) + self._ci(f) + (f" {mark}" if mark else "")
 
 
 @dataclass
@@ -130,6 +154,8 @@ class Table:
     seeds: dict[str, list[int]] = field(default_factory=dict)  # row label -> seeds that finished (any column)
     study_seeds: list[int] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    correction: str | None = None  # the caption's sentence on the corrected marks (None: no Δ test)
+    bicubic: dict[str, str] = field(default_factory=dict)  # label of a bicubic row -> "matlab" | "torch"
 
     def factor_headers(self) -> list[str]:
         return [self.factor_labels.get(f, f) for f in self.factor_columns]
@@ -157,77 +183,131 @@ class Table:
             return None
         return self.entries[self.labels.index(label)][self.columns.index(col)]
 
+    def ci_text(self) -> str | None:
+        """Which CI the values carry: the phrase of most rows, then the rows whose CI is another kind."""
+        kinds: dict[str, list[str]] = {}
+        for label, row in zip(self.labels, self.entries, strict=True):
+            phrases = {ci_phrase(e.boot_seeds, e.images, e.units) for e, c in zip(row, self.columns, strict=True)
+                       if c.kind == "value" and e.mean is not None and e.images > 1}
+            for phrase in sorted(phrases):
+                kinds.setdefault(phrase, []).append(label)
+        if not kinds:
+            return None
+        main = max(kinds, key=lambda k: len(kinds[k]))  # the first of equals: dicts keep table order
+        others = [f"{', '.join(rows)}: {phrase}" for phrase, rows in kinds.items() if phrase != main]
+        return main + (f" ({'; '.join(others)})" if others else "")
+
     def caption(self) -> str:
-        """What the numbers are: image and seed counts, the CI, the reference of Δ and the marks."""
+        """What the numbers are: image and seed counts, which CI, the reference of Δ, the marks and the correction."""
         images = sorted({e.images for row in self.entries for e, c in zip(row, self.columns, strict=True)
                          if c.kind == "value" and e.mean is not None and e.images})
-        if images:
+        ci = self.ci_text()
+        if images and ci:
             img = f"{images[0]}" if len(images) == 1 else f"{images[0]}–{images[-1]}"
-            parts = [f"Mean over {img} test images per cell with its {100 * (1 - ALPHA):.0f} % bootstrap CI over "
-                     f"images [lo, hi] ({N_BOOT} resamples)"]
+            parts = [f"Mean over {img} test images per cell; [lo, hi]: {100 * (1 - ALPHA):.0f} % CI, {ci} "
+                     f"({N_BOOT} resamples)"]
         else:
             parts = ["Means as the cells report them (no per-image values recorded, so no CI)"]
         full = [lab for lab, s in self.seeds.items() if len(s) > 1]
         if full:
             n = max(len(s) for s in self.seeds.values())
-            parts.append(f"± std over {n} training seeds ({', '.join(map(str, self.study_seeds))}); per-image values "
-                         "averaged over the seeds")
+            parts.append(f"± std over {n} training seeds ({', '.join(map(str, self.study_seeds))})")
         else:
             parts.append(f"one training seed ({self.study_seeds[0] if self.study_seeds else 0})")
         once = [lab for lab, s in self.seeds.items() if len(s) == 1 and len(self.study_seeds) > 1]
         if once:
             parts.append(f"evaluated once (no seed-dependent training): {', '.join(once)}")
         if self.reference is not None and any(c.kind == "delta" for c in self.columns):
-            parts.append(f"Δ: paired per-image difference row − {self.reference} with its CI; {SIGNIFICANT} the CI "
-                         f"excludes 0, {NOT_SIGNIFICANT} not significant")
+            parts.append(f"Δ: paired per-image difference row − {self.reference} with the same kind of CI (a row's "
+                         "seeds resampled on their own, together where both rows used the same stage trainings); "
+                         f"{SIGNIFICANT} the CI excludes 0, {NOT_SIGNIFICANT} not significant")
+            if self.correction:
+                parts.append(self.correction)
+        for label, method in self.bicubic.items():
+            parts.append(f"{label}: {BICUBIC_NAMES.get(method, method)} of the LR input")
         parts.append("bold: best mean of a column")
         return "; ".join(parts) + "."
+
+
+def ci_phrase(seeds: int, images: int, units: int = 0) -> str:
+    """The caption's name of a CI: "two-level bootstrap over 3 training seeds then 24 images", "bootstrap over
+    5 sources (25 images)", "bootstrap over 24 images"."""
+    what = f"{units} sources ({images} images)" if 0 < units < images else f"{images} images"
+    return f"two-level bootstrap over {seeds} training seeds then {what}" if seeds > 1 else f"bootstrap over {what}"
 
 
 def _numbers(values: list[Any]) -> list[float]:
     return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
 
 
-def _images(ok: list[dict[str, Any]], metric: str) -> dict[str, float]:
-    """Per-image values averaged over the seeds that report them (images every such seed scored)."""
-    maps = [r["per_image"][metric] for r in ok if isinstance((r.get("per_image") or {}).get(metric), dict)]
-    if not maps:
-        return {}
-    common = set(maps[0]).intersection(*maps[1:])
-    return {name: sum(m[name] for m in maps) / len(maps) for name in sorted(common)}
+@dataclass
+class _Values:
+    """Per-image values behind one table value: one ``{image: value}`` map per finished seed, the stage keys each
+    seed's cell used, and each image's source (several kernel draws of one photo share one)."""
+
+    maps: list[dict[str, float]] = field(default_factory=list)
+    stages: list[tuple[str, ...]] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        """Images every seed scored (a seed that lost an image must not move the mean by leaving it out)."""
+        return sorted(set(self.maps[0]).intersection(*self.maps[1:])) if self.maps else []
+
+    def clusters(self, names: list[str]) -> list[str] | None:
+        """One source per image, or None when every image is its own source (the plain image bootstrap)."""
+        labels = [self.sources.get(n, derived) for n, derived in zip(names, source_clusters(names), strict=True)]
+        return labels if len(set(labels)) < len(labels) else None
 
 
-def _entry(records: list[dict[str, Any] | None], metric: str) -> tuple[Entry, dict[str, float]]:
+def _values(ok: list[dict[str, Any]], stages: list[tuple[str, ...]], metric: str) -> _Values:
+    out = _Values()
+    for rec, keys in zip(ok, stages, strict=True):
+        per_image = (rec.get("per_image") or {}).get(metric)
+        if isinstance(per_image, dict) and per_image:
+            out.maps.append(per_image)
+            out.stages.append(keys)
+            out.sources.update({str(k): str(v) for k, v in (rec.get("sources") or {}).items()})
+    return out
+
+
+def _entry(records: list[dict[str, Any] | None], stages: list[tuple[str, ...]], metric: str
+           ) -> tuple[Entry, _Values]:
     total = len(records)
     done = [r for r in records if r is not None]
-    ok = [r for r in done if r.get("status") == "ok"]
+    ok_pairs = [(r, k) for r, k in zip(records, stages, strict=True) if r is not None and r.get("status") == "ok"]
+    ok = [r for r, _ in ok_pairs]
     if not done:
-        return Entry(total=total, text=PENDING), {}
+        return Entry(total=total, text=PENDING), _Values()
     if not ok:
-        return Entry(total=total, text="failed"), {}
+        return Entry(total=total, text="failed"), _Values()
     values = [r.get("metrics", {}).get(metric) for r in ok]
     numbers = _numbers(values)
     if not numbers:
         text = next((v for v in values if isinstance(v, str)), None)
-        return Entry(total=total, text=text or "n/a"), {}
+        return Entry(total=total, text=text or "n/a"), _Values()
     mean = sum(numbers) / len(numbers)
     std = math.sqrt(sum((x - mean) ** 2 for x in numbers) / (len(numbers) - 1)) if len(numbers) > 1 else 0.0
-    per_image = _images(ok, metric)
+    per_image = _values(ok, [k for _, k in ok_pairs], metric)
     entry = Entry(mean, std, len(numbers), total)
-    if per_image:
-        ci = bootstrap_ci(list(per_image.values()))
-        entry.lo, entry.hi, entry.images = ci.lo, ci.hi, ci.n
+    names = per_image.names()
+    if names:
+        ci = bootstrap_seeds(seed_matrix(per_image.maps, names)[1], clusters=per_image.clusters(names))
+        entry.lo, entry.hi, entry.images, entry.boot_seeds, entry.units = ci.lo, ci.hi, ci.n, ci.seeds, ci.units
     return entry, per_image
 
 
-def _delta(row: dict[str, float], ref: dict[str, float], higher: bool | None) -> Entry:
-    common = sorted(set(row) & set(ref))
+def _delta(row: _Values, ref: _Values, higher: bool | None) -> tuple[Entry, Bootstrap | None]:
+    common = sorted(set(row.names()) & set(ref.names()))
     if len(common) < 2:
-        return Entry(text="n/a (no paired per-image values)")
-    est: Estimate = paired_difference([row[k] for k in common], [ref[k] for k in common])
+        return Entry(text="n/a (no paired per-image values)"), None
+    # seed s of both rows is one replicate only when both used the very same stage trainings
+    joint = len(row.maps) == len(ref.maps) > 1 and row.stages == ref.stages
+    sources = _Values(sources={**ref.sources, **row.sources})
+    est = paired_difference_seeds(seed_matrix(row.maps, common)[1], seed_matrix(ref.maps, common)[1],
+                                  clusters=sources.clusters(common), paired_seeds=joint)
     better = None if higher is None or not est.significant else (est.mean > 0) == higher
     return Entry(mean=est.mean, lo=est.lo, hi=est.hi, images=est.n, n=1, total=1, significant=est.significant,
-                 better=better)
+                 better=better, boot_seeds=est.seeds, units=est.units, p=est.p, paired_seeds=joint), est
 
 
 def build_table(plan: Plan, records: dict[str, dict[str, Any]]) -> Table:
@@ -247,7 +327,7 @@ def build_table(plan: Plan, records: dict[str, dict[str, Any]]) -> Table:
                   decimals=dict(cfg.get("decimals", {})), factor_labels=dict(cfg.get("factor_labels", {})),
                   reference=reference, reference_lines=[str(x) for x in cfg.get("reference_lines") or []],
                   study_seeds=list(study.seeds))
-    images: dict[tuple[int, str, str], dict[str, float]] = {}
+    images: dict[tuple[int, str, str], _Values] = {}
     for r, row in enumerate(study.rows):
         table.labels.append(row.label)
         table.settings.append(dict(row.settings))
@@ -261,12 +341,16 @@ def build_table(plan: Plan, records: dict[str, dict[str, Any]]) -> Table:
             recs = [records.get(c.cell_id) for c in cells]
             recs = [x if x is not None and x.get("key") == c.key else None for x, c in zip(recs, cells, strict=True)]
             finished |= {c.seed for x, c in zip(recs, cells, strict=True) if x is not None and x.get("status") == "ok"}
-            entry, per_image = _entry(recs, col.metric)
+            entry, per_image = _entry(recs, [tuple(c.stages) for c in cells], col.metric)
             images[(r, col.dataset, col.metric)] = per_image
             line.append(entry)
         table.seeds[row.label] = sorted(finished)
+        spec = next((c.evaluate for c in plan.cells if c.row == r), None)
+        if spec is not None and spec.source == "bicubic":
+            table.bicubic[row.label] = spec.bicubic
         table.entries.append(line)
     ref_row = table.labels.index(reference) if reference is not None else None
+    tests: list[tuple[Entry, Bootstrap | None]] = []  # the table's Δ column(s): one family for the correction
     for r, line in enumerate(table.entries):
         for j, col in enumerate(columns):
             if col.kind != "delta":
@@ -279,8 +363,15 @@ def build_table(plan: Plan, records: dict[str, dict[str, Any]]) -> Table:
             if value.mean is None or ref_value.mean is None:
                 line[j] = Entry(text=value.text if value.mean is None else ref_value.text or PENDING)
                 continue
-            line[j] = _delta(images[(r, col.dataset, col.metric)], images[(ref_row, col.dataset, col.metric)],
-                             col.higher_is_better)
+            line[j], est = _delta(images[(r, col.dataset, col.metric)], images[(ref_row, col.dataset, col.metric)],
+                                  col.higher_is_better)
+            tests.append((line[j], est))
+    if tests:
+        marks = mark_deltas([est for _, est in tests])
+        for (entry, _), mark in zip(tests, marks, strict=True):
+            if mark is not None:
+                entry.mark, entry.corrected, entry.p_adjusted = mark.text, mark.corrected == SIGNIFICANT, mark.p_adjusted
+        table.correction = correction_note(marks)
     for j, col in enumerate(columns):
         if col.higher_is_better is None or col.kind != "value":
             continue

@@ -6,7 +6,10 @@ stage's prediction (an SR tensor `(B, 3, H, W)`, or a dict holding one under `sr
 against `batch["hr"]` and keeps the first `num_samples` images as `<out_dir>/samples/{name}_{lr,sr,hr}.png`;
 at the end it writes `<out_dir>/predict_metrics.json` (`summary`, `available`, `per_sample`).
 
-`source="bicubic"` ignores the model and scores the bicubic upsampling of `batch["lr"]` (the "Bicubic" row).
+`source="bicubic"` ignores the model and scores the bicubic upsampling of `batch["lr"]` (the "Bicubic" row):
+MATLAB's `imresize` (A = −0.5, the bicubic of SR papers' tables) unless `bicubic="torch"` (`F.interpolate`,
+A = −0.75; docs/METRICS.md "Which bicubic"). A batch whose items name their `source` (several kernel draws of one
+photo: `RealPhotos`) has it recorded per image, so the report resamples sources, not draws.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchvision.utils import save_image
 
 from ssr_lightning.ablate.runner import SAMPLES_ENV
+from ssr_lightning.degradation.resize import bicubic_upsample
 from ssr_lightning.files import atomic_write, atomic_write_json
 from ssr_lightning.metrics.iqa import PAPER_METRICS, MetricSuite
 
@@ -59,11 +62,16 @@ class EvalWriter(Callback):
         crop_border: pixels cropped for PSNR/SSIM; None: the model's `scale` hyper-parameter (else 4).
         source: "model": the stage's prediction; "bicubic": bicubic upsampling of the LR input.
         num_samples: how many samples are saved as PNG.
+        bicubic: which bicubic a "bicubic" source is: "matlab" (imresize, A = −0.5) or "torch" (A = −0.75).
     """
 
     def __init__(self, out_dir: str, metrics: list[str] | None = None, crop_border: int | None = None,
-                 source: Literal["model", "bicubic"] = "model", num_samples: int = 4) -> None:
+                 source: Literal["model", "bicubic"] = "model", num_samples: int = 4,
+                 bicubic: Literal["matlab", "torch"] = "matlab") -> None:
         super().__init__()
+        if bicubic not in ("matlab", "torch"):
+            raise ValueError(f"EvalWriter: bicubic must be 'matlab' or 'torch', got {bicubic!r}")
+        self.bicubic = bicubic
         self.out_dir = Path(out_dir)
         self.metric_names = list(metrics) if metrics else list(PAPER_METRICS)
         self.crop_border = crop_border
@@ -88,7 +96,11 @@ class EvalWriter(Callback):
             return
         hr, lr = batch["hr"], batch["lr"]
         if self.source == "bicubic":
-            sr = F.interpolate(lr.float(), size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+            scale = hr.shape[-1] // lr.shape[-1]
+            if tuple(hr.shape[-2:]) != (lr.shape[-2] * scale, lr.shape[-1] * scale):
+                raise ValueError(f"bicubic source: HR {tuple(hr.shape[-2:])} is not an integer multiple of LR "
+                                 f"{tuple(lr.shape[-2:])}")
+            sr = bicubic_upsample(lr.float(), scale, self.bicubic).clamp(0, 1)
         else:
             sr = _extract_sr(outputs, hr)
         if sr is None:
@@ -97,8 +109,11 @@ class EvalWriter(Callback):
         assert self._suite is not None
         scores = self._suite(sr, hr)
         names = batch.get("name") or [f"b{batch_idx}_{i}" for i in range(hr.shape[0])]
+        sources = batch.get("source")
         for i in range(hr.shape[0]):
             row: dict[str, Any] = {"name": str(names[i])}
+            if isinstance(sources, (list, tuple)) and len(sources) == hr.shape[0]:
+                row["source"] = str(sources[i])
             for key, value in scores.items():
                 row[key] = value if isinstance(value, str) else float(value[i])
             self._rows.append(row)
@@ -125,6 +140,7 @@ class EvalWriter(Callback):
             summary[key] = text if text is not None else (sum(finite) / len(finite) if finite else float("nan"))
         assert self._suite is not None
         report = {"summary": summary, "available": self._suite.available(), "source": self.source,
+                  **({"bicubic": self.bicubic} if self.source == "bicubic" else {}),
                   "num_samples": len(self._rows), "per_sample": self._rows}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / "predict_metrics.json", report)

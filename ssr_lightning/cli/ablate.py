@@ -110,7 +110,7 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
         stages = " ".join(plan.stages[k].artifact for k in cell.stages) or "(no training)"
         spec = cell.evaluate
         how = "+".join(c for c in spec.commands if spec.source == "model" or c == "predict")
-        src = "" if spec.source == "model" else f" source={spec.source}"
+        src = "" if spec.source == "model" else f" source={spec.source} ({spec.bicubic})"
         lines.append(f"  [{layout.cell_status(cell):<6}] {cell.cell_id:<44} stages: {stages}")
         extra = _short_args(cell.eval_args, study.common_overrides)
         lines.append(f"      eval: {how} --config {cell.eval_config}{src} ckpt={spec.ckpt or '-'} {extra}")

@@ -3,10 +3,10 @@
 ``matplotlib``'s ``grace_hopper.jpg`` and the four photographs ``pyiqa`` installs for its efficiency test
 (a night street, a garden, a sunset beach, a snowy highway). Each photo is area-downsampled whole so that its
 longer side is ``size`` HR pixels (and cropped to a multiple of the scale), then used ``variants`` times with
-different sample seeds, so its blur comes from several draws of the training kernel family. Photos carry no
-depth: each variant gets a smooth random depth plane (seeded), so the depth-driven defocus still varies across
-the image; ``has_depth`` is False, so depth metrics skip them. Nothing is downloaded: a photo whose package is
-missing is left out, and an empty set is an error naming the files.
+different sample seeds, so its blur comes from several draws of the training kernel family (items name their
+photo as ``source``). Photos carry no depth: each variant gets a smooth random depth plane (seeded), so the
+depth-driven defocus still varies across the image; ``has_depth`` is False, so depth metrics skip them. Nothing is
+downloaded: a photo whose package is missing is left out, and an empty set is an error naming the files.
 """
 
 from __future__ import annotations
@@ -91,4 +91,5 @@ class RealPhotos(Dataset):
             "has_segmentation": False,
             "index": i,
             "name": f"{path.stem}_v{variant}",
+            "source": path.stem,  # the variants of one photo are one source (the reports resample sources)
         }
