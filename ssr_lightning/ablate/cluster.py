@@ -32,6 +32,7 @@ from typing import Any
 
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Cell, Plan
+from ssr_lightning.ablate.provenance import stale
 from ssr_lightning.ablate.runner import CommandFailed, Runner, StageJob
 from ssr_lightning.files import atomic_write_json
 
@@ -85,15 +86,21 @@ class SlurmOptions:
     """Block until every job finished (the report job writes the report either way)."""
 
 
-def _stage_keys(plan: Plan, cells: list[Cell], layout: Layout) -> list[str]:
-    """Stage keys the cells need that are not finished, dependencies first (plan order)."""
+def _stage_keys(plan: Plan, cells: list[Cell], layout: Layout, retrain_stale: bool = False) -> list[str]:
+    """Stage keys the cells need that are not finished (or, with `retrain_stale`, were trained at other code),
+    dependencies first (plan order)."""
     needed = {k for c in cells for k in c.stages}
-    return [k for k in plan.stages if k in needed and layout.read_done(plan.stages[k]) is None]
+
+    def todo(key: str) -> bool:
+        done = layout.read_done(plan.stages[key])
+        return done is None or (retrain_stale and stale(done.get("provenance")) is not None)
+
+    return [k for k in plan.stages if k in needed and todo(k)]
 
 
-def job_levels(plan: Plan, cells: list[Cell], layout: Layout) -> list[list[str]]:
+def job_levels(plan: Plan, cells: list[Cell], layout: Layout, retrain_stale: bool = False) -> list[list[str]]:
     """Stage keys to train, grouped by dependency level (a stage's untrained dependencies sit in earlier levels)."""
-    todo = _stage_keys(plan, cells, layout)
+    todo = _stage_keys(plan, cells, layout, retrain_stale)
     level: dict[str, int] = {}
 
     def depth(key: str) -> int:
@@ -118,11 +125,12 @@ def _rank() -> int:
 
 
 class _Task:
-    def __init__(self, plan: Plan, out: str, runner: Runner) -> None:
-        self.plan, self.out, self.runner = plan, out, runner
+    def __init__(self, plan: Plan, out: str, runner: Runner, retrain_stale: bool = False) -> None:
+        self.plan, self.out, self.runner, self.retrain_stale = plan, out, runner, retrain_stale
 
     def executor(self) -> Executor:
-        return Executor(self.plan, self.out, self.runner, progress=False, trust_failures=True)
+        return Executor(self.plan, self.out, self.runner, progress=False, trust_failures=True,
+                        retrain_stale=self.retrain_stale)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same task: a killed training resumes from its last.ckpt, a finished one is reused."""
@@ -134,8 +142,8 @@ class _Task:
 class StageTask(_Task):
     """Train one stage (its dependencies are finished: earlier levels); returns its status."""
 
-    def __init__(self, plan: Plan, out: str, runner: Runner, key: str) -> None:
-        super().__init__(plan, out, runner)
+    def __init__(self, plan: Plan, out: str, runner: Runner, key: str, retrain_stale: bool = False) -> None:
+        super().__init__(plan, out, runner, retrain_stale)
         self.key = key
 
     def __call__(self) -> dict[str, Any]:
@@ -164,14 +172,14 @@ class StageTask(_Task):
 class CellTask(_Task):
     """Evaluate one cell (training what is missing, which the stage jobs should have done); returns its status."""
 
-    def __init__(self, plan: Plan, out: str, runner: Runner, cell_id: str) -> None:
-        super().__init__(plan, out, runner)
+    def __init__(self, plan: Plan, out: str, runner: Runner, cell_id: str, retrain_stale: bool = False) -> None:
+        super().__init__(plan, out, runner, retrain_stale)
         self.cell_id = cell_id
 
     def __call__(self) -> dict[str, Any]:
         ex = self.executor()
         cell = next(c for c in self.plan.cells if c.cell_id == self.cell_id)
-        if ex.layout.cell_status(cell) == "ok":
+        if ex.layout.cell_status(cell) == "ok" and not (self.retrain_stale and ex.stale_cells([cell])):
             return {"cell_id": self.cell_id, "status": "ok", "skipped": True}
         record = ex.run_cell(cell)
         return {"cell_id": self.cell_id, "status": record["status"]}
@@ -244,14 +252,16 @@ class Submitted:
 
 
 def submit_study(plan: Plan, cells: list[Cell], out: str | Path, runner: Runner, opts: SlurmOptions,
-                 cluster: str = "slurm", retry_failed: bool = True) -> Submitted:
-    """Submit the stage trainings, evaluations and the report of `cells` (those not finished) as job arrays."""
+                 cluster: str = "slurm", retry_failed: bool = True, retrain_stale: bool = False) -> Submitted:
+    """Submit the stage trainings, evaluations and the report of `cells` (those not finished, and with
+    `retrain_stale` those from other code) as job arrays."""
     if cluster == "slurm":
         check_slurm()  # before the FAILED.json markers below are removed
     layout = Layout(out)
-    todo = [c for c in cells if layout.cell_status(c) != "ok"
+    redo = set(Executor(plan, out, runner, progress=False).stale_cells(cells)) if retrain_stale else set()
+    todo = [c for c in cells if (layout.cell_status(c) != "ok" or c.cell_id in redo)
             and (retry_failed or layout.cell_status(c) != "failed")]
-    levels = job_levels(plan, todo, layout)
+    levels = job_levels(plan, todo, layout, retrain_stale)
     for key in (k for level in levels for k in level):
         layout.failed_marker(plan.stages[key]).unlink(missing_ok=True)  # this submission trains it again
     folder = layout.out / "submitit"
@@ -260,12 +270,12 @@ def submit_study(plan: Plan, cells: list[Cell], out: str | Path, runner: Runner,
     stage_jobs: list[list[Any]] = []
     previous: list[Any] = []
     for i, keys in enumerate(levels):
-        tasks = [StageTask(plan, out_s, runner, k) for k in keys]
+        tasks = [StageTask(plan, out_s, runner, k, retrain_stale) for k in keys]
         jobs = _submit(folder, opts, _parameters(opts, cluster, f"{name}-stages{i}", True), tasks, previous, cluster)
         stage_jobs.append(jobs)
         previous = previous + jobs
     cell_jobs = _submit(folder, opts, _parameters(opts, cluster, f"{name}-cells", False),
-                        [CellTask(plan, out_s, runner, c.cell_id) for c in todo], previous, cluster)
+                        [CellTask(plan, out_s, runner, c.cell_id, retrain_stale) for c in todo], previous, cluster)
     report = _submit(folder, opts, _parameters(opts, cluster, f"{name}-report", False, cpu_only=True),
                      [ReportTask(plan, out_s, runner)], cell_jobs or previous, cluster)
     submitted = Submitted(stage_jobs, cell_jobs, report[0] if report else None, folder)

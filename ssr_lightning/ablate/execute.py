@@ -12,6 +12,10 @@ Reliability: a cell whose JSON says ok with the same key is skipped; a stage wit
 without it is (re)run with `--ckpt_path last`, so a killed training resumes; an exception in one cell is recorded
 in its JSON and the next cell runs. Stage trainings are guarded by an exclusive file lock, so shards on several
 machines sharing `<out>` train a shared stage once (the others wait and then reuse it).
+
+Keys leave the code version out. A DONE record from other code (`provenance.stale`) is reused with a warning that
+names the stage and both commits, or, with `retrain_stale`, moved aside (`<artifact>.stale-<commit>`) and trained
+again; finished cells evaluated at other code or over such stages are then redone too.
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import resource
 import socket
+import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun, run_name
-from ssr_lightning.ablate.provenance import config_digests, environment
+from ssr_lightning.ablate.provenance import config_digests, environment, stale, training
 from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob
 from ssr_lightning.files import atomic_write_json, file_lock
 
@@ -36,6 +43,16 @@ __all__ = ["Executor", "Layout"]
 
 
 _CKPT_KINDS = ("ckpt", "best", "last")
+
+
+def _warn(message: str) -> None:
+    print(f"ssr-ablate: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_children() -> float:
+    """CPU seconds (user + system) of this process's finished child processes (the `ssr fit` subprocesses)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Layout:
@@ -148,11 +165,67 @@ class Executor:
     """Runs the cells of a plan with one `Runner`, sharing stage trainings between cells and processes."""
 
     def __init__(self, plan: Plan, out: str | Path, runner: Runner, progress: bool = True,
-                 trust_failures: bool = False) -> None:
+                 trust_failures: bool = False, retrain_stale: bool = False,
+                 warn: Callable[[str], None] = _warn) -> None:
         self.plan, self.layout, self.runner, self.progress = plan, Layout(out), runner, progress
         self._failed: dict[str, str] = {}  # stage key -> error, so a broken stage is not retrained per cell
         # cluster cell jobs: a FAILED.json that this submission's stage job wrote means "do not train it again"
         self.trust_failures = trust_failures
+        self.retrain_stale, self.warn = retrain_stale, warn
+        self._warned: set[str] = set()
+
+    # --- code versions --------------------------------------------------------------------------------------
+    def _reuse(self, run: StageRun, finished: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The finished record to reuse (warning once when it comes from other code), or None: train the stage."""
+        if finished is None:
+            return None
+        why = stale(finished.get("provenance"))
+        if why is not None and self.retrain_stale:
+            return None
+        if why is not None and run.key not in self._warned:
+            self._warned.add(run.key)
+            self.warn(f"stage {run.stage} ({run.artifact}) was trained at {why}: reusing it (stage keys leave the "
+                      "code out); pass --retrain-stale to train it again")
+        return {**finished, "reused": True}
+
+    def _retire(self, run: StageRun, finished: dict[str, Any]) -> None:
+        """Move a stale training aside (`<artifact>.stale-<commit>[-N]`), so the stage trains from scratch."""
+        code = (finished.get("provenance") or {}).get("code") or {}
+        base = self.layout.artifact(run)
+        target = base.with_name(f"{base.name}.stale-{(code.get('commit') or 'unknown')[:12]}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = base.with_name(f"{base.name}.stale-{(code.get('commit') or 'unknown')[:12]}-{n}")
+        self.warn(f"stage {run.stage} ({run.artifact}) was trained at {stale(finished.get('provenance'))}: "
+                  f"training it again (--retrain-stale); the old training is kept in {target}")
+        base.rename(target)
+
+    def stale_cells(self, cells: list[Cell]) -> dict[str, str]:
+        """Finished cells from other code: evaluated at it, over a stage trained at it, or over a stage retrained
+        since they were evaluated; ``{cell id: why}``."""
+        out: dict[str, str] = {}
+        for cell in cells:
+            record = self.layout.read_cell(cell)
+            if not record or record.get("key") != cell.key or record.get("status") != "ok":
+                continue
+            why = stale(record.get("provenance"))
+            if why is not None:
+                out[cell.cell_id] = f"evaluated at {why}"
+                continue
+            for key in cell.stages:
+                run = self.plan.stages[key]
+                done = self.layout.read_done(run)
+                why = stale(done.get("provenance")) if done is not None else None
+                then = ((record.get("stages") or {}).get(run.stage) or {}).get("finished_at")
+                if why is not None:
+                    out[cell.cell_id] = f"its stage {run.stage} was trained at {why}"
+                elif done is not None and then and done.get("finished_at") != then:
+                    out[cell.cell_id] = f"its stage {run.stage} was trained again after it was evaluated"
+                else:
+                    continue
+                break
+        return out
 
     # --- stages ---------------------------------------------------------------------------------------------
     def _resolve(self, args: tuple[str, ...] | list[str], names: dict[str, str], done: dict[str, dict[str, Any]],
@@ -181,9 +254,9 @@ class Executor:
 
     def ensure_stage(self, run: StageRun, done: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """The DONE record of a stage, training (or resuming) it first unless this or another process did."""
-        finished = self.layout.read_done(run)
-        if finished is not None:
-            return {**finished, "reused": True}
+        reused = self._reuse(run, self.layout.read_done(run))
+        if reused is not None:
+            return reused
         if run.key in self._failed:
             raise CommandFailed(["fit", "--config", run.config], 1, self._failed[run.key])
         marker = self.layout.failed_marker(run)
@@ -191,13 +264,16 @@ class Executor:
             raise CommandFailed(["fit", "--config", run.config], 1, json.loads(marker.read_text()).get("tail", ""))
         with file_lock(self.layout.out / "artifacts" / f"{run.artifact}.lock"):
             finished = self.layout.read_done(run)
-            if finished is not None:  # another shard finished it while we waited for the lock
-                return {**finished, "reused": True}
+            reused = self._reuse(run, finished)  # another shard may have finished it while we waited for the lock
+            if reused is not None:
+                return reused
+            if finished is not None:  # from other code, and --retrain-stale
+                self._retire(run, finished)
             names = dict(run.deps)
             args = self._resolve(run.args, names, done)
             root = self.layout.artifact(run) / "runs"
             job = StageJob(run, root, args, self.layout.artifact(run) / "train.log", self.run_name(run))
-            start = time.time()
+            start, cpu = time.time(), _cpu_children()
             try:
                 ckpts = self.runner.run_stage(job)
             except CommandFailed as err:
@@ -209,7 +285,9 @@ class Executor:
             record = {"stage": run.stage, "key": run.key, "artifact": run.artifact, "run_name": job.run_name, **ckpts,
                       "config": run.config, "args": args, "seed": run.seed, "seconds": round(time.time() - start, 2),
                       "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
-                      "config_digests": config_digests(root), "provenance": environment()}
+                      "config_digests": config_digests(root),
+                      # code, libraries, machine and time of the attempt that finished it (a resume: the last one)
+                      "provenance": training(time.time() - start, _cpu_children() - cpu)}
             stored = {k: (os.path.relpath(v, self.layout.artifact(run)) if k in _CKPT_KINDS else v)
                       for k, v in record.items()}
             atomic_write_json(self.layout.done(run), stored)
@@ -232,8 +310,10 @@ class Executor:
                 current = run.stage
                 info = self.ensure_stage(run, done)
                 done[key] = info
-                record["stages"][run.stage] = {k: info.get(k) for k in ("key", "artifact", "run_name", "ckpt", "seconds",
-                                                                        "reused", "config_digests")}
+                # with the code, libraries, machine and time of its training (which may be another commit's)
+                record["stages"][run.stage] = {k: info.get(k) for k in (
+                    "key", "artifact", "run_name", "ckpt", "seconds", "reused", "config_digests", "finished_at",
+                    "provenance")}
             current = "evaluate"
             cell_dir = self.layout.cell_dir(cell)
             ckpt = self._resolve([cell.evaluate.ckpt], cell.stage_names, done)[0] if cell.evaluate.ckpt else None
@@ -265,7 +345,13 @@ class Executor:
 
     def run(self, cells: list[Cell], retry_failed: bool = True) -> list[dict[str, Any]]:
         """Run every cell that is not already finished (ok with the same key); returns the records it wrote."""
-        todo = [c for c in cells if self.layout.cell_status(c) != "ok"
+        old = self.stale_cells([c for c in cells if self.layout.cell_status(c) == "ok"])
+        if old and not self.retrain_stale:
+            first = next(iter(old.items()))
+            self.warn(f"{len(old)} finished cell(s) come from other code ({first[0]}: {first[1]}); they are kept "
+                      "as they are; pass --retrain-stale to redo them")
+        redo = set(old) if self.retrain_stale else set()
+        todo = [c for c in cells if (self.layout.cell_status(c) != "ok" or c.cell_id in redo)
                 and (retry_failed or self.layout.cell_status(c) != "failed")]
         records = []
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"ssr-ablate {self.plan.study.name}",
@@ -274,7 +360,7 @@ class Executor:
             bar.set_postfix_str(cell.cell_id[:40])
             # a second process working on the same shard skips the cell instead of evaluating it twice
             with file_lock(self.layout.out / "cells" / f".{cell.cell_id}.lock", blocking=False) as mine:
-                if mine and self.layout.cell_status(cell) != "ok":
+                if mine and (self.layout.cell_status(cell) != "ok" or cell.cell_id in redo):
                     records.append(self.run_cell(cell))
             bar.update(1)
         bar.close()

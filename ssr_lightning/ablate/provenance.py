@@ -1,7 +1,10 @@
 """Where a cell's numbers came from: the code (git commit, dirty flag), library versions, resolved configs, machine.
 
 Every cell record carries `provenance` (ablations/README.md "Cell result"), so a table can be traced to the exact
-code and settings that produced each of its numbers, and the report lists the commits and machines it mixes.
+code and settings that produced each of its numbers, and the report lists the commits and machines it mixes. Every
+stage training records the same in its DONE record, with the sha256 of the package's source files and its wall and
+CPU time; :func:`stale` says when a record comes from other code than the running one (stage keys leave the code
+out, so `ssr-ablate` warns before it reuses such a training, or retrains it with `--retrain-stale`).
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_version", "config_digests", "environment", "machine", "summarize", "versions"]
+__all__ = ["code_version", "config_digests", "environment", "machine", "short", "source_digest", "stale", "summarize",
+           "training", "versions"]
 
 _PACKAGES = ("ssr_lightning", "torch", "lightning", "diffusers", "pyiqa", "torchvision", "numpy", "submitit")
-_REPO = Path(__file__).resolve().parents[2]  # the checkout the running code comes from
+_PACKAGE = Path(__file__).resolve().parents[1]  # ssr_lightning/
+_REPO = _PACKAGE.parent  # the checkout the running code comes from
 
 
 def _git(*args: str) -> str | None:
@@ -32,14 +37,25 @@ def _git(*args: str) -> str | None:
 
 
 @functools.cache
+def source_digest() -> str:
+    """sha256 over the package's Python files (relative path and content): the code that trains and scores, whether
+    or not it sits in a git checkout, and unchanged by commits that touch only docs, tests or tools."""
+    h = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")):
+        h.update(str(path.relative_to(_PACKAGE)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
+@functools.cache
 def code_version() -> dict[str, Any]:
-    """`{"commit", "dirty", "branch"}` of the checkout holding this code (None outside a git checkout)."""
+    """`{"commit", "dirty", "branch", "source_digest"}` of the code (commit etc. None outside a git checkout)."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None, "branch": None}
+        return {"commit": None, "dirty": None, "branch": None, "source_digest": source_digest()}
     # untracked files count too: a new module changes what runs as much as an edited one
     status = _git("status", "--porcelain")
-    return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD")}
+    return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+            "source_digest": source_digest()}
 
 
 @functools.cache
@@ -84,6 +100,32 @@ def environment() -> dict[str, Any]:
     return {"code": code_version(), "versions": versions(), "machine": machine()}
 
 
+def training(wall_seconds: float, cpu_seconds: float) -> dict[str, Any]:
+    """A stage training's provenance: :func:`environment` and its time (wall, and CPU of its processes)."""
+    return {**environment(), "time": {"wall_seconds": round(wall_seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}}
+
+
+def short(code: dict[str, Any] | None) -> str:
+    """`3e72569f0a1b (dirty)`, or `an unknown commit` for a record without one."""
+    code = code or {}
+    commit = code.get("commit")
+    return (f"{commit[:12]}" if commit else "an unknown commit") + (" (dirty)" if code.get("dirty") else "")
+
+
+def stale(provenance: dict[str, Any] | None, now: dict[str, Any] | None = None) -> str | None:
+    """Why a record's code differs from the running code (``now``, default :func:`code_version`), or None.
+
+    The source digests decide where both records have one (a commit that changed only docs or tests is the same
+    code); else the commits do. A record without any code version counts as other code."""
+    now = code_version() if now is None else now
+    then = (provenance or {}).get("code") or {}
+    if then.get("source_digest") and now.get("source_digest"):
+        differs = then["source_digest"] != now["source_digest"]
+    else:
+        differs = not then.get("commit") or then.get("commit") != now.get("commit")
+    return f"commit {short(then)}, the code now at {short(now)}" if differs else None
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -96,9 +138,14 @@ def config_digests(folder: Path, pattern: str = "*/version_*/config.yaml") -> di
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What a report's cells mix: the distinct commits (with dirty flags), library versions and machines."""
-    commits, libs, hosts = set(), set(), set()
+    """What a report's cells mix: the distinct commits (with dirty flags) that evaluated them and that trained their
+    stages, library versions and machines."""
+    commits, libs, hosts, trained = set(), set(), set(), set()
     for rec in records:
+        for stage in (rec.get("stages") or {}).values():
+            code = ((stage or {}).get("provenance") or {}).get("code")
+            if code:
+                trained.add(f"{code.get('commit') or 'unknown'}{' (dirty)' if code.get('dirty') else ''}")
         prov = rec.get("provenance") or {}
         code = prov.get("code") or {}
         if code:
@@ -111,4 +158,5 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             gpus = ", ".join(mach.get("gpus") or []) or "no GPU"
             hosts.add(f"{mach.get('hostname')} ({mach.get('cpu')}, {mach.get('cpu_count')} CPUs, {gpus})")
     return {"commits": sorted(commits), "versions": sorted(libs), "machines": sorted(hosts),
+            "training_commits": sorted(trained),
             "cells_without_provenance": sum(1 for r in records if not r.get("provenance"))}

@@ -29,6 +29,7 @@ from ssr_lightning.ablate.cluster import (
 )
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Plan, expand, shard_cells
+from ssr_lightning.ablate.provenance import stale
 from ssr_lightning.ablate.runner import CLIRunner
 from ssr_lightning.ablate.study import StudyError, load_study
 from ssr_lightning.files import YAMLFileError, load_yaml
@@ -102,7 +103,12 @@ def format_plan(plan: Plan, layout: Layout, shard: tuple[int, int] | None = None
         if key not in needed:
             continue
         deps = ", ".join(f"{n}-{k[:12]}" for n, k in run.deps) or "-"
-        lines.append(f"  {run.artifact:<28} {layout.stage_status(run):<8} cells={users[key]:<3} deps={deps}")
+        done = layout.read_done(run)
+        why = stale(done.get("provenance")) if done is not None else None
+        lines.append(f"  {run.artifact:<28} {'stale' if why else layout.stage_status(run):<8} cells={users[key]:<3} "
+                     f"deps={deps}")
+        if why:
+            lines.append(f"      trained at {why} (reused with a warning; --retrain-stale trains it again)")
         lines.append(f"      fit --config {run.config} {_short_args(run.args, study.common_overrides)}")
     lines.append("")
     lines.append("cells:")
@@ -135,6 +141,10 @@ def build_parser() -> ArgumentParser:
                    help="write the report even when it has fewer numbers than the one it replaces (default: keep the "
                         "old report and say which rows would lose them)")
     p.add_argument("--skip-failed", action="store_true", help="leave cells recorded as failed alone (default: retry)")
+    p.add_argument("--retrain-stale", action="store_true",
+                   help="train again every stage trained at other code (another source digest or commit) instead of "
+                        "reusing it with a warning, and redo the finished cells evaluated at other code or over such "
+                        "stages (the old trainings are kept beside, as <artifact>.stale-<commit>)")
     p.add_argument("--timeout", type=float | None, default=None, help="seconds allowed per ssr command (default: none)")
     p.add_argument("--workdir", type=str, default=".", help="folder where config paths resolve and ssr runs (default: .)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -232,7 +242,8 @@ def _work(plan: Plan, layout: Layout, workdir: Path, args: Any) -> int:
         return 0
     if args.executor == "slurm":
         return _submit(plan, layout, workdir, args)
-    executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress)
+    executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress,
+                        retrain_stale=args.retrain_stale)
     records = executor.run(shard_cells(plan.cells, args.shard), retry_failed=not args.skip_failed)
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
@@ -261,7 +272,8 @@ def _submit(plan: Plan, layout: Layout, workdir: Path, args: object) -> int:
     runner = CLIRunner(cwd=workdir, timeout=args.timeout)  # type: ignore[attr-defined]
     try:
         submitted = submit_study(plan, shard_cells(plan.cells, args.shard), layout.out, runner, opts,  # type: ignore
-                                 retry_failed=not args.skip_failed)  # type: ignore[attr-defined]
+                                 retry_failed=not args.skip_failed,  # type: ignore[attr-defined]
+                                 retrain_stale=args.retrain_stale)  # type: ignore[attr-defined]
     except RuntimeError as err:  # submitit: no sbatch/srun here
         print(f"ssr-ablate: --executor slurm: {err}", file=sys.stderr)
         return 2
