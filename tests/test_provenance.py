@@ -113,3 +113,45 @@ def test_dry_run_marks_stale_stages(tmp_path: Path, capsys: Any) -> None:
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.strip().startswith("a-"))
     assert " stale " in line and "trained at commit 0123456789ab" in out
+
+
+def test_slurm_path_retrains_stale_stages_in_stage_jobs(tmp_path: Path) -> None:
+    """--executor slurm --retrain-stale: the stale stage is a stage job again and its cells are resubmitted
+    (through submitit's local executor: real subprocesses, FakeRunner inside)."""
+    from test_cluster import JobRunner
+
+    from ssr_lightning.ablate.cluster import SlurmOptions, job_levels, submit_study, wait_all
+
+    plan, _, _, _ = _run(tmp_path)
+    layout = Layout(tmp_path / "out")
+    assert job_levels(plan, plan.cells, layout, retrain_stale=True) == [], "nothing stale yet"
+    _age(tmp_path, "a")
+    assert job_levels(plan, plan.cells, layout) == [], "without the option: reused"
+    assert [[plan.stages[k].stage for k in lv] for lv in job_levels(plan, plan.cells, layout, True)] == [["a"]]
+    calls = tmp_path / "calls.jsonl"
+    submitted = submit_study(plan, plan.cells, tmp_path / "out", JobRunner(tmp_path, calls),
+                             SlurmOptions(gpus=0, cpus=1, time=10), cluster="local", retrain_stale=True)
+    results = wait_all(submitted)
+    assert [r["status"] for r in results[:1]] == ["ok"] and len(submitted.cells) == 2
+    jobs = [json.loads(line) for line in calls.read_text().splitlines()]
+    fits = [j for j in jobs if j["args"][0] == "fit"]
+    assert len(fits) == 1 and "a__" in fits[0]["args"][fits[0]["args"].index("--name") + 1]
+    assert all(layout.read_cell(c)["stages"]["a"]["provenance"]["code"]["commit"] == code_version()["commit"]
+               for c in plan.cells)
+
+
+def test_frontend_done_records_provenance_and_old_ones_are_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    import ssr_lightning.cli.frontend as cli
+
+    monkeypatch.setattr(cli.CLIRunner, "execute", lambda self, cmd, log, env: None)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = cli.build_parser().parse_args(["--train", "--stages", "[dkenet, nbsr]", "--out", str(tmp_path)])
+    cli._train(args, tmp_path)
+    done = json.loads((tmp_path / "runs/seed_0/dkenet/DONE").read_text())
+    assert done["provenance"]["code"]["source_digest"] == code_version()["source_digest"]
+    assert done["provenance"]["time"]["cpu_seconds"] is not None
+    (tmp_path / "runs/seed_0/nbsr/DONE").write_text("312.0 s\n")  # written before DONE held provenance
+    capsys.readouterr()
+    cli._train(args, tmp_path)
+    err = capsys.readouterr().err
+    assert "warning: reusing nbsr (seed 0" in err and "an unknown commit" in err and "dkenet" not in err

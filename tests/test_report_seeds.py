@@ -1,5 +1,6 @@
-"""Report statistics that include training: the two-level CI (seeds, then images), the Holm mark beside the raw one,
-photos resampled by source, and the bicubic reference row (MATLAB's by default)."""
+"""Statistics that include training, in `ssr-ablate` reports and the `ssr-frontend` ladder: the two-level CI (seeds,
+then images), the Holm mark beside the raw one, photos resampled by source, and the bicubic reference row (MATLAB's
+by default); the ladder's JSON keeps the keys old readers use."""
 
 from __future__ import annotations
 
@@ -19,11 +20,32 @@ from ssr_lightning.ablate.study import StudyError, parse_study
 from ssr_lightning.ablate.table import build_table
 from ssr_lightning.ablate.writer import EvalWriter
 from ssr_lightning.degradation.resize import bicubic_upsample
+from ssr_lightning.frontend.ladder import (
+    BICUBIC,
+    BLIND,
+    GT_KERNEL,
+    K0,
+    ZEROED,
+    Ladder,
+    evaluate_ladder,
+    format_markdown,
+    ladder_figure,
+    merge_seeds,
+    summarize,
+)
 from ssr_lightning.metrics import psnr_y
-from ssr_lightning.metrics.stats import bootstrap_ci, bootstrap_seeds, paired_difference, source_clusters
+from ssr_lightning.metrics.stats import (
+    bootstrap_ci,
+    bootstrap_seeds,
+    paired_difference,
+    paired_difference_seeds,
+    source_clusters,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ablate import _write_configs  # noqa: E402
+from test_svkr import S, _make_svkr  # noqa: E402
+from test_svkr import batch as svkr_batch  # noqa: E402,F401  (a fixture: test_svkr's tiny batch)
 
 N = 24
 NAMES = [f"img{i:02d}" for i in range(N)]
@@ -114,10 +136,10 @@ def test_kernel_draws_of_one_photo_are_resampled_as_one_source(tmp_path: Path, r
 def test_eval_writer_records_sources_and_the_cell_keeps_them(tmp_path: Path) -> None:
     module = type("M", (), {"hparams": {"scale": 4}, "device": torch.device("cpu")})()
     hr = torch.rand(2, 3, 32, 32)
-    batch = {"hr": hr, "lr": hr[..., ::4, ::4], "name": ["a_v0", "a_v1"], "source": ["a", "a"]}
+    photos = {"hr": hr, "lr": hr[..., ::4, ::4], "name": ["a_v0", "a_v1"], "source": ["a", "a"]}
     writer = EvalWriter(str(tmp_path / "cell"), metrics=["psnr_y"], num_samples=0)
     writer.on_predict_start(None, module)  # type: ignore[arg-type]
-    writer.on_predict_batch_end(None, module, hr.flip(-1), batch, 0)  # type: ignore[arg-type]
+    writer.on_predict_batch_end(None, module, hr.flip(-1), photos, 0)  # type: ignore[arg-type]
     writer.on_predict_end(None, module)  # type: ignore[arg-type]
     result = collect_metrics(tmp_path / "cell", "b", ["psnr_y"])
     assert result["sources"] == {"a_v0": "a", "a_v1": "a"} and set(result["per_image"]["psnr_y"]) == {"a_v0", "a_v1"}
@@ -167,3 +189,97 @@ def test_study_bicubic_option_reaches_the_writer_the_key_and_the_caption(tmp_pat
     with pytest.raises(StudyError, match="bicubic: 'matlab'"):
         parse_study({"name": "x", "base_configs": {"b": "configs/b.yaml"}, "metrics": ["psnr_y"],
                      "rows": [{"label": "x"}], "evaluate": {"stage": "b", "source": "bicubic", "bicubic": "pil"}})
+
+
+# --- the front-end ladder (ssr-frontend) ------------------------------------------------------------------------
+SCENES = [f"scene{i:02d}" for i in range(N)]
+BASE = 24.0 + np.random.default_rng(2).normal(0.0, 1.5, N)
+OFFSETS = np.array([0.0, 0.9, -0.7])  # seed means differ (one NBSR per seed)
+
+
+def _ladder(seed: int, names: list[str] = SCENES, base: np.ndarray = BASE) -> Ladder:
+    noise = np.random.default_rng(10 + seed).normal(0.0, 0.05, len(names))
+    zero = base + OFFSETS[seed]
+    lad = Ladder(names=list(names), invariant=[False] * len(names), sources=source_clusters(names))
+    for row, values in {BICUBIC: base - 2.0, ZEROED: zero, K0: zero + 0.3 + noise, GT_KERNEL: zero + 1.0}.items():
+        lad.rows[row] = {"psnr_y": values.tolist()}
+    return lad
+
+
+def _pooled() -> tuple[dict, np.ndarray, np.ndarray]:
+    ladders = [_ladder(s) for s in range(3)]
+    merged, seeds = merge_seeds(ladders)
+    merged.rows.setdefault(BLIND, {"psnr_y": (BASE + 0.2).tolist()})  # a single-seed row, as ssr-frontend adds it
+    zero = np.array([lad.rows[ZEROED]["psnr_y"] for lad in ladders])
+    k0 = np.array([lad.rows[K0]["psnr_y"] for lad in ladders])
+    return summarize(merged, seeds), zero, k0
+
+
+def test_pooled_rows_use_the_two_level_bootstrap_and_keep_their_keys() -> None:
+    summary, zero, k0 = _pooled()
+    row = summary["rows"][ZEROED]["psnr_y"]
+    expected = bootstrap_seeds(zero)
+    assert (row["lo"], row["hi"]) == pytest.approx((expected.lo, expected.hi)) and row["seeds"] == 3
+    averaged = bootstrap_ci(zero.mean(0))  # what merging the seeds per image first claimed
+    assert row["hi"] - row["lo"] > 1.5 * (averaged.hi - averaged.lo)
+    delta = summary["rows"][K0]["delta_vs_zeroed"]
+    joint = paired_difference_seeds(k0, zero, paired_seeds=True)  # seed s of both rows: the same NBSR
+    assert (delta["mean"], delta["lo"], delta["hi"]) == pytest.approx((joint.mean, joint.lo, joint.hi))
+    assert {"mean", "lo", "hi", "n", "significant"} <= set(delta), "the keys old readers use stay"
+    assert summary["rows"][K0]["seeds"]["psnr_y"]["n"] == 3 and "recovered_fraction" in summary["rows"][K0]
+    frac = summary["rows"][K0]["recovered_fraction"]
+    assert frac["lo"] < 0.3 < frac["hi"], "(0.3 dB) / (1 dB oracle gap)"
+    blind = summary["rows"][BLIND]["psnr_y"]
+    assert blind["seeds"] == 1 and (blind["lo"], blind["hi"]) == pytest.approx(
+        tuple(getattr(bootstrap_ci(BASE + 0.2), k) for k in ("lo", "hi"))), "one seed: the image bootstrap"
+    assert summary["statistics"]["ci_text"] == ("two-level bootstrap over 3 training seeds then 24 images "
+                                                f"({BLIND}: bootstrap over 24 images)")
+
+
+def test_delta_column_gets_holm_marks_in_json_and_markdown() -> None:
+    summary, _, _ = _pooled()
+    mark = summary["rows"][K0]["delta_vs_zeroed_mark"]
+    assert mark["raw"] == "*" and mark["corrected"] == "*" and mark["text"] == "* (Holm *)"
+    assert mark["p_adjusted"] >= mark["p"] > 0
+    tests = [r for r in summary["rows"].values() if "delta_vs_zeroed" in r]
+    assert summary["statistics"]["correction_note"] == (
+        f"corrected mark: Holm across the {len(tests)} Δ tests of this table (family-wise error 0.05)")
+    md = format_markdown(summary)
+    head = md.splitlines()[0]
+    assert "95 % CI, two-level bootstrap over 3 training seeds then 24 images" in head
+    assert "Holm across the" in head and "bicubic: MATLAB imresize (A = −0.5)" in head
+    k0_line = next(line for line in md.splitlines() if line.startswith(f"| {K0}"))
+    assert "* (Holm *)" in k0_line
+
+
+def test_kernel_draws_of_one_photo_are_one_source() -> None:
+    names = [f"photo{p}_v{k}" for p in range(5) for k in range(5)]
+    base = np.repeat([24.0, 27.5, 22.0, 30.0, 25.5], 5) + np.tile([0.1, -0.1, 0.05, -0.05, 0.0], 5)
+    lad = _ladder(0, names, base)
+    summary = summarize(lad)
+    row = summary["rows"][ZEROED]["psnr_y"]
+    clustered = bootstrap_seeds(base, clusters=source_clusters(names))
+    assert row["units"] == 5 and (row["lo"], row["hi"]) == pytest.approx((clustered.lo, clustered.hi))
+    assert row["hi"] - row["lo"] > 1.5 * (bootstrap_ci(base).hi - bootstrap_ci(base).lo)
+    assert summary["statistics"]["sources"] == 5
+    assert "25 test images (5 sources, a photo's kernel draws resampled together" in format_markdown(summary)
+    one = summarize(_ladder(0))  # distinct scenes, one seed: exactly the image bootstrap of before
+    plain = paired_difference(_ladder(0).rows[K0]["psnr_y"], _ladder(0).rows[ZEROED]["psnr_y"])
+    assert one["rows"][K0]["delta_vs_zeroed"]["lo"] == plain.lo and one["statistics"]["sources"] is None
+
+
+def test_ladder_bicubic_row_is_matlab_by_default_and_named(svkr_batch: dict[str, torch.Tensor],  # noqa: F811
+                                                           tmp_path: Path) -> None:
+    batch = svkr_batch
+    svkr = _make_svkr(iterations=1)
+    hr, lr = batch["hr"], batch["lr"]
+    rows = {}
+    for method in ("matlab", "torch"):
+        lad = evaluate_ladder([batch], svkr, scale=S, **({} if method == "matlab" else {"bicubic": "torch"}))
+        expected = psnr_y(bicubic_upsample(lr, S, method).clamp(0, 1), hr, crop_border=S).double().tolist()
+        assert lad.bicubic == method and lad.rows[BICUBIC]["psnr_y"] == pytest.approx(expected, abs=1e-9)
+        rows[method] = lad.rows[BICUBIC]["psnr_y"]
+    assert rows["matlab"] != pytest.approx(rows["torch"], abs=1e-4)
+    summary = summarize(lad)
+    assert summary["bicubic"] == "torch" and "bicubic: torch F.interpolate (A = −0.75)" in format_markdown(summary)
+    assert ladder_figure(summary, tmp_path / "ladder.png").stat().st_size > 10_000

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import resource
 import socket
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssr_lightning.ablate.plan import STAGE_REF, Cell, Plan, StageRun, run_name
-from ssr_lightning.ablate.provenance import config_digests, environment, stale, training
+from ssr_lightning.ablate.provenance import config_digests, cpu_children, environment, stale, training
 from ssr_lightning.ablate.runner import CommandFailed, EvalJob, Runner, StageJob
 from ssr_lightning.files import atomic_write_json, file_lock
 
@@ -47,12 +46,6 @@ _CKPT_KINDS = ("ckpt", "best", "last")
 
 def _warn(message: str) -> None:
     print(f"ssr-ablate: warning: {message}", file=sys.stderr, flush=True)
-
-
-def _cpu_children() -> float:
-    """CPU seconds (user + system) of this process's finished child processes (the `ssr fit` subprocesses)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 class Layout:
@@ -273,7 +266,7 @@ class Executor:
             args = self._resolve(run.args, names, done)
             root = self.layout.artifact(run) / "runs"
             job = StageJob(run, root, args, self.layout.artifact(run) / "train.log", self.run_name(run))
-            start, cpu = time.time(), _cpu_children()
+            start, cpu = time.time(), cpu_children()
             try:
                 ckpts = self.runner.run_stage(job)
             except CommandFailed as err:
@@ -287,7 +280,7 @@ class Executor:
                       "finished_at": _dt.datetime.now().isoformat(timespec="seconds"), "host": socket.gethostname(),
                       "config_digests": config_digests(root),
                       # code, libraries, machine and time of the attempt that finished it (a resume: the last one)
-                      "provenance": training(time.time() - start, _cpu_children() - cpu)}
+                      "provenance": training(time.time() - start, cpu_children() - cpu)}
             stored = {k: (os.path.relpath(v, self.layout.artifact(run)) if k in _CKPT_KINDS else v)
                       for k, v in record.items()}
             atomic_write_json(self.layout.done(run), stored)

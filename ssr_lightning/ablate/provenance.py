@@ -13,14 +13,15 @@ import functools
 import hashlib
 import os
 import platform
+import resource
 import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_version", "config_digests", "environment", "machine", "short", "source_digest", "stale", "summarize",
-           "training", "versions"]
+__all__ = ["code_version", "config_digests", "cpu_children", "environment", "machine", "short", "source_digest",
+           "stale", "summarize", "training", "versions"]
 
 _PACKAGES = ("ssr_lightning", "torch", "lightning", "diffusers", "pyiqa", "torchvision", "numpy", "submitit")
 _PACKAGE = Path(__file__).resolve().parents[1]  # ssr_lightning/
@@ -98,6 +99,12 @@ def machine() -> dict[str, Any]:
 def environment() -> dict[str, Any]:
     """Code, versions and machine of this process (the parts of a cell's provenance that are not per cell)."""
     return {"code": code_version(), "versions": versions(), "machine": machine()}
+
+
+def cpu_children() -> float:
+    """CPU seconds (user + system) of this process's finished child processes (the `ssr fit` subprocesses)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def training(wall_seconds: float, cpu_seconds: float) -> dict[str, Any]:

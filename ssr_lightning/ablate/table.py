@@ -33,6 +33,7 @@ from ssr_lightning.metrics.stats import (
     N_BOOT,
     Bootstrap,
     bootstrap_seeds,
+    ci_phrase,
     correction_note,
     mark_deltas,
     paired_difference_seeds,
@@ -40,7 +41,7 @@ from ssr_lightning.metrics.stats import (
     source_clusters,
 )
 
-__all__ = ["Column", "Entry", "Table", "build_table", "ci_phrase", "direction"]
+__all__ = ["Column", "Entry", "Table", "build_table", "direction"]
 
 DECIMALS = {"psnr_y": 2, "psnr": 2, "resynth_psnr": 2, "ssim_y": 3, "ssim": 3, "lpips": 3, "musiq": 2,
             "clipiqa": 3, "niqe": 2, "kernel_l1": 4, "fsim": 4, "vif": 3, "gmsd": 4, "ms_ssim": 4, "piqe": 2}
@@ -227,13 +228,6 @@ class Table:
             parts.append(f"{label}: {BICUBIC_NAMES.get(method, method)} of the LR input")
         parts.append("bold: best mean of a column")
         return "; ".join(parts) + "."
-
-
-def ci_phrase(seeds: int, images: int, units: int = 0) -> str:
-    """The caption's name of a CI: "two-level bootstrap over 3 training seeds then 24 images", "bootstrap over
-    5 sources (25 images)", "bootstrap over 24 images"."""
-    what = f"{units} sources ({images} images)" if 0 < units < images else f"{images} images"
-    return f"two-level bootstrap over {seeds} training seeds then {what}" if seeds > 1 else f"bootstrap over {what}"
 
 
 def _numbers(values: list[Any]) -> list[float]:

@@ -17,6 +17,7 @@ Rows and summaries: ``ssr_lightning.frontend.ladder``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ssr_lightning.ablate.provenance import cpu_children, stale, training
 from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.frontend.ladder import (
@@ -85,6 +87,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--limit-batches", type=int | None, default=None, help="evaluate only this many batches")
     p.add_argument("--no-noise", action="store_true", help="test data without additive noise")
     p.add_argument("--no-jpeg", action="store_true", help="test data without JPEG")
+    p.add_argument("--bicubic", type=Literal["matlab", "torch"], default="matlab",
+                   help="the bicubic row: MATLAB imresize (A = -0.5, SR papers' row) or torch F.interpolate (A = -0.75)")
     p.add_argument("--invariant-ke", type=bool, default=True,
                    help="also score KE on the test images with every kernel spatially invariant")
     p.add_argument("--train", action="store_true", help="train the stages first (ssr fit), per seed, resumable")
@@ -127,9 +131,10 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         root = out / "runs" / f"seed_{seed}"
         done = root / stage / "DONE"
         if done.is_file():
+            _warn_stale(done, stage, seed)
             return
         _, config, extra = STAGE_RUNS[stage]
-        t0 = time.time()
+        t0, cpu0 = time.time(), cpu_children()
         print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
         cmd = ["fit", "--config", config, *extra, *args.fit_args, "--seed_everything", str(seed),
                "--root", str(root), "--name", stage, "--ckpt_path", "last"]
@@ -138,7 +143,12 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         except CommandFailed as err:
             raise SystemExit(f"ssr-frontend: training {stage} failed; see {root / f'{stage}.log'}:\n"
                              f"{err.tail[-2000:]}") from None
-        atomic_write_text(done, f"{time.time() - t0:.1f} s\n")
+        # concurrent trainings (--jobs > 1) share the children's CPU count: CPU time only for one at a time
+        prov = training(time.time() - t0, cpu_children() - cpu0)
+        if args.jobs > 1:
+            prov["time"]["cpu_seconds"] = None
+        atomic_write_json(done, {"stage": stage, "seed": seed, "seconds": round(time.time() - t0, 1),
+                                 "provenance": prov})
         print(f"ssr-frontend: {stage} (seed {seed}) trained in {time.time() - t0:.0f} s", file=sys.stderr)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -150,6 +160,19 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         if found is not None:
             ckpts[seed][stage] = found
     return ckpts
+
+
+def _warn_stale(done: Path, stage: str, seed: int) -> None:
+    """Say when a finished training is reused although it was trained at other code (or its DONE predates
+    provenance records)."""
+    try:
+        record = json.loads(done.read_text())
+    except ValueError:
+        record = {}  # an older DONE: its seconds as text, no provenance
+    why = stale(record.get("provenance") if isinstance(record, dict) else None)
+    if why is not None:
+        print(f"ssr-frontend: warning: reusing {stage} (seed {seed}, {done.parent}) trained at {why}; remove "
+              f"that folder to train it again", file=sys.stderr)
 
 
 def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: list[dict[str, Any]],
@@ -167,7 +190,8 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
         gammas, iters = gammas or [args.gamma], iters or [args.T]
     nodepth = optional("dkenet_nodepth", "dkenet")
     ladder = evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"), dkenet_nodepth=nodepth,
-                             cmos=optional("cmos", "cmos"), scale=scale, gammas=gammas, sweep=iters, progress=True)
+                             cmos=optional("cmos", "cmos"), scale=scale, gammas=gammas, sweep=iters, progress=True,
+                             bicubic=args.bicubic)
     if invariant_batches:
         ladder.invariant_ke = evaluate_invariant_ke(invariant_batches, svkr, dkenet_nodepth=nodepth)
     return ladder

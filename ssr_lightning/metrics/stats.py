@@ -28,8 +28,8 @@ import numpy as np
 
 __all__ = [
     "Bootstrap", "DeltaMark", "Estimate", "adjust_pvalues", "bootstrap_ci", "bootstrap_p_value", "bootstrap_seeds",
-    "correction_note", "mark_deltas", "paired_difference", "paired_difference_seeds", "seed_matrix", "seed_summary",
-    "source_clusters",
+    "ci_phrase", "correction_note", "mark_deltas", "paired_difference", "paired_difference_seeds", "seed_matrix",
+    "seed_summary", "source_clusters",
 ]
 
 N_BOOT = 2000
@@ -378,3 +378,10 @@ def correction_note(marks: Sequence[DeltaMark | None], alpha: float = ALPHA) -> 
     what = "family-wise error" if method == "holm" else "false discovery rate"
     return (f"corrected mark: {NAMES[method]} across the {k} Δ test{'s' if k != 1 else ''} of this table "
             f"({what} {alpha:g})")
+
+
+def ci_phrase(seeds: int, images: int, units: int = 0) -> str:
+    """A caption's name of a CI: "two-level bootstrap over 3 training seeds then 24 images", "bootstrap over
+    5 sources (25 images)", "bootstrap over 24 images" (``units``: the clusters resampled, when fewer than images)."""
+    what = f"{units} sources ({images} images)" if 0 < units < images else f"{images} images"
+    return f"two-level bootstrap over {seeds} training seeds then {what}" if seeds > 1 else f"bootstrap over {what}"
