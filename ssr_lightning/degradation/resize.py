@@ -94,9 +94,9 @@ def imresize(x: Tensor, scale_or_size: float | Sequence[int], antialias: bool = 
 def bicubic_upsample(lr: Tensor, scale: int, method: Literal["torch", "matlab"] = "torch") -> Tensor:
     """The bicubic ×``scale`` upsampling of ``lr (B, C, h, w)`` to ``(B, C, scale·h, scale·w)``, not clamped.
 
-    ``torch``: ``F.interpolate(mode="bicubic", align_corners=False)`` (A = −0.75, edge taps clamped), what the
-    "Bicubic" rows and NBSR's global residual use today. ``matlab``: :func:`imresize` (A = −0.5, symmetric edges),
-    the bicubic of SR papers' tables. Both map pixel centres alike; with a border crop of ``scale`` px they
+    ``torch``: ``F.interpolate(mode="bicubic", align_corners=False)`` (A = −0.75, edge taps clamped), what NBSR's
+    global residual uses. ``matlab``: :func:`imresize` (A = −0.5, symmetric edges), the bicubic of SR papers' tables
+    and of the "Bicubic" reference rows (``EvalWriter``, ``ssr-frontend``) unless they ask for torch's. Both map pixel centres alike; with a border crop of ``scale`` px they
     differ only by the kernel. Clamp to [0, 1] before saving; the metrics clamp themselves.
     """
     if method not in ("torch", "matlab"):
