@@ -247,6 +247,7 @@ def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
         "normalize_depth": False,
         "depth_fusion": "sft",
         "focal_plane": False,
+        "thin_lens": False,
     }
     lr, depth = torch.rand(1, 3, 7, 9), torch.rand(1, 1, 7, 9)
     with torch.no_grad():
