@@ -147,8 +147,8 @@ def summarize(lad: Any, seeds: dict[str, dict[str, tuple[float, float, int]]] | 
     """Per-row estimates (mean + CI of every metric), paired Δ vs the zeroed code with raw and Holm marks, the oracle
     gap, recovered fractions, SVKR vs the single pass, invariant-sample kernel errors and the depth premise.
 
-    Over several seeds (:func:`merge_seeds`) every CI is two-level and kernel draws of one photo are one source
-    (`py`); with one seed and distinct images the numbers are the image bootstrap's."""
+    Over several seeds (``ladder.merge_seeds``) every CI is two-level, and kernel draws of one photo are one source;
+    with one seed and distinct images the numbers are the image bootstrap's."""
     rows: dict[str, Any] = {}
     labels = clusters(lad.sources, lad.names)
     has = {name: lad.rows.get(name, {}).get("psnr_y") is not None for name in (ZEROED, GT_KERNEL)}
@@ -180,7 +180,7 @@ def summarize(lad: Any, seeds: dict[str, dict[str, tuple[float, float, int]]] | 
         out["oracle_gap"] = delta(gt, zero, labels).as_dict()
     if svkr_row(lad.iterations) in lad.rows and K0 in lad.rows:
         out["svkr_minus_single_pass"] = delta(lad.values("rows", svkr_row(lad.iterations), "psnr_y"),
-                                                     lad.values("rows", K0, "psnr_y"), labels).as_dict()
+                                              lad.values("rows", K0, "psnr_y"), labels).as_dict()
     out["depth_premise_absrel"] = {k: estimate(lad.values("premise", k), labels) for k in lad.premise}
     if lad.invariant_ke:
         base = lad.values("invariant_ke", MEAN_KERNEL) if MEAN_KERNEL in lad.invariant_ke else None
