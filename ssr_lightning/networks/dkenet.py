@@ -96,7 +96,7 @@ class DKENet(ModelMixin, ConfigMixin):
         global_context: bool = True,
         global_kernel: bool = False,
         normalize_depth: bool = False,
-        depth_fusion: Literal["sft", "input"] = "sft",
+        depth_fusion: Literal["sft", "input", "none"] = "sft",
         focal_plane: bool = False,
         thin_lens: bool = False,
     ) -> None:
@@ -114,8 +114,11 @@ class DKENet(ModelMixin, ConfigMixin):
         # Per-image [0, 1] depth (robust min/max), as every depth estimator returns it: the network then sees the
         # same kind of input from GT depth in training and from DE in SVKR, whatever the crop's depth range.
         self.normalize_depth = normalize_depth
-        if depth_fusion not in ("sft", "input"):
-            raise ValueError(f"depth_fusion must be 'sft' or 'input', got {depth_fusion!r}")
+        if depth_fusion not in ("sft", "input", "none"):
+            raise ValueError(f"depth_fusion must be 'sft', 'input' or 'none', got {depth_fusion!r}")
+        if depth_fusion == "none" and use_depth and not thin_lens:
+            raise ValueError("depth_fusion='none' feeds depth only to the thin-lens prior: set thin_lens=True, or use "
+                             "'sft' / 'input'")
         self.depth_fusion = depth_fusion
         # Thin-lens defocus grows with |z - z_f|/z: the focal plane z_f is a per-image unknown that depth alone
         # cannot give. With focal_plane, a sharpness score on the LR picks where the image is in focus, its
@@ -221,16 +224,16 @@ class DKENet(ModelMixin, ConfigMixin):
             return depth[..., :: self.scale, :: self.scale]
         return F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
 
-    def _relative_to_focus(self, lr: Tensor, depth: Tensor) -> Tensor:
-        """``[d, d - d_f, |d - d_f|]`` with ``d_f`` the depth where the LR looks sharpest (softmax-weighted)."""
+    def _focal_depth(self, lr: Tensor, depth: Tensor) -> Tensor:
+        """``d_f (B, 1, 1, 1)``: the depth where the LR looks sharpest (softmax-weighted by a sharpness score)."""
         assert self.focus_score is not None
         weights = torch.softmax(self.focus_score(lr).flatten(2), dim=-1).view_as(depth[:, :1])
-        d_f = (weights * depth).sum(dim=(2, 3), keepdim=True)
-        rel = depth - d_f
-        return torch.cat([depth, rel, rel.abs()], dim=1)
+        return (weights * depth[:, :1]).sum(dim=(2, 3), keepdim=True)
 
-    def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int]) -> Tensor:
-        """Per-pixel Gaussian log-kernels (B, k², h, w) of the thin-lens parameters ``params (B, 6)``."""
+    def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int],
+                    focal: Tensor | None = None) -> Tensor:
+        """Per-pixel Gaussian log-kernels (B, k², h, w) of the thin-lens parameters ``params (B, 6)``; ``focal``
+        (the sharpness-weighted depth) replaces the head's focal depth, the head then only shifts it."""
         b = params.shape[0]
         h, w = size
         p = params.float()
@@ -239,7 +242,8 @@ class DKENet(ModelMixin, ConfigMixin):
         cov = anisotropic_covariance(sx, sy, p[:, 5]).view(b, 1, 1, 2, 2).expand(b, h, w, 2, 2)
         if depth is not None and self.lens_offset is not None:
             d = depth[:, 0].float()  # (B, h, w)
-            d_f = torch.sigmoid(p[:, 0]).view(b, 1, 1)
+            d_f = (torch.sigmoid(p[:, 0]).view(b, 1, 1) if focal is None
+                   else focal.view(b, 1, 1).float() + 0.25 * torch.tanh(p[:, 0]).view(b, 1, 1))
             coc = F.softplus(p[:, 1]).view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
             sigma = F.softplus(coc - p[:, 2].view(b, 1, 1))
             cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=p.device, dtype=p.dtype)
@@ -271,17 +275,19 @@ class DKENet(ModelMixin, ConfigMixin):
         size = (lr.shape[-2], lr.shape[-1])
         d1 = d2 = d3 = None  # without depth, a depth given is ignored: the MANet-like baseline
         x = lr
-        lens_depth = None
+        lens_depth = focal = None
         if self.use_depth:
             depth = self._prepare_depth(depth, size).to(lr.dtype)
             if self.normalize_depth:
                 depth = normalize_depth_map(depth).to(lr.dtype)
             lens_depth = depth
             if self.focus_score is not None:
-                depth = self._relative_to_focus(lr, depth)
+                focal = self._focal_depth(lr, depth)
+                rel = depth - focal
+                depth = torch.cat([depth, rel, rel.abs()], dim=1)
             if self.depth_encoder is not None:
                 d1, d2, d3 = self.depth_encoder(depth)
-            else:
+            elif self.depth_fusion == "input":
                 x = torch.cat([lr, depth], dim=1)
 
         f1 = self.head(x)
@@ -302,7 +308,8 @@ class DKENet(ModelMixin, ConfigMixin):
         if self.kernel_head is not None:
             logits = logits + self.kernel_head(pooled)[..., None, None]
         if self.lens_head is not None:
-            logits = logits + self._lens_prior(self.lens_head(pooled), lens_depth, size).to(logits.dtype)
+            prior = self._lens_prior(self.lens_head(pooled), lens_depth, size, focal)
+            logits = logits + prior.to(logits.dtype)
         field = torch.softmax(logits, dim=1)
         return self.upscale_field(field) if upscale else field
 
