@@ -85,6 +85,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--test-size", type=int | None, default=None, help="HR test crop (default: the config's val_size; 0: whole)")
     p.add_argument("--batch-size", type=int, default=8, help="test batch size")
     p.add_argument("--limit-batches", type=int | None, default=None, help="evaluate only this many batches")
+    p.add_argument("--degradation", type=list[str], default=[],
+                   help="data.degradation fragments (configs/degradation/*.yaml) for the test data and, with --train, "
+                        "for every stage's training, e.g. '[configs/degradation/defocus.yaml]'")
+    p.add_argument("--split", type=Literal["val", "test"], default="test",
+                   help="score the validation scenes (to choose settings) or the test split (once, afterwards)")
     p.add_argument("--no-noise", action="store_true", help="test data without additive noise")
     p.add_argument("--no-jpeg", action="store_true", help="test data without JPEG")
     p.add_argument("--bicubic", type=Literal["matlab", "torch"], default="matlab",
@@ -136,7 +141,8 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         _, config, extra = STAGE_RUNS[stage]
         t0, cpu0 = time.time(), cpu_children()
         print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
-        cmd = ["fit", "--config", config, *extra, *args.fit_args, "--seed_everything", str(seed),
+        family = [a for f in args.degradation for a in ("--data.degradation", str(f))]
+        cmd = ["fit", "--config", config, *extra, *family, *args.fit_args, "--seed_everything", str(seed),
                "--root", str(root), "--name", stage, "--ckpt_path", "last"]
         try:
             runner.execute(cmd, root / f"{stage}.log", env)
@@ -204,7 +210,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     out = Path(args.out)
     overrides = {"dataset": args.dataset} if args.dataset else None
     test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
-            "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides}
+            "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides,
+            "degradation": args.degradation, "split": args.split}
     batches, scale = make_test_batches(Path(args.data_config), **test)
     # the same test images with every kernel spatially invariant: KE's kernel L1 where depth says nothing
     invariant = make_test_batches(Path(args.data_config), **test, invariant=True)[0] if args.invariant_ke else None
@@ -226,7 +233,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     summary = summarize(ladder, seeds)
     summary["seeds"] = args.seeds if args.train else None
     summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
-                       "jpeg": not args.no_jpeg, "test_size": args.test_size}
+                       "jpeg": not args.no_jpeg, "test_size": args.test_size, "degradation": args.degradation,
+                       "split": args.split}
     md = format_markdown(summary)
     print(md)
     atomic_write_json(out / "frontend.json", summary)

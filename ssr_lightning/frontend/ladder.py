@@ -243,30 +243,44 @@ def _data_config(path: Path) -> dict[str, Any]:
 def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = None, batch_size: int = 8,
                       limit: int | None = None, noise: bool = True, jpeg: bool = True,
                       overrides: dict[str, Any] | None = None,
-                      invariant: bool = False) -> tuple[list[dict[str, Any]], int]:
+                      invariant: bool = False, degradation: Sequence[str | Path] = (),
+                      split: str = "test") -> tuple[list[dict[str, Any]], int]:
     """Degraded test batches of the data config's SRDataModule (test crop ``test_size``, default its val_size).
 
     ``noise=False``/``jpeg=False`` switch those degradation steps off (same kernels: the seeds are unchanged);
     ``overrides`` replace data options (e.g. ``{"dataset": "photos"}``); ``invariant`` makes every sample's
-    kernel spatially invariant (``kernel.invariant_prob = 1``).
+    kernel spatially invariant (``kernel.invariant_prob = 1``); ``degradation`` are fragments of
+    ``data.degradation`` merged on top in order (``configs/degradation/defocus.yaml``: the defocus family);
+    ``split="val"`` takes as many validation scenes, cropped alike, instead of the test split (choices are made there).
     """
     from ssr_lightning.data import SRDataModule
     from ssr_lightning.degradation.degrader import DegradationConfig
     from ssr_lightning.degradation.kernels import KernelConfig
+    from ssr_lightning.files import load_yaml
 
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be 'val' or 'test', got {split!r}")
     cfg = {**_data_config(data_config), **(overrides or {})}
     cfg["test_size"] = test_size if test_size is not None else (cfg.get("test_size") or cfg.get("val_size"))
     cfg["test_batch_size"] = batch_size
+    if split == "val":
+        cfg.update(val_size=cfg["test_size"] or 0, val_batch_size=batch_size, num_val=cfg.get("num_test", 24))
     deg = dict(cfg.get("degradation") or {})
+    for fragment in degradation:
+        extra = load_yaml(fragment) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"{fragment}: a degradation fragment is a mapping of data.degradation options")
+        deg = {**deg, **{k: v for k, v in extra.items() if k != "kernel"},
+               "kernel": {**dict(deg.get("kernel") or {}), **dict(extra.get("kernel") or {})}}
     if isinstance(deg.get("kernel"), dict) or invariant:
         deg["kernel"] = KernelConfig(**{**dict(deg.get("kernel") or {}), **({"invariant_prob": 1.0} if invariant
                                                                             else {})})
     cfg["degradation"] = dataclasses.replace(DegradationConfig(**deg), noise=noise and deg.get("noise", True),
                                              jpeg=jpeg and deg.get("jpeg", True))
     dm = SRDataModule(**cfg)
-    dm.setup("test")
+    dm.setup("test" if split == "test" else "fit")
     batches = []
-    for i, batch in enumerate(dm.test_dataloader()):
+    for i, batch in enumerate(dm.test_dataloader() if split == "test" else dm.val_dataloader()):
         if limit is not None and i >= limit:
             break
         batches.append(dm.degrade(batch))
