@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ssr_lightning.inference.checkpoints import load_model, resolve_checkpoint
+from ssr_lightning.registry import register_stage
 from ssr_lightning.inference.depth import (
     DepthEstimator,
     build_depth_estimator,
@@ -100,6 +101,7 @@ class SVKRResult:
         return self.final_depth, self.final_kernel, self.final_image
 
 
+@register_stage("svkr", label="SVKR", config="configs/svkr.yaml", module="SVKRModule", weights=False)
 class SVKR(nn.Module):
     """Algorithm 1 over a depth estimator, a kernel estimator and a kernel-conditioned non-blind SR model.
 

@@ -28,18 +28,12 @@ class DepthModule(StageModule):
     which picks ``best.ckpt``). Samples whose ``has_depth`` is False (folders without depth files) are skipped.
     """
 
-    stage = "depth"
     monitor = "val/absrel"
     monitor_mode = "min"
 
     def __init__(
         self,
-        channels: int = 16,
-        blocks_per_level: int = 1,
-        output: Literal["sigmoid", "softplus"] = "sigmoid",
-        global_context: bool = True,
-        levels: int = 3,
-        working_size: int = 0,
+        net: DepthNet,
         input: Literal["lr", "hr", "both"] = "both",
         loss: Literal["l1", "mse"] = "l1",
         alignment: Literal["scale_shift", "none"] = "scale_shift",
@@ -50,13 +44,7 @@ class DepthModule(StageModule):
     ) -> None:
         """
         Args:
-            channels: DepthNet width ``c`` (16: tiny CPU model, 48: paper size).
-            blocks_per_level: Residual blocks per U-Net stage (1 tiny, 2 paper).
-            output: DepthNet output activation, ``sigmoid`` or ``softplus``.
-            global_context: Pooled scene context at the DepthNet bottleneck.
-            levels: DepthNet resolution levels (3: the original; each more halves the resolution once more).
-            working_size: Shorter side every input is resized to inside DepthNet (0: native size), so LR and
-                SR/HR inputs are seen at one scale.
+            net: The depth network (``DepthNet``: width, levels, working size, output activation, ...).
             input: Train/evaluate on ``lr`` images, ``hr`` images or ``both`` (default; SVKR needs both).
             loss: Per-pixel term of the SSI loss: ``l1`` or ``mse``.
             alignment: ``scale_shift`` (MiDaS SSI loss, for data whose depth has no common scale) or ``none``
@@ -71,10 +59,7 @@ class DepthModule(StageModule):
         if input not in ("lr", "hr", "both"):
             raise ValueError(f"DepthModule: input must be 'lr', 'hr' or 'both', got {input!r}")
         self.save_stage_hparams()
-        self.model = DepthNet(
-            channels=channels, blocks_per_level=blocks_per_level, output=output, global_context=global_context,
-            levels=levels, working_size=working_size,
-        )
+        self.model = net
 
     @property
     def kinds(self) -> list[InputKind]:
