@@ -11,7 +11,8 @@ Additions to the stock LightningCLI:
 - resuming with model options that differ from the run's `config.yaml` is refused before anything is written;
   other differences (trainer, data) are recorded in `config_resume_N.yaml`, never over `config.yaml`;
 - a `fit` that fails before its first step leaves no empty `version_N` behind;
-- `data.scale` is linked to `model.init_args.scale`;
+- `data.scale` is linked to the network's `model.init_args.net.init_args.scale` (and to `model.init_args.scale` of the
+  stages that have one: depth, VAE, SVKR);
 - with `--ckpt_path`, the checkpoint's hyperparameters rebuild the trained model (read with `weights_only=True`,
   refused with a clear message when the checkpoint belongs to another stage), but model options given explicitly
   on the command line still win (test-time switches such as `--model.init_args.conditions.source svkr`).
@@ -66,14 +67,14 @@ from ssr_lightning.files import (
 )
 from ssr_lightning.inference.checkpoints import (
     LAST,
-    PACKAGE,
     PREVIOUS,
-    STAGES,
     CheckpointError,
     find_checkpoint,
     read_checkpoint,
 )
+from ssr_lightning.inference.legacy import upgrade_options
 from ssr_lightning.modules.checkpointing import TrainingError
+from ssr_lightning.registry import PACKAGE, STAGES, stage_of_module
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -153,7 +154,8 @@ def explicit_model_keys(args: list[str]) -> list[str]:
 
 
 def _stage_of(model_cfg: Namespace | None) -> str | None:
-    """The checkpoint stage of the configured LightningModule class (its ``stage`` attribute), if it has one."""
+    """The checkpoint stage of the configured LightningModule class (its ``stage`` attribute), if it writes
+    checkpoints of its own."""
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     if not class_path.startswith(PACKAGE):  # never import a class outside the package
         return None
@@ -162,13 +164,26 @@ def _stage_of(model_cfg: Namespace | None) -> str | None:
         stage = getattr(importlib.import_module(module), name).stage
     except (ImportError, AttributeError):
         return None
-    return stage if stage in STAGES else None
+    return stage if stage in STAGES and STAGES[stage].weights else None
 
 
 def _stage_name(model_cfg: Namespace | None) -> str:
+    """The default run name: the registered stage of the module class (``DKENetModule`` → ``dkenet``)."""
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     short = class_path.rsplit(".", 1)[-1] or "run"
-    return short.removesuffix("Module").lower() or "run"
+    found = stage_of_module(short)
+    return found.name if found is not None else short.removesuffix("Module").lower() or "run"
+
+
+def upgrade_model_section(model: Any) -> Any:
+    """A run config's ``model`` section (``class_path``/``init_args``) of an earlier format in the current one (the
+    network's arguments under ``net``, renamed options; ``inference/legacy.py``)."""
+    if not isinstance(model, dict) or not isinstance(model.get("init_args"), dict):
+        return model
+    found = stage_of_module(str(model.get("class_path", "")).rsplit(".", 1)[-1])
+    if found is None:
+        return model
+    return {**model, "init_args": upgrade_options(found.name, dict(model["init_args"]))}
 
 
 def _plain(value: Any) -> Any:
@@ -247,6 +262,9 @@ class SSRCLI(LightningCLI):
         )
         parser.add_argument("--root", type=str | None, default=None,
                             help="Folder that holds the run folders (default: --trainer.default_root_dir, else runs).")
+        # the network's scale, and the module's own where a stage has one (depth, VAE, SVKR); a link whose target
+        # the configured class lacks is left out by jsonargparse
+        parser.link_arguments("data.scale", "model.init_args.net.init_args.scale")
         parser.link_arguments("data.scale", "model.init_args.scale")
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -364,11 +382,14 @@ class SSRCLI(LightningCLI):
             old_cfg = load_yaml(saved) or {}
         except YAMLFileError as err:
             raise UsageError(f"cannot resume {run_dir}: {err}") from None
-        # model.init_args.scale is a link target (from data.scale): compare data.scale instead
-        old = {"model": old_cfg.get("model") or {}, "data.scale": (old_cfg.get("data") or {}).get("scale")}
+        # the scales are link targets (from data.scale): compare data.scale instead
+        old = {"model": upgrade_model_section(_plain(old_cfg.get("model") or {})),
+               "data.scale": (old_cfg.get("data") or {}).get("scale")}
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
         for side in (old, new):
-            (side["model"].get("init_args") or {}).pop("scale", None)
+            init = side["model"].get("init_args") or {}
+            init.pop("scale", None)
+            ((init.get("net") or {}).get("init_args") or {}).pop("scale", None)
         # options the old config.yaml predates pass unless the command line sets them
         explicit = {f"model.init_args.{k}" for k in explicit_model_keys(getattr(self, "_cli_args", []))}
         new_ok = {p for p in _leaf_paths(new) if not any(e == p or e.startswith(p + ".") or p.startswith(e + ".")

@@ -5,23 +5,32 @@
   jsonargparse opens them; :func:`yaml_loader` (installed with ``jsonargparse.set_loader``) for every YAML text
   jsonargparse parses, fragments a config names included.
 - :func:`explain_parse_error` turns a jsonargparse error (often dozens of lines, after a 90-line usage block) into one
-  line: an unknown option gets a ``difflib`` "did you mean", and the config file that set it is named.
+  line: an unknown option gets a ``difflib`` "did you mean" (or, for an option of an earlier release, its new name),
+  and the config file that set it is named.
+- :func:`dataclass_flags` generates a command's flags from a dataclass of options (``ssr sr``'s sampling and SVKR
+  flags from ``SamplingConfig`` and ``SVKRConfig``): one flag per field, its name, type and help taken from the field,
+  default None (= keep the value the command starts from); :func:`flag_values` reads back the ones given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import inspect
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, get_type_hints
 
+import docstring_parser
 from jsonargparse import ArgumentParser, get_loader
 
 from ssr_lightning.files import YAMLFileError, check_yaml_size, load_yaml
-from ssr_lightning.inference.checkpoints import PACKAGE
+from ssr_lightning.inference.legacy import DIFFUSION_MOVES
+from ssr_lightning.registry import PACKAGE, stage_of_module
 
-__all__ = ["check_config_files", "explain_parse_error", "option_names", "yaml_loader"]
+__all__ = ["check_config_files", "dataclass_flags", "explain_parse_error", "flag", "flag_values", "option_names",
+           "yaml_loader"]
 
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 _JSONARGPARSE_YAML = get_loader("yaml")
@@ -60,6 +69,31 @@ def check_config_files(args: list[str]) -> None:
             load_yaml(path)
         except YAMLFileError as err:
             raise YAMLFileError(f"{option} {err}") from None
+
+
+def flag(field: str) -> str:
+    """The command-line spelling of an option field: ``color_fix`` → ``--color-fix``."""
+    return "--" + field.replace("_", "-")
+
+
+def dataclass_flags(parser: ArgumentParser, cls: type, default_note: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Add one flag per field of the dataclass ``cls`` (not in ``skip``): ``--<field-name>``, typed ``T | None``,
+    default None, help = the field's docstring + ``default_note``. Returns the field names."""
+    docs = {p.arg_name: " ".join((p.description or "").split()) for p in docstring_parser.parse_from_object(cls).params}
+    hints = get_type_hints(cls)
+    names = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        parser.add_argument(flag(field.name), dest=field.name, type=Optional[hints[field.name]], default=None,
+                            help=f"{docs.get(field.name, '')} ({default_note})".strip())
+        names.append(field.name)
+    return names
+
+
+def flag_values(args: Any, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (not None) as ``{field: value}``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def option_names(parser: ArgumentParser) -> list[str]:
@@ -107,12 +141,30 @@ def _safe_load(path: str) -> Any:
         return None
 
 
-def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str) -> str:
+def _moved(class_path: str, key: str) -> str | None:
+    """The current name of a model option of an earlier release: a network argument the module re-declared (now
+    under ``net.init_args``), or a diffusion option (``inference/legacy.DIFFUSION_MOVES``); else None."""
+    inner = key.removeprefix("model.init_args.")
+    if inner in DIFFUSION_MOVES and class_path.endswith("SSRDiffusionModule"):
+        return "model.init_args." + DIFFUSION_MOVES[inner].replace("net.", "net.init_args.", 1)
+    found = stage_of_module(class_path.rsplit(".", 1)[-1])
+    if found is not None and found.weights and "." not in inner and inner in _parameters(found.network):
+        return f"model.init_args.net.init_args.{inner}"
+    return None
+
+
+def _parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str, moved: str | None = None) -> str:
     """``WHERE: WHAT has no such option (did you mean X?); HINT``, ``WHERE`` the option or the file that set it."""
     where = _source(key, args)
     close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     dashes = "--" if where.startswith("--") else ""
     suggestion = f" (did you mean {dashes}{close[0]}?)" if close else ""
+    if moved is not None:
+        suggestion = f" (it moved: {dashes}{moved})"
     return f"{where}: {what} has no such option{suggestion}; {help_hint} lists them"
 
 
@@ -126,7 +178,8 @@ def explain_parse_error(message: str, sub: str, options: list[str], args: list[s
         key = next(g for g in model.groups()[1:] if g)
         known = [f"model.init_args.{o}" for o in _class_options(class_path)]
         short = class_path.rsplit(".", 1)[-1]
-        return _unknown(f"model.init_args.{key}", known, args, short, f"`ssr {sub} --model {short} --help`")
+        return _unknown(f"model.init_args.{key}", known, args, short, f"`ssr {sub} --model {short} --help`",
+                        _moved(class_path, f"model.init_args.{key}"))
     top = re.search(r"unrecognized arguments: --([^\s=]+)|does not accept option '([^']+)'", message)
     if top:
         key = top.group(1) or top.group(2)

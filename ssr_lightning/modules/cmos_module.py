@@ -140,11 +140,11 @@ class CMOSModule(StageModule):
 
         if with_sr:
             sem: Tensor | None = None
-            if hp.use_semantics:
+            if self.model.config.use_semantics:
                 # teacher forcing: GT labels where they exist, else the estimator's own (detached) semantics
                 sem = logits.detach().argmax(1, keepdim=True)
                 if labels is not None:
-                    sem = torch.where(mask.view(-1, 1, 1, 1), labels.clamp_max(hp.num_classes - 1), sem)
+                    sem = torch.where(mask.view(-1, 1, 1, 1), labels.clamp_max(self.model.config.num_classes - 1), sem)
             sr = self.model.sr(lr, sigma_gt, sem)
             out["sr_l1"] = F.l1_loss(sr, batch["hr"])
             loss = loss + hp.lambda_sr * out["sr_l1"]
