@@ -101,7 +101,8 @@ def option_names(parser: ArgumentParser) -> list[str]:
 
 
 def _class_options(class_path: str) -> list[str]:
-    """``a.b`` option names of a class of this package (none for another class: nothing outside it is imported)."""
+    """``a.b`` option names of a class of this package (none for another class: nothing outside it is imported); a
+    stage module's include its network's arguments (``net.init_args.x``)."""
     if not class_path.startswith(PACKAGE):
         return []
     module, name = class_path.rsplit(".", 1)
@@ -110,7 +111,9 @@ def _class_options(class_path: str) -> list[str]:
         parser.add_class_arguments(getattr(importlib.import_module(module), name))
     except Exception:  # noqa: BLE001 - only for a suggestion
         return []
-    return [o.removeprefix("--") for o in option_names(parser)]
+    found = stage_of_module(name)
+    net = [f"net.init_args.{p}" for p in sorted(_parameters(found.network))] if found and found.weights else []
+    return [o.removeprefix("--") for o in option_names(parser)] + net
 
 
 def _has(doc: Any, keys: list[str]) -> bool:
@@ -160,7 +163,10 @@ def _parameters(cls: type) -> set[str]:
 def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str, moved: str | None = None) -> str:
     """``WHERE: WHAT has no such option (did you mean X?); HINT``, ``WHERE`` the option or the file that set it."""
     where = _source(key, args)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    # the last part decides (`chanels` is `net.init_args.channels`, not `help`), then the whole key
+    lasts = {k.rsplit(".", 1)[-1]: k for k in sorted(known, key=len, reverse=True)}
+    close = [lasts[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(lasts), n=1, cutoff=0.75)]
+    close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     dashes = "--" if where.startswith("--") else ""
     suggestion = f" (did you mean {dashes}{close[0]}?)" if close else ""
     if moved is not None:
@@ -171,15 +177,22 @@ def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: 
 def explain_parse_error(message: str, sub: str, options: list[str], args: list[str]) -> str:
     """One line for a jsonargparse error ``message`` of ``ssr sub``; ``options`` are the subcommand's option names and
     ``args`` its command line (to name the config file that set an unknown option)."""
-    model = re.search(r"Problem with given class_path '([\w.]+)':\s*(?:Option '([^']+)' is not accepted|"
-                      r"unrecognized arguments: --([^\s=]+)|No action for key \"([^\"]+)\")", message)
+    nested = r"(?:Parser key \"\w+\":\s*Problem with given class_path '[\w.]+':\s*)*"
+    model = re.search(r"Problem with given class_path '([\w.]+)':\s*(" + nested + r")(?:Option '([^']+)' is not "
+                      r"accepted|unrecognized arguments: --([^\s=]+)|No action for key \"([^\"]+)\")", message)
     if model:
         class_path = model.group(1)
-        key = next(g for g in model.groups()[1:] if g)
-        known = [f"model.init_args.{o}" for o in _class_options(class_path)]
+        key = next(g for g in model.groups()[2:] if g)
+        # an option of a class given inside the module's options (its network: `net`)
+        inner = re.findall(r"Parser key \"(\w+)\":\s*Problem with given class_path '([\w.]+)'", model.group(2))
+        prefix = "model.init_args." + "".join(f"{k}.init_args." for k, _ in inner)
+        where = inner[-1][1] if inner else class_path
+        known = [prefix + o for o in _class_options(where)]
         short = class_path.rsplit(".", 1)[-1]
-        return _unknown(f"model.init_args.{key}", known, args, short, f"`ssr {sub} --model {short} --help`",
-                        _moved(class_path, f"model.init_args.{key}"))
+        hint = f"`ssr {sub} --model {short} --help`" if not inner else (
+            f"`ssr {sub} --model {short} --model.init_args.{inner[-1][0]}.help {where.rsplit('.', 1)[-1]}`")
+        return _unknown(prefix + key, known, args, where.rsplit(".", 1)[-1], hint,
+                        None if inner else _moved(class_path, prefix + key))
     top = re.search(r"unrecognized arguments: --([^\s=]+)|does not accept option '([^']+)'", message)
     if top:
         key = top.group(1) or top.group(2)

@@ -121,9 +121,10 @@ def _sampling(args: Any, base: SamplingConfig) -> tuple[SamplingConfig | None, s
     try:
         return base.replace(**given), None
     except SamplingError as err:
-        field = next((f for f in err.fields if f in given), None)
-        where = f"{flag(field)} {given[field]}" if field else f"the model's sampling {err.fields[0]}"
-        return None, f"{where}: {err.detail}"
+        if err.fields[0] in given:
+            return None, err.spelled(flag)
+        field = next((f for f in err.fields if f in given), None)  # the model's value, made invalid by a flag
+        return None, (f"{flag(field)} {given[field]}: " if field else "") + f"the model's sampling {err}"
 
 
 def _svkr(args: Any, base: SVKRConfig) -> tuple[SVKRConfig | None, str | None]:
@@ -176,8 +177,10 @@ def _check_tile(args: Any, sampling: SamplingConfig, geometry: Any) -> str | Non
                 f"multiples of {geometry.multiple}; its UNet's deepest level needs 2 latent px): use --tile "
                 f"{geometry.min_tile} or more, or --tile 0 (the whole image at once)")
     if sampling.overlap >= tile:
-        return (f"overlap {sampling.overlap} must be smaller than the tile, {tile} LR px ({name} rounded down "
-                f"to a multiple of {geometry.multiple})")
+        overlap = f"--overlap {sampling.overlap}" if args.overlap is not None else (
+            f"the model's sampling overlap {sampling.overlap}")
+        return (f"{overlap} must be smaller than the tile, {tile} LR px ({name} rounded down to a multiple of "
+                f"{geometry.multiple})")
     return None
 
 

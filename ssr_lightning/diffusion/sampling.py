@@ -39,15 +39,16 @@ def renamed(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class SamplingError(ValueError):
-    """An invalid sampling setting: ``fields`` are the options involved, ``detail`` what is wrong; the message names
-    the first field as ``sampling <field>``, :meth:`spelled` as the caller spells it (``--strength``, …)."""
+    """An invalid sampling setting: ``fields`` are the options involved (the first one's ``value`` is wrong),
+    ``detail`` what is wrong. The message reads ``sampling <field> <value>: <detail>``; :meth:`spelled` names the
+    field as the caller spells it (``--strength 2.0: ...``)."""
 
-    def __init__(self, fields: tuple[str, ...], detail: str) -> None:
-        super().__init__(f"sampling {fields[0]}: {detail}")
-        self.fields, self.detail = fields, detail
+    def __init__(self, fields: tuple[str, ...], value: Any, detail: str) -> None:
+        super().__init__(f"sampling {fields[0]} {value}: {detail}")
+        self.fields, self.value, self.detail = fields, value, detail
 
     def spelled(self, spell: Callable[[str], str]) -> str:
-        return f"{spell(self.fields[0])}: {self.detail}"
+        return f"{spell(self.fields[0])} {self.value}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -84,21 +85,21 @@ class SamplingConfig:
         for name, kind in (("sampler", Sampler), ("start", SampleStart), ("color_fix", ColorFix)):
             value = getattr(self, name)
             if value not in get_args(kind):
-                raise SamplingError((name,), f"must be one of {', '.join(get_args(kind))}, got {value!r}")
+                raise SamplingError((name,), value, f"must be one of {', '.join(get_args(kind))}")
         if self.steps < 1:
-            raise SamplingError(("steps",), f"must be >= 1, got {self.steps}")
+            raise SamplingError(("steps",), self.steps, "must be >= 1")
         if not 0.0 < self.strength <= 1.0:
-            raise SamplingError(("strength",), f"must be in (0, 1] (1 = from pure noise), got {self.strength}")
+            raise SamplingError(("strength",), self.strength, "must be in (0, 1] (1 = from pure noise)")
         if self.start == "noise" and self.strength < 1.0:
-            raise SamplingError(("start", "strength"), "start noise runs every step from pure noise, so strength must "
-                                f"be 1, got {self.strength}; start from an image with start bicubic or frontend")
+            raise SamplingError(("start", "strength"), self.start, f"runs every step from pure noise, so strength "
+                                f"must be 1, got {self.strength}; start from an image with start bicubic or frontend")
         if self.guidance < 0:
-            raise SamplingError(("guidance",), f"must be >= 0 (0 = off), got {self.guidance}")
-        if self.tile < 0 or self.overlap < 0:
-            raise SamplingError(("tile", "overlap"), f"must be >= 0 (tile 0: no tiling), got {self.tile}, "
-                                f"{self.overlap}")
+            raise SamplingError(("guidance",), self.guidance, "must be >= 0 (0 = off)")
+        for name in ("tile", "overlap"):
+            if getattr(self, name) < 0:
+                raise SamplingError((name,), getattr(self, name), "must be >= 0 (tile 0: no tiling)")
         if self.tile and self.overlap >= self.tile:
-            raise SamplingError(("overlap", "tile"), f"overlap {self.overlap} must be smaller than tile {self.tile}")
+            raise SamplingError(("overlap", "tile"), self.overlap, f"must be smaller than tile {self.tile}")
 
     def replace(self, **changes: Any) -> SamplingConfig:
         """A copy with ``changes`` (field names; None values are left out), validated again."""

@@ -30,7 +30,7 @@ from torch import Tensor
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
-from ssr_lightning.registry import class_path, stage_of_module
+from ssr_lightning.registry import class_path, network_class, stage_of_module
 from ssr_lightning.modules.checkpointing import (
     BestCheckpoint,
     KeepPreviousCheckpoint,
@@ -39,9 +39,11 @@ from ssr_lightning.modules.checkpointing import (
 )
 from ssr_lightning.visualize import Panel, labelled_grid
 
-__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config"]
+__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config", "as_network",
+           "network_config"]
 
 C = TypeVar("C")
+N = TypeVar("N", bound=torch.nn.Module)
 
 
 @dataclass
@@ -71,6 +73,17 @@ def as_config(cls: type[C], value: Any) -> C:
     if dataclasses.is_dataclass(value):
         return cls(**dataclasses.asdict(value))
     return cls(**vars(value))
+
+
+def as_network(value: Any, cls: type[N]) -> N:
+    """``net`` as a ``cls``: a built network passes; ``{"class_path", "init_args"}`` (the block a config or a
+    checkpoint's hyper-parameters hold, as ``load_from_checkpoint`` passes it) is built through the registry, which
+    resolves only registered classes of this package."""
+    if isinstance(value, Mapping) and "class_path" in value:
+        value = network_class(str(value["class_path"]))(**dict(value.get("init_args") or {}))
+    if not isinstance(value, cls):
+        raise TypeError(f"net must be a {cls.__name__} (or its class_path/init_args), got {type(value).__name__}")
+    return value
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.metrics import psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.cmos import CMOS
 from ssr_lightning.visualize import Panel, kernel_spread
 
@@ -85,6 +85,7 @@ class CMOSModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, CMOS)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         self.model = net
         self._test_miou: list[float | None] = []

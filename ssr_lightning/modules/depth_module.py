@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ssr_lightning.inference.depth import normalize_depth_map, resize_depth
 from ssr_lightning.metrics import align_scale_shift, aligned_depth_metrics, ssi_loss
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.depthnet import DepthNet
 from ssr_lightning.visualize import Panel
 
@@ -58,6 +58,7 @@ class DepthModule(StageModule):
         super().__init__()
         if input not in ("lr", "hr", "both"):
             raise ValueError(f"DepthModule: input must be 'lr', 'hr' or 'both', got {input!r}")
+        net = as_network(net, DepthNet)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         self.model = net
 

@@ -37,7 +37,7 @@ from ssr_lightning.inference.checkpoints import (
 )
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule, as_config, network_config
+from ssr_lightning.modules.base import FitConfig, StageModule, as_config, as_network, network_config
 from ssr_lightning.visualize import Panel, kernel_spread
 
 __all__ = ["ConditionConfig", "Conditions", "SSRDiffusionModule"]
@@ -98,6 +98,7 @@ class SSRDiffusionModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, LatentDiffusionSR)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         self.conditions_cfg = as_config(ConditionConfig, conditions)
         self.sampling, self.loss_cfg = SamplingConfig.from_dict(sampling), as_config(LossConfig, loss)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ssr_lightning.degradation import blur_downsample
 from ssr_lightning.metrics import kernel_l1, psnr
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks import DKENet
 from ssr_lightning.visualize import Panel, kernel_spread
 
@@ -39,6 +39,7 @@ class DKENetModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, DKENet)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         self.model = net
 

@@ -16,7 +16,7 @@ from ssr_lightning.inference.checkpoints import (
     require_file,
 )
 from ssr_lightning.metrics import psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.kernel_codec import code_std, load_or_fit_basis
 from ssr_lightning.networks.nbsr import KernelConditionedSR
 from ssr_lightning.visualize import Panel
@@ -63,6 +63,7 @@ class NBSRModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, KernelConditionedSR)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         if kernel_source not in ("gt", "dkenet", "none"):
             raise ValueError(f"model.init_args.kernel_source must be 'gt', 'dkenet' or 'none', got {kernel_source!r}")

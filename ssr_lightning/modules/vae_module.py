@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.visualize import Panel
 
 __all__ = ["VAEModule"]
@@ -57,6 +57,7 @@ class VAEModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, VAELatents)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         self.model = net
         self._std_sum: list[Tensor] = []
