@@ -318,7 +318,7 @@ def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkey
     from ssr_lightning.ablate.writer import EvalWriter
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
-    module = type("M", (), {"hparams": {"scale": 4}, "device": torch.device("cpu")})()
+    module = type("M", (), {"hparams": {"net": {"init_args": {"scale": 4}}}, "device": torch.device("cpu")})()
     hr = torch.rand(2, 3, 32, 32)
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "name": ["a/one", "two"]}
     writer = EvalWriter(str(tmp_path / "cell"), metrics=["psnr_y", "lpips"], num_samples=1)

@@ -97,8 +97,8 @@ def build_parser() -> ArgumentParser:
                    help="an ssr-ablate results folder with one finished cell (ablations/pipeline.yaml): its ssr, "
                         "dkenet, nbsr and depth checkpoints (explicit --ckpt/--*-ckpt flags win)")
     # one flag per field of the front end's and the sampler's settings; None keeps the model's value
-    dataclass_flags(p, SVKRConfig, "default: the model's SVKR setting")
-    dataclass_flags(p, SamplingConfig, "default: the model's sampling setting")
+    dataclass_flags(p, SVKRConfig, "left out: the model's SVKR setting")
+    dataclass_flags(p, SamplingConfig, "left out: the model's sampling")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
