@@ -50,8 +50,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable without installing the package
 
+from ssr_lightning.diffusion.config import SamplingConfig  # noqa: E402
 from ssr_lightning.diffusion.model import LatentDiffusionSR  # noqa: E402
-from ssr_lightning.diffusion.sampling import SamplingConfig  # noqa: E402
 from ssr_lightning.inference import SSRPipeline, load_model  # noqa: E402
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig  # noqa: E402
 from ssr_lightning.registry import network_class  # noqa: E402

@@ -27,7 +27,8 @@ TINY = [
 
 def test_explicit_model_keys() -> None:
     args = ["fit", "--model.init_args.net.init_args.use_depth", "false", "--model.fit.learning_rate=0.1",
-            "--data.scale", "2", "--model.class_path", "x", "--model.init_args.net.init_args.unet_config.use_kernel=false",
+            "--data.scale", "2", "--model.class_path", "x",
+            "--model.init_args.net.init_args.unet_config.use_kernel=false",
             "--model.init_args.fit.num_log_images", "3", "--model.init_args.net.init_args.use_depth", "true"]
     assert explicit_model_keys(args) == ["net.init_args.use_depth", "fit.learning_rate",
                                          "net.init_args.unet_config.use_kernel", "fit.num_log_images"]

@@ -181,7 +181,8 @@ def test_tiny_fit_checkpoint_loads_as_cmos(tmp_path: Path, batch: dict) -> None:
         "--data.num_train", "4", "--data.num_val", "2", "--data.embedded_scene_size", "64",
         "--data.patch_size", "32", "--data.val_size", "32", "--data.batch_size", "2", "--data.val_batch_size", "2",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-        "--model.init_args.net.init_args.estimator_widths", "[8, 8, 16]", "--model.init_args.net.init_args.sr_channels", "8",
+        "--model.init_args.net.init_args.estimator_widths", "[8, 8, 16]",
+        "--model.init_args.net.init_args.sr_channels", "8",
         "--model.init_args.net.init_args.sr_blocks", "1", "--model.init_args.net.init_args.sr_growth", "4",
         "--model.init_args.fit.ckpt_every_n_steps", "2",
     ])

@@ -14,7 +14,7 @@ from PIL import Image
 
 from ssr_lightning.diffusion.config import LossConfig, UNetConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
-from ssr_lightning.diffusion.sampling import SamplingConfig
+from ssr_lightning.diffusion.config import SamplingConfig
 from ssr_lightning.inference.checkpoints import load_model
 from ssr_lightning.inference.pipeline import (
     SSRPipeline,
@@ -65,8 +65,8 @@ def tiny_module(**kw: Any) -> SSRDiffusionModule:
         group = [g for g, cls in _GROUPS.items() if key in cls.__dataclass_fields__]
         assert len(group) == 1, f"tiny_module: {key!r} is not a field of exactly one group"
         groups[group[0]][key] = value
-    return SSRDiffusionModule(tiny_net(**groups.pop("unet_config"), **net), sampling=SamplingConfig(**groups["sampling"]),
-                              loss=LossConfig(**groups["loss"])).eval()
+    return SSRDiffusionModule(tiny_net(**groups.pop("unet_config"), **net),
+                              sampling=SamplingConfig(**groups["sampling"]), loss=LossConfig(**groups["loss"])).eval()
 
 
 def _randomise_amf(net: torch.nn.Module) -> None:

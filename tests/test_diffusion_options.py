@@ -291,8 +291,8 @@ def test_prediction_types_train_and_sample_consistently(kind: str) -> None:
 
     assert proc.loss(oracle, z0, generator=torch.Generator().manual_seed(1))["mse"] < 1e-8
     x0s: list[torch.Tensor] = []
-    out = proc.sample(oracle, torch.randn(z0.shape, generator=torch.Generator().manual_seed(2)), SamplingConfig(steps=5),
-                      hooks=[lambda state: x0s.append(state.x0)])
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(2))
+    out = proc.sample(oracle, noise, SamplingConfig(steps=5), hooks=[lambda state: x0s.append(state.x0)])
     torch.testing.assert_close(x0s[-1], z0, atol=1e-4, rtol=0)  # the scheduler reads the output as its kind
     assert (out - z0).abs().mean() < 0.05  # (DDIM ends at ᾱ_0 = 0.99915, not exactly at z0)
 

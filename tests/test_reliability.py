@@ -213,7 +213,8 @@ def test_resume_with_other_model_options_is_refused_and_config_kept(tmp_path: Pa
     _fit(tmp_path, "--root", "runs", "--model.init_args.fit.ckpt_every_n_steps", "2")
     config = tmp_path / "runs/dkenet/version_0/config.yaml"
     before = config.read_bytes()
-    code, err = _exit(tmp_path, capsys, "--root", "runs", "--ckpt_path", "last", "--model.init_args.net.init_args.use_depth", "false")
+    code, err = _exit(tmp_path, capsys, "--root", "runs", "--ckpt_path", "last",
+                      "--model.init_args.net.init_args.use_depth", "false")
     assert code == 2 and "cannot resume" in err and "use_depth: True -> False" in err
     assert config.read_bytes() == before and not list(config.parent.glob("config_resume_*.yaml"))
 

@@ -54,6 +54,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from ssr_lightning.cli.parsing import (
     check_config_files,
     explain_parse_error,
+    explicit_model_keys,
     option_names,
     yaml_loader,
 )
@@ -115,42 +116,6 @@ def readable_last(ckpt: Path) -> Path:
            else "is corrupt")
     rank_zero_info(f"{last} {why}; resuming from the previous checkpoint {prev} instead")
     return prev
-
-
-def _fragment_keys(path: str) -> list[str]:
-    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
-    try:
-        doc = load_yaml(path) or {}
-    except YAMLFileError:
-        return []
-    model = doc.get("model") if isinstance(doc, dict) else None
-    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
-
-    def leaves(d: Any, prefix: str) -> list[str]:
-        if not isinstance(d, dict) or not d:
-            return [prefix] if prefix else []
-        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
-
-    return leaves(init, "")
-
-
-def explicit_model_keys(args: list[str]) -> list[str]:
-    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
-    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
-    X's options are test-time choices, the stage config's are not)."""
-    keys: list[str] = []
-    configs = 0
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") or arg.startswith("--config="):
-            configs += 1
-            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            found = _fragment_keys(path) if configs > 1 else []
-        elif arg.startswith("--model."):
-            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
-        else:
-            continue
-        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
-    return keys
 
 
 def _stage_of(model_cfg: Namespace | None) -> str | None:

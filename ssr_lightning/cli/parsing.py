@@ -7,6 +7,8 @@
 - :func:`explain_parse_error` turns a jsonargparse error (often dozens of lines, after a 90-line usage block) into one
   line: an unknown option gets a ``difflib`` "did you mean" (or, for an option of an earlier release, its new name),
   and the config file that set it is named.
+- :func:`explicit_model_keys` lists the model options a command line sets (they beat a checkpoint's
+  hyper-parameters, and a resume compares them).
 - :func:`dataclass_flags` generates a command's flags from a dataclass of options (``ssr sr``'s sampling and SVKR
   flags from ``SamplingConfig`` and ``SVKRConfig``): one flag per field, its name, type and help taken from the field,
   default None (= keep the value the command starts from); :func:`flag_values` reads back the ones given.
@@ -29,8 +31,8 @@ from ssr_lightning.files import YAMLFileError, check_yaml_size, load_yaml
 from ssr_lightning.inference.legacy import DIFFUSION_MOVES
 from ssr_lightning.registry import PACKAGE, stage_of_module
 
-__all__ = ["check_config_files", "dataclass_flags", "explain_parse_error", "flag", "flag_values", "option_names",
-           "yaml_loader"]
+__all__ = ["check_config_files", "dataclass_flags", "explain_parse_error", "explicit_model_keys", "flag", "flag_values",
+           "option_names", "yaml_loader"]
 
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 _JSONARGPARSE_YAML = get_loader("yaml")
@@ -69,6 +71,42 @@ def check_config_files(args: list[str]) -> None:
             load_yaml(path)
         except YAMLFileError as err:
             raise YAMLFileError(f"{option} {err}") from None
+
+
+def _fragment_keys(path: str) -> list[str]:
+    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
+    try:
+        doc = load_yaml(path) or {}
+    except YAMLFileError:
+        return []
+    model = doc.get("model") if isinstance(doc, dict) else None
+    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
+
+    def leaves(d: Any, prefix: str) -> list[str]:
+        if not isinstance(d, dict) or not d:
+            return [prefix] if prefix else []
+        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
+
+    return leaves(init, "")
+
+
+def explicit_model_keys(args: list[str]) -> list[str]:
+    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
+    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
+    X's options are test-time choices, the stage config's are not)."""
+    keys: list[str] = []
+    configs = 0
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            configs += 1
+            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            found = _fragment_keys(path) if configs > 1 else []
+        elif arg.startswith("--model."):
+            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
+        else:
+            continue
+        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
+    return keys
 
 
 def flag(field: str) -> str:

@@ -77,7 +77,7 @@ from ssr_lightning.data.image_io import (
     load_image,
     save_image,
 )
-from ssr_lightning.diffusion.sampling import SamplingConfig, SamplingError
+from ssr_lightning.diffusion.config import SamplingConfig, SamplingError
 from ssr_lightning.files import atomic_write
 from ssr_lightning.inference.svkr import SVKRConfig
 

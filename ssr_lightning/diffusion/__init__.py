@@ -3,11 +3,10 @@ sampling settings (call arguments), guidance, colour correction, step-fused tili
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.diffusion.color import ColorFix, color_fix
-from ssr_lightning.diffusion.config import LossConfig, UNetConfig
+from ssr_lightning.diffusion.config import LossConfig, SamplingConfig, SamplingError, UNetConfig
 from ssr_lightning.diffusion.guidance import KernelGuidance, lr_consistency
 from ssr_lightning.diffusion.model import LatentDiffusionSR, lr_multiple, pad_reflect
 from ssr_lightning.diffusion.process import GaussianDiffusion, StepHook, StepState
-from ssr_lightning.diffusion.sampling import SamplingConfig, SamplingError
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
 from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid
 

@@ -1,20 +1,128 @@
 """Argument groups of the diffusion stage (plain dataclasses: the CLI documents each field from its docstring).
 
-:class:`UNetConfig` is ``LatentDiffusionSR``'s ``unet_config`` group: the ``SSRUNet`` arguments the stage chooses
-(backbone sizes, the Table 2 modality switches, AMF), so ``--model.init_args.net.init_args.unet_config.use_kernel
-false`` reads as what it does. :class:`LossConfig` is the stage module's ``loss`` group. Sampling options are arguments
-of a call: :class:`~ssr_lightning.diffusion.sampling.SamplingConfig`.
+- :class:`SamplingConfig`: how an SR image is sampled, the arguments of a call, not of the model (diffusers style).
+  Declared and validated here only: ``LatentDiffusionSR.super_resolve(..., sampling=)``,
+  ``GaussianDiffusion.sample(..., sampling=)``, ``SSRPipeline(..., sampling=)`` and ``SSRDiffusionModule(sampling=)``
+  (validation, test and predict samples) take it; the stage module writes it into its checkpoints' ``ssr`` block, so
+  ``ssr sr`` samples as the model was validated. ``ssr sr``'s sampling flags (``--steps``, ``--strength``, …) are
+  generated from its fields (``ssr_lightning.cli.parsing.dataclass_flags``) and each replaces only its own field
+  (:meth:`SamplingConfig.replace`, which validates again). docs/DESIGN.md §4 describes every option.
+- :class:`UNetConfig`: ``LatentDiffusionSR``'s ``unet_config`` group, the ``SSRUNet`` arguments the stage chooses
+  (backbone sizes, the Table 2 modality switches, AMF), so ``--model.init_args.net.init_args.unet_config.use_kernel
+  false`` reads as what it does.
+- :class:`LossConfig`: the stage module's ``loss`` group.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
+from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.networks.amf import AMFMode
 
-__all__ = ["LossConfig", "UNetConfig"]
+__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "LossConfig", "SampleStart", "Sampler", "SamplingConfig", "SamplingError",
+           "UNetConfig", "renamed"]
+
+Sampler = Literal["ddim", "ddpm"]
+SampleStart = Literal["noise", "bicubic", "frontend"]
+
+# Names and values of the sampling options before they became call arguments (model config keys, the stage's
+# `sampling` group); checkpoints are upgraded through these (inference/legacy.py).
+LEGACY_NAMES = {"num_inference_steps": "steps", "sample_strength": "strength", "sample_start": "start",
+                "guidance_step": "guidance"}
+LEGACY_VALUES = {"start": {"lr": "bicubic"}}
+
+
+def renamed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling options under their current names and values (pre-0.4 ones renamed; other keys kept)."""
+    out = {}
+    for key, value in values.items():
+        key = LEGACY_NAMES.get(key, key)
+        out[key] = LEGACY_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
+    return out
+
+
+class SamplingError(ValueError):
+    """An invalid sampling setting: ``fields`` are the options involved (the first one's ``value`` is wrong),
+    ``detail`` what is wrong. The message reads ``sampling <field> <value>: <detail>``; :meth:`spelled` names the
+    field as the caller spells it (``--strength 2.0: ...``)."""
+
+    def __init__(self, fields: tuple[str, ...], value: Any, detail: str) -> None:
+        super().__init__(f"sampling {fields[0]} {value}: {detail}")
+        self.fields, self.value, self.detail = fields, value, detail
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        return f"{spell(self.fields[0])} {self.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How SR images are sampled (validation, test and predict samples of the stage; ``ssr sr``; the pipeline)."""
+
+    sampler: Sampler = "ddim"
+    """ddim (deterministic for a seed: η = 0, trailing spacing) or ddpm."""
+    steps: int = 20
+    """Denoising steps of the sampler (at strength 1; fewer are run at strength < 1)."""
+    strength: float = 1.0
+    """1: from pure noise, every step (the paper). s < 1: start at t ≈ s·T from the noised latent of the start image
+    and run the last round(s·steps) steps (img2img-style)."""
+    start: SampleStart = "bicubic"
+    """Start image for strength < 1: bicubic (the bicubic-upsampled LR) or frontend (the front end's SR image I_T);
+    noise: pure noise, every step (needs strength 1; the paper)."""
+    guidance: float = 0.0
+    """Kernel-aware guidance (BlindDiff) step η: after every step x̂0 moves η times the line-search step down
+    ∇‖LR − (D(x̂0) ⊗ K)↓s‖² with the condition kernel field (GT or SVKR's K_T, also when the kernel modality is off);
+    0 = off, 1 = a full step."""
+    color_fix: ColorFix = "none"
+    """Colour correction of the output from the condition image: none, wavelet (its low frequencies, StableSR) or
+    adain (its channel mean and std)."""
+    seed: int = 0
+    """Seed of the sampling noise (validation and test add the batch index)."""
+    tile: int = 32
+    """Side of the step-fused diffusion tiles in LR pixels (0: the whole image at once); rounded down to the model's
+    size multiple. An image that fits in one tile is sampled exactly as untiled."""
+    overlap: int = 8
+    """Overlap of neighbouring tiles in LR pixels (smaller than tile)."""
+
+    def __post_init__(self) -> None:
+        """The one check of every sampling setting (a ``SamplingError`` naming the fields)."""
+        for name, kind in (("sampler", Sampler), ("start", SampleStart), ("color_fix", ColorFix)):
+            value = getattr(self, name)
+            if value not in get_args(kind):
+                raise SamplingError((name,), value, f"must be one of {', '.join(get_args(kind))}")
+        if self.steps < 1:
+            raise SamplingError(("steps",), self.steps, "must be >= 1")
+        if not 0.0 < self.strength <= 1.0:
+            raise SamplingError(("strength",), self.strength, "must be in (0, 1] (1 = from pure noise)")
+        if self.start == "noise" and self.strength < 1.0:
+            raise SamplingError(("start", "strength"), self.start, f"runs every step from pure noise, so strength "
+                                f"must be 1, got {self.strength}; start from an image with start bicubic or frontend")
+        if self.guidance < 0:
+            raise SamplingError(("guidance",), self.guidance, "must be >= 0 (0 = off)")
+        for name in ("tile", "overlap"):
+            if getattr(self, name) < 0:
+                raise SamplingError((name,), getattr(self, name), "must be >= 0 (tile 0: no tiling)")
+        if self.tile and self.overlap >= self.tile:
+            raise SamplingError(("overlap", "tile"), self.overlap, f"must be smaller than tile {self.tile}")
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        """A copy with ``changes`` (field names; None values are left out), validated again."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"not a sampling option: {', '.join(unknown)} (options: "
+                            f"{', '.join(f.name for f in dataclasses.fields(self))})")
+        return dataclasses.replace(self, **given) if given else self
+
+    @classmethod
+    def from_dict(cls, values: Any) -> SamplingConfig:
+        """A config from a checkpoint's plain dict (unknown keys are an error), or ``values`` if it is one."""
+        if isinstance(values, cls):
+            return values
+        return cls().replace(**dict(values or {}))
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ existed):
   | ``frontend`` (the front end's SR image I_T, passed as ``frontend=``: CasSR's reference image).
 
 How a call samples is not part of it: ``super_resolve(..., sampling=SamplingConfig(...))`` (sampler, steps,
-``strength`` and ``start`` (``noise`` | ``bicubic`` | ``frontend``), kernel-aware ``guidance``, ``color_fix``, seed, tiles;
-``diffusion/sampling.py``). Large images (``tile > 0``): the condition features are encoded per overlapping tile and
+``strength`` and ``start`` (``noise`` | ``bicubic`` | ``frontend``), kernel-aware ``guidance``, ``color_fix``, seed,
+tiles; ``diffusion/config.py``). Large images (``tile > 0``): the condition features are encoded per overlapping tile and
 the tiles' UNet outputs (ε̂, x̂0 or v̂, by ``prediction_type``) are blended at every denoising step into one latent
 (``diffusion/tiling.py``), then one scheduler step runs on the whole latent; a VAE encodes and decodes tile-wise with
 the same blending (space-to-depth is pointwise and needs none).
@@ -40,10 +40,9 @@ from torch import Tensor
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
-from ssr_lightning.diffusion.config import UNetConfig
+from ssr_lightning.diffusion.config import SamplingConfig, UNetConfig, renamed
 from ssr_lightning.diffusion.guidance import KernelGuidance
 from ssr_lightning.diffusion.process import GaussianDiffusion, PredictionType, StepHook
-from ssr_lightning.diffusion.sampling import SamplingConfig, renamed
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
 from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid
 from ssr_lightning.networks.ssr_unet import SSRUNet

@@ -4,7 +4,7 @@
 sampling loop. It knows nothing about images, VAEs or Lightning: it works on latents with a ``denoise(z_t, t)``
 callable, so the same loop serves the tiny UNet, a Stable-Diffusion-sized one and tiled denoisers.
 
-Sampling (docs/DESIGN.md §4) takes a :class:`~ssr_lightning.diffusion.sampling.SamplingConfig`: DDIM ("trailing"
+Sampling (docs/DESIGN.md §4) takes a :class:`~ssr_lightning.diffusion.config.SamplingConfig`: DDIM ("trailing"
 spacing, η = 0, deterministic for a seed) or DDPM; ``strength`` 1 starts from pure noise (the paper), ``strength`` < 1
 starts at ``t ≈ strength·T`` from a noised start latent (img2img) and runs only the last ``round(strength·steps)``
 steps. After every step the ``hooks`` may replace the latent: the place for guidance and other per-step corrections.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssr_lightning.diffusion.sampling import Sampler, SamplingConfig
+from ssr_lightning.diffusion.config import Sampler, SamplingConfig
 
 __all__ = ["Denoiser", "GaussianDiffusion", "PredictionType", "Sampler", "StepHook", "StepState"]
 

@@ -15,8 +15,8 @@ hyper-parameters name a class that is not a registered network or stage module o
 (:func:`check_class_paths`, before anything imports it) or whose weights are not finite (:func:`first_nonfinite`),
 and checks it is a checkpoint of the expected stage; :func:`load_model` returns the stage's ready network in eval mode
 (the EMA weights for the diffusion stage). Checkpoints of earlier formats (flat module options, sampling settings in
-the diffusion model's config) are upgraded on read (:mod:`ssr_lightning.inference.legacy`). Every failure names the file, the stage expected and, for a checkpoint of
-another stage, the stage found.
+the diffusion model's config) are upgraded on read (:mod:`ssr_lightning.inference.legacy`). Every failure names the
+file, the stage expected and, for a checkpoint of another stage, the stage found.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ssr_lightning.diffusion.sampling import SamplingConfig, renamed
+from ssr_lightning.diffusion.config import SamplingConfig, renamed
 from ssr_lightning.registry import STAGES, class_path, stage_of_module
 
 __all__ = ["DIFFUSION_MOVES", "FORMAT", "VALUE_RENAMES", "legacy_stage", "upgrade", "upgrade_hparams",

@@ -8,8 +8,8 @@ Large images (docs/DESIGN.md §4): SVKR runs **once on the whole** (padded) LR i
 the whole view; the diffusion then runs with step-fused tiles (``SamplingConfig.tile``/``overlap``, LR pixels): the
 condition features are encoded per overlapping tile and at every denoising step the tiles' UNet outputs (ε̂, x̂0 or
 v̂, by the model's ``prediction_type``) are blended with linear ramps into one latent-sized map, then one scheduler
-step runs on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wise with the same blending; space-to-depth
-decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
+step runs on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wise with the same blending;
+space-to-depth decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
 is exactly the untiled one.
 
 Memory: UNet activations follow the tile size; SVKR's maps (a 441-channel kernel field on the LR grid), the latents,
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ssr_lightning.diffusion.config import SamplingConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
-from ssr_lightning.diffusion.sampling import SamplingConfig
 from ssr_lightning.diffusion.tiling import blend_ramp, tile_starts, tiled_apply
 from ssr_lightning.inference.checkpoints import (
     build_model,
@@ -195,17 +195,17 @@ class SSRPipeline:
         gen = torch.Generator().manual_seed(sampling.seed)  # one global noise map, the same on every device
         noise = torch.randn((1, m.latents.channels, int(hp * f), int(wp * f)), generator=gen)
         lr_p = lr_p.to(self.device)
-        depth = kernel = image = None
+        depth = kernel = frontend = None
         if self.svkr is not None and any(needs.values()):
             bar = _StageBar(self.svkr.iterations) if self.progress else None
             try:  # once, on the whole image
-                depth, kernel, image = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
+                depth, kernel, frontend = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
             finally:
                 if bar is not None:
                     bar.close()
         sr = m.super_resolve(
             lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None, gen, sampling=sampling,
-            noise=noise.to(self.device), frontend=image if needs["frontend"] else None,
+            noise=noise.to(self.device), frontend=frontend if needs["frontend"] else None,
             guidance_kernel=kernel if needs["guidance_kernel"] else None, progress=self.progress,
         )
         return SRResult(

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from ssr_lightning.inference.checkpoints import load_model, resolve_checkpoint
-from ssr_lightning.registry import register_stage
 from ssr_lightning.inference.depth import (
     DepthEstimator,
     build_depth_estimator,
     resize_depth,
 )
+from ssr_lightning.registry import register_stage
 
 __all__ = ["SVKR", "DepthKind", "SVKRConfig", "SVKRResult", "load_depth"]
 

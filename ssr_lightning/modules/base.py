@@ -30,13 +30,13 @@ from torch import Tensor
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.inference.checkpoints import FORMAT
 from ssr_lightning.inference.legacy import upgrade
-from ssr_lightning.registry import class_path, network_class, stage_of_module
 from ssr_lightning.modules.checkpointing import (
     BestCheckpoint,
     KeepPreviousCheckpoint,
     TrainingError,
     check_loss,
 )
+from ssr_lightning.registry import class_path, network_class, stage_of_module
 from ssr_lightning.visualize import Panel, labelled_grid
 
 __all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config", "as_network",

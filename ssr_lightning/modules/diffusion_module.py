@@ -27,9 +27,8 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ssr_lightning.diffusion.config import LossConfig
+from ssr_lightning.diffusion.config import LossConfig, SamplingConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR
-from ssr_lightning.diffusion.sampling import SamplingConfig
 from ssr_lightning.inference.checkpoints import (
     load_model,
     read_checkpoint,
@@ -179,24 +178,24 @@ class SSRDiffusionModule(StageModule):
         kernel field and I_T where the image condition, the start or (not in ``training``) sampling need them."""
         uses = self.model.uses
         needs = self.model.needs(self.sampling)
-        need_ref = self.model.config.image_condition == "frontend" if training else needs["frontend"]
+        need_frontend = self.model.config.image_condition == "frontend" if training else needs["frontend"]
         need_guide = needs["guidance_kernel"] and not training
-        if not (uses["depth"] or uses["kernel"] or need_ref or need_guide):
+        if not (uses["depth"] or uses["kernel"] or need_frontend or need_guide):
             return Conditions()
         if self.conditions_cfg.source == "svkr":
             with torch.no_grad():
                 gt = batch.get("depth") if self.conditions_cfg.depth == "gt" else None  # oracle DE, learned KE
-                depth, kernel, image = self.svkr()(batch["lr"], gt_depth=gt).final
+                depth, kernel, frontend = self.svkr()(batch["lr"], gt_depth=gt).final
         else:
-            depth, kernel, image = batch.get("depth_lr"), batch.get("kernel"), None
-            if (uses["kernel"] or need_ref or need_guide) and kernel is None:
+            depth, kernel, frontend = batch.get("depth_lr"), batch.get("kernel"), None
+            if (uses["kernel"] or need_frontend or need_guide) and kernel is None:
                 raise ValueError("conditions.source='gt' needs GT kernel fields (HR data sets); use 'svkr' for "
                                  "paired data")
-            if need_ref:
+            if need_frontend:
                 with torch.no_grad():
-                    image = self.oracle_frontend(batch["lr"], kernel)
+                    frontend = self.oracle_frontend(batch["lr"], kernel)
         return Conditions(depth if uses["depth"] else None, kernel if uses["kernel"] else None,
-                          kernel if need_guide else None, image if need_ref else None)
+                          kernel if need_guide else None, frontend if need_frontend else None)
 
     # --- training -----------------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
