@@ -95,6 +95,14 @@ def test_old_options_and_values_are_upgraded() -> None:
     # a stage whose module re-declared its network's arguments: they move under `net`
     dke = read_checkpoint(OLD / "dkenet.ckpt", "dkenet")["hyper_parameters"]
     assert dke["net"]["init_args"]["channels"] == 4 and dke["depth_dropout"] == 0.25 and "channels" not in dke
+    # every old module's hyper-parameters build the current module (what `ssr test --ckpt_path OLD` does)
+    import ssr_lightning.modules as modules
+
+    for stage, cls in (("dkenet", modules.DKENetModule), ("nbsr", modules.NBSRModule), ("depth", modules.DepthModule),
+                       ("vae", modules.VAEModule)):
+        hp = read_checkpoint(OLD / f"{stage}.ckpt", stage)["hyper_parameters"]
+        built = cls(**{k: v for k, v in hp.items() if not k.startswith("_")})
+        assert dict(built.model.config) == dict(load_model(OLD / f"{stage}.ckpt", stage).config), stage
     # the same upgrade for a run's config.yaml (compared on resume)
     old = yaml.safe_load((OLD / "dkenet_config.yaml").read_text())["model"]["init_args"]
     new = upgrade_options("dkenet", old)

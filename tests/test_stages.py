@@ -122,8 +122,8 @@ def test_the_yaml_net_block_is_the_networks_config_end_to_end(config: str, tmp_p
 def test_data_scale_reaches_the_network_and_a_python_mismatch_names_both_options() -> None:
     cli = _cli_module("--config", str(REPO / "configs/nbsr.yaml"), "--data.scale", "2")
     assert cli.model.model.config.scale == 2 and cli.model.model.net.scale == 2
-    depth = _cli_module("--config", str(REPO / "configs/depth.yaml"), "--data.scale", "2")
-    assert depth.model.hparams.scale == 2  # a stage whose network has no scale keeps its own
+    vae = _cli_module("--config", str(REPO / "configs/vae.yaml"), "--data.scale", "2")
+    assert vae.model.hparams.scale == 2  # a stage whose network has no scale keeps its own (VAE: metric crops)
     module = modules.DKENetModule(DKENet(channels=4, scale=4))
     module.trainer = lightning.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.trainer.datamodule = SRDataModule(scale=2)  # type: ignore[misc]
@@ -137,7 +137,7 @@ def test_networks_own_their_arguments_and_the_modules_declare_none_of_them() -> 
             continue
         module_args = set(inspect.signature(getattr(modules, stage.module).__init__).parameters)
         net_args = set(inspect.signature(stage.network.__init__).parameters) - {"self", "legacy_sampling"}
-        # depth, VAE: a module `scale` for its own metrics, the network has none
+        # VAE: a module `scale` for its metrics' crop, the network has none
         assert not (module_args & net_args) - {"self"}, f"{stage.module} re-declares {module_args & net_args}"
     # NBSR `channels`: one declaration with a default (KernelConditionedSR), none in the trunk or the module
     from ssr_lightning.networks.nbsr import NBSR

@@ -66,6 +66,8 @@ DIFFUSION_MOVES: dict[str, str] = {
 # Option values renamed with them (one name for the front end's image I_T, one for the bicubic-upsampled LR).
 VALUE_RENAMES: dict[str, dict[Any, Any]] = {"net.image_condition": {"svkr": "frontend"},
                                             "sampling.start": {"lr": "bicubic"}}
+# Format-2 module options that no longer exist (DepthModule's `scale` was never read: LR targets are the data's depth_lr).
+_DROPPED = {"depth": ("scale",)}
 # What `ssr sr` used for a format-2 model besides its config's sampling defaults (its own flag defaults).
 _SR_DEFAULTS = {"seed": 0, "tile": 32, "overlap": 8}
 
@@ -225,6 +227,8 @@ def _network_options(stage: str, options: dict[str, Any]) -> dict[str, Any]:
     cls = STAGES[stage].network
     params = set(inspect.signature(cls.__init__).parameters) - {"self"}
     moved = {k: options.pop(k) for k in list(options) if k in params}
+    for key in _DROPPED.get(stage, ()):
+        options.pop(key, None)
     options["net"] = {"class_path": class_path(cls), "init_args": moved}
     return options
 

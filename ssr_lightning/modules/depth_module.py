@@ -39,7 +39,6 @@ class DepthModule(StageModule):
         alignment: Literal["scale_shift", "none"] = "scale_shift",
         grad_weight: float = 0.5,
         grad_scales: int = 4,
-        scale: int = 4,
         fit: FitConfig = FitConfig(learning_rate=1e-3, min_learning_rate=1e-5),  # noqa: B008 (never mutated)
     ) -> None:
         """
@@ -52,7 +51,6 @@ class DepthModule(StageModule):
                 0 = nearest, 1 = horizon/background, so the absolute value is learnable).
             grad_weight: Weight of the gradient-matching term (MiDaS: 0.5; 0 disables it).
             grad_scales: Scales of the gradient-matching term.
-            scale: SR factor s (linked to data.scale; LR targets are ``depth[..., ::s, ::s]``).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
