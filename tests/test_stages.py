@@ -161,3 +161,14 @@ def test_the_diffusion_model_holds_no_sampling_setting() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(TypeError, match="not a sampling option: num_inference_steps"):
         model.super_resolve(lr, num_inference_steps=2)
+
+
+def test_a_bad_sampling_option_is_one_line_from_its_one_check(capsys: pytest.CaptureFixture[str]) -> None:
+    from ssr_lightning.cli.main import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(REPO / "configs/ssr.yaml"), "--model.init_args.sampling.strength", "2.0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err[-1] == (
+        "ssr fit: model.init_args.sampling.strength 2.0: must be in (0, 1] (1 = from pure noise)")
+    assert not any("Traceback" in line for line in err)

@@ -59,6 +59,7 @@ from ssr_lightning.cli.parsing import (
     yaml_loader,
 )
 from ssr_lightning.data import DataError, SRDataModule
+from ssr_lightning.diffusion.config import SamplingError
 from ssr_lightning.files import (
     YAMLFileError,
     check_name,
@@ -472,6 +473,15 @@ def main(args: list[str] | None = None) -> None:
         )
     except (UsageError, CheckpointError, DataError) as err:
         print(f"ssr {argv[0] if argv else ''}: {err}".replace("  ", " "), file=sys.stderr)
+        sys.exit(2)
+    except ValueError as err:  # jsonargparse wraps what SamplingConfig's check says while building the module
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, SamplingError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"ssr {argv[0] if argv else ''}: {cause.spelled(lambda f: f'model.init_args.sampling.{f}')}",
+              file=sys.stderr)
         sys.exit(2)
     except TrainingError as err:
         print(f"ssr {argv[0] if argv else ''}: {err}", file=sys.stderr)
