@@ -217,3 +217,15 @@ def test_an_old_run_resumes_with_its_options_and_refuses_others(tmp_path: Path, 
     resumed = read_checkpoint(version / "checkpoints/last.ckpt", "dkenet")
     assert resumed["global_step"] == 3 and resumed["ssr"]["format"] == 3
     assert not (tmp_path / "runs/dkenet/version_1").exists()
+
+
+def test_a_flag_that_clashes_with_the_models_sampling_names_both(svkr_ckpt: Path, tmp_path: Path, capsys) -> None:
+    from ssr_lightning.cli.sr import main as sr_main
+
+    own = model_sampling(read_checkpoint(svkr_ckpt, "ssrdiffusion"))  # tile 32, overlap 8 (the old ssr sr's)
+    img = str(_png(tmp_path / "in.png"))
+    # valid with the model's tile 32, though not with a default overlap: the flags alone do not decide
+    assert sr_main([img, "-o", str(tmp_path / "a"), "--ckpt", str(svkr_ckpt), "--overlap", "16", "--steps", "1"]) == 0
+    assert sr_main([img, "-o", str(tmp_path / "b"), "--ckpt", str(svkr_ckpt), "--overlap", "40"]) == 2
+    assert f"--overlap 40: must be smaller than tile {own.tile} (the model's tile {own.tile})" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -114,17 +114,24 @@ def _usage(message: str) -> int:
     return 2
 
 
-def _sampling(args: Any, base: SamplingConfig) -> tuple[SamplingConfig | None, str | None]:
-    """``base`` with the sampling flags given, validated by ``SamplingConfig`` (the one check), or a problem naming
-    the flag (or, for a value the flags did not set, the model's setting)."""
+def _sampling(args: Any, base: SamplingConfig | None) -> tuple[SamplingConfig | None, str | None]:
+    """``base`` (the model's sampling) with the sampling flags given, validated by ``SamplingConfig`` (the one
+    check), or a problem naming the flags. ``base`` None: the flags alone, before the model is read (a problem that
+    involves a setting no flag gave waits for the model's)."""
     given = flag_values(args, SamplingConfig)
     try:
-        return base.replace(**given), None
+        return (base or SamplingConfig()).replace(**given), None
     except SamplingError as err:
-        if err.fields[0] in given:
+        if set(err.fields) <= set(given):
             return None, err.spelled(flag)
-        field = next((f for f in err.fields if f in given), None)  # the model's value, made invalid by a flag
-        return None, (f"{flag(field)} {given[field]}: " if field else "") + f"the model's sampling {err}"
+        if base is None:
+            return None, None
+        if err.fields[0] in given:
+            theirs = ", ".join(f"{f} {getattr(base, f)}" for f in err.fields if f not in given)
+            return None, f"{err.spelled(flag)} (the model's {theirs})"
+        field = next(f for f in err.fields if f in given)  # a flag made a setting of the model's invalid
+        return None, (f"{flag(field)} {given[field]} makes the model's {err.fields[0]} {err.value} invalid: "
+                      f"{err.detail}")
 
 
 def _svkr(args: Any, base: SVKRConfig) -> tuple[SVKRConfig | None, str | None]:
@@ -142,7 +149,7 @@ def _check_options(args: Any) -> str | None:
         return f"--max-pixels {args.max_pixels}: must be >= 1"
     if args.depth == "gt":
         return "--depth gt: a user's image has no ground-truth depth; use learned, midas or dpt"
-    return _sampling(args, SamplingConfig())[1] or _svkr(args, SVKRConfig())[1]
+    return _sampling(args, None)[1] or _svkr(args, SVKRConfig())[1]
 
 
 def _from_folder(args: Any) -> str | None:

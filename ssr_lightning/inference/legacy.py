@@ -27,8 +27,7 @@ import torch
 from ssr_lightning.diffusion.config import SamplingConfig, renamed
 from ssr_lightning.registry import STAGES, class_path, stage_of_module
 
-__all__ = ["DIFFUSION_MOVES", "FORMAT", "VALUE_RENAMES", "legacy_stage", "upgrade", "upgrade_hparams",
-           "upgrade_options"]
+__all__ = ["DIFFUSION_MOVES", "FORMAT", "VALUE_RENAMES", "legacy_stage", "upgrade", "upgrade_options"]
 
 FORMAT = 3  # the current checkpoint format (see the module doc)
 _TINY_VAE_SCALING = 0.18215  # AutoencoderKL's default scaling_factor: what an unmeasured tiny VAE used
@@ -219,6 +218,8 @@ def _model_config(stage: str | None, cfg: dict[str, Any]) -> tuple[dict[str, Any
     if "image_condition" in cfg:
         cfg["image_condition"] = VALUE_RENAMES["net.image_condition"].get(cfg["image_condition"],
                                                                          cfg["image_condition"])
+    # a config without concat_lr was built with SSRUNet's default (off); UNetConfig's default is the stage's (on)
+    cfg["unet_config"] = {"concat_lr": False, **dict(cfg.get("unet_config") or {})}
     return cfg, renamed(old)
 
 
@@ -263,12 +264,6 @@ def upgrade_options(stage: str | None, options: dict[str, Any] | None,
     if model_config is not None:
         options.setdefault("net", {"class_path": class_path(STAGES[stage].network)})["init_args"] = model_config
     return options
-
-
-def upgrade_hparams(stage: str | None, hp: dict[str, Any]) -> dict[str, Any]:
-    """Stage hyper-parameters of any format in the current argument structure (``ssr test --ckpt_path OLD.ckpt`` and
-    resuming parse them)."""
-    return upgrade_options(stage, hp) or hp
 
 
 def upgrade(ckpt: dict[str, Any], path: str | Path | None = None) -> dict[str, Any]:
