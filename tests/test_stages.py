@@ -172,3 +172,18 @@ def test_a_bad_sampling_option_is_one_line_from_its_one_check(capsys: pytest.Cap
     assert exc.value.code == 2 and err[-1] == (
         "ssr fit: model.init_args.sampling.strength 2.0: must be in (0, 1] (1 = from pure noise)")
     assert not any("Traceback" in line for line in err)
+
+
+def test_unet_config_is_ssrunets_arguments() -> None:
+    """The `unet_config` group mirrors SSRUNet (its latent channels and pretrained folder come from the model);
+    only concat_lr's default differs: the stage's (on), SSRUNet's own (off) stays for direct users."""
+    import dataclasses
+
+    from ssr_lightning.diffusion import UNetConfig
+    from ssr_lightning.networks import SSRUNet
+
+    params = {k: p.default for k, p in inspect.signature(SSRUNet.__init__).parameters.items()
+              if k not in ("self", "latent_channels", "pretrained_path")}
+    fields = {f.name: f.default for f in dataclasses.fields(UNetConfig)}
+    assert set(fields) == set(params)
+    assert {k for k in fields if fields[k] != params[k]} == {"concat_lr"}
