@@ -38,7 +38,7 @@ TINY_SD_UNET: dict[str, Any] = {**SD15_UNET, "block_out_channels": [16, 16, 32, 
                                 "norm_num_groups": 8, "layers_per_block": 1, "attention_head_dim": 4}
 TINY_SD_VAE: dict[str, Any] = {**SD15_VAE, "block_out_channels": [8, 8, 16, 16], "norm_num_groups": 8,
                                "layers_per_block": 1}
-# configs/ssr_paper.yaml's modalities
+# configs/ssr_paper.yaml's unet_config (sampling, the paper's 50 steps from pure noise, is an argument of each call)
 PAPER_MODALITIES: dict[str, Any] = {"use_kernel": True, "use_depth": True, "use_lr": True, "concat_lr": True,
                                     "amf_hidden": 128, "amf_mode": "residual", "amf_on_input": True,
                                     "lr_width_mult": 0.5, "map_width": 64, "map_out": 64}
@@ -64,8 +64,7 @@ def build_sd_model(size: str = "sd15", folder: Path | None = None) -> Any:
         tmp = tempfile.TemporaryDirectory(prefix="ssr_sd15_")
         folder = write_random_sd(Path(tmp.name), size)
     try:
-        model = LatentDiffusionSR(pretrained_path=str(folder), unet_config=dict(PAPER_MODALITIES),
-                                  num_inference_steps=50, sample_strength=1.0, sample_start="noise")
+        model = LatentDiffusionSR(pretrained_path=str(folder), unet_config=dict(PAPER_MODALITIES))
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -15,9 +15,10 @@ steps (memory does not depend on the step count); on CPU the peak RSS above the 
 sampled every 2 ms), on GPU ``torch.cuda.max_memory_allocated``. Expect the tiled peak to stay flat with image size
 (only the output canvas grows) and the untiled (``tile 0``) peak to grow with it.
 
-Without checkpoints the networks are built untrained from the tiny configs (``configs/ssr.yaml`` plus any
-``--fragments``, e.g. ``configs/diffusion/space_to_depth.yaml``): speed and memory depend on the architecture only; the
-JSON records which.
+Without checkpoints the networks are built untrained from the configs' ``net:`` blocks (``configs/ssr.yaml`` plus
+any ``--fragments``, e.g. ``configs/diffusion/vae.yaml``; the front end's ``configs/{dkenet,nbsr,depth}.yaml``): plain
+networks of ``networks/`` and ``diffusion/``, no LightningModule. Speed and memory depend on the architecture only;
+the JSON records which.
 
 Stable-Diffusion size (``--sd``; ``auto``: when CUDA is available): the paper-size SSR stage on random weights
 shaped by the published SD-1.5 UNet and VAE configs (``benchmarks/sd_backbone.py``), with the paper-size front end
@@ -49,9 +50,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable without installing the package
 
+from ssr_lightning.diffusion.config import SamplingConfig  # noqa: E402
 from ssr_lightning.diffusion.model import LatentDiffusionSR  # noqa: E402
 from ssr_lightning.inference import SSRPipeline, load_model  # noqa: E402
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig  # noqa: E402
+from ssr_lightning.registry import network_class  # noqa: E402
 
 SCALE = 4
 
@@ -89,40 +92,37 @@ def _device(name: str) -> torch.device:
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
 
 
-def _init_args(config: str, fragments: list[str] | None = None) -> dict[str, Any]:
+def _net(config: str, fragments: list[str] | None = None) -> torch.nn.Module:
+    """The untrained network of a config's ``model.init_args.net`` block (with the fragments' net blocks merged):
+    ``class_path`` + ``init_args``, the schema a checkpoint's ``ssr.model_config`` shares."""
     from ssr_lightning.ablate.study import deep_merge
 
-    args = dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"])
+    block = dict(yaml.safe_load((ROOT / "configs" / config).read_text())["model"]["init_args"]["net"])
     for frag in fragments or []:
-        args = deep_merge(args, yaml.safe_load(Path(frag).read_text())["model"]["init_args"])
-    return args
+        block = deep_merge(block, yaml.safe_load(Path(frag).read_text())["model"]["init_args"].get("net") or {})
+    return network_class(block["class_path"])(**(block.get("init_args") or {}))
 
 
 def build_svkr(paper: bool = False) -> SVKR:
     """SVKR over untrained DE, KE, NBSR with the architectures of the tiny (or ``*_paper.yaml``) configs."""
+    from ssr_lightning.degradation.kernels import KernelConfig
     from ssr_lightning.inference import LearnedDepth
-    from ssr_lightning.modules import DKENetModule, NBSRModule
-    from ssr_lightning.networks.depthnet import DepthNet
+    from ssr_lightning.networks.kernel_codec import code_std, load_or_fit_basis
 
     tag = "_paper" if paper else ""
-    ke = {k: v for k, v in _init_args(f"dkenet{tag}.yaml").items() if k in ("channels", "blocks_per_stage", "use_depth")}
-    nb = {k: v for k, v in _init_args(f"nbsr{tag}.yaml").items()
-          if k in ("channels", "num_blocks", "growth", "code_channels")}
-    de = {k: v for k, v in _init_args(f"depth{tag}.yaml").items() if k in ("channels", "blocks_per_level", "output")}
-    sr = NBSRModule(**nb)
-    sr._ensure_basis()  # the PCA kernel basis artifact (fitted once if missing)
-    return SVKR(LearnedDepth(DepthNet(**de)), DKENetModule(**ke).model.eval(), sr.model.eval())
+    sr = _net(f"nbsr{tag}.yaml")
+    kernels = KernelConfig(size=sr.config.kernel_size)
+    basis = load_or_fit_basis(None, kernels, sr.config.code_channels)  # the PCA kernel basis artifact
+    sr.codec.set_basis(basis, code_std(basis, kernels))
+    return SVKR(LearnedDepth(_net(f"depth{tag}.yaml")), _net(f"dkenet{tag}.yaml").eval(), sr.eval())
 
 
 def build(args: argparse.Namespace, device: torch.device) -> tuple[LatentDiffusionSR, SVKR, str]:
     """The diffusion model and SVKR: trained when checkpoints are given, else untrained tiny configs."""
-    from ssr_lightning.modules import SSRDiffusionModule
-
     if args.ckpt:
         model = load_model(args.ckpt, "ssrdiffusion")
     else:
-        kw = _init_args("ssr.yaml", args.fragments)
-        model = SSRDiffusionModule(**kw, vae_arch={"block_out_channels": [32, 64, 64]}).model
+        model = _net("ssr.yaml", args.fragments).eval()
     if args.dkenet_ckpt and args.nbsr_ckpt and args.depth_ckpt:
         svkr = SVKR.from_config(SVKRConfig(args.dkenet_ckpt, args.nbsr_ckpt, "learned", args.depth_ckpt))
         weights = "trained" if args.ckpt else "trained SVKR, untrained diffusion"
@@ -187,12 +187,19 @@ class _RSSPeak:
         self._thread.join()
 
 
+def _sampling(args: argparse.Namespace, steps: int) -> SamplingConfig:
+    """The sampling timed: the configs' (strength, start, ...) with this run's steps and tiles."""
+    ssr = dict(yaml.safe_load((ROOT / "configs" / "ssr.yaml").read_text())["model"]["init_args"]["sampling"])
+    for frag in args.fragments:
+        ssr.update(yaml.safe_load(Path(frag).read_text())["model"]["init_args"].get("sampling") or {})
+    return SamplingConfig.from_dict(ssr).replace(steps=steps, tile=args.tile, overlap=args.overlap)
+
+
 def child(args: argparse.Namespace) -> None:
     """Memory subprocess: one pipeline run at output size ``args.child``; prints one JSON line."""
     device = _device(args.device)
     model, svkr, _ = build(args, device)
-    pipe = SSRPipeline(model, svkr, tile=args.tile, overlap=args.overlap, num_inference_steps=args.mem_steps,
-                       device=device)
+    pipe = SSRPipeline(model, svkr, _sampling(args, args.mem_steps), device=device)
     lr = real_lr(args.child // SCALE).to(device)
     with torch.no_grad():
         if device.type == "cuda":
@@ -211,8 +218,7 @@ def child(args: argparse.Namespace) -> None:
 def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """The tiny (or checkpointed) pipeline: seconds per output size, and peak memory in subprocesses."""
     model, svkr, weights = build(args, device)
-    pipe = SSRPipeline(model, svkr, tile=args.tile, overlap=args.overlap, num_inference_steps=args.steps,
-                       device=device, progress=True)
+    pipe = SSRPipeline(model, svkr, _sampling(args, args.steps), device=device, progress=True)
     sizes = sorted(args.sizes)
     with torch.no_grad():
         pipe(real_lr(min(sizes) // SCALE).to(device))  # warm-up
@@ -248,7 +254,7 @@ def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "weights": weights,
         "steps": args.steps, "tile": args.tile, "overlap": args.overlap, "scale": SCALE, "repeats": args.repeats,
         "fragments": args.fragments, "autoencoder": model.config.autoencoder,
-        "sample_strength": model.config.sample_strength,
+        "sampling": vars(pipe.sampling),
         "speed": rows, "memory": memory,
         "params": {"diffusion_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
                    "diffusion_total": sum(p.numel() for p in model.parameters()),
@@ -284,7 +290,7 @@ def sd_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, An
 
         def run(steps: int) -> None:
             model.super_resolve(x, depth, kernel, generator=torch.Generator().manual_seed(0),  # noqa: B023
-                                num_inference_steps=steps)
+                                steps=steps, tile=0)
 
         with torch.no_grad():
             run(1)  # warm-up (kernels, autotuning)

@@ -318,7 +318,7 @@ def test_eval_writer_scores_predictions_and_saves_samples(tmp_path: Path, monkey
     from ssr_lightning.ablate.writer import EvalWriter
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
-    module = type("M", (), {"hparams": {"scale": 4}, "device": torch.device("cpu")})()
+    module = type("M", (), {"hparams": {"net": {"init_args": {"scale": 4}}}, "device": torch.device("cpu")})()
     hr = torch.rand(2, 3, 32, 32)
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "name": ["a/one", "two"]}
     writer = EvalWriter(str(tmp_path / "cell"), metrics=["psnr_y", "lpips"], num_samples=1)
@@ -368,9 +368,9 @@ def test_real_tiny_study_over_the_ssr_cli(tmp_path: Path) -> None:
         "name": "dkenet_depth",
         "base_configs": {"dkenet": "configs/dkenet.yaml"},
         "common_overrides": TINY,
-        "stage_overrides": {"dkenet": ["--model.init_args.channels", "8"]},
+        "stage_overrides": {"dkenet": ["--model.init_args.net.init_args.channels", "8"]},
         "factors": {"use_depth": [True, False]},
-        "overrides": {"use_depth": {False: {"dkenet": ["--model.init_args.use_depth", "false"]}}},
+        "overrides": {"use_depth": {False: {"dkenet": ["--model.init_args.net.init_args.use_depth", "false"]}}},
         "metrics": ["kernel_l1", "resynth_psnr"],
         "evaluate": {"stage": "dkenet", "commands": ["test"]},
         "report": {"title": "DKENet with / without the depth branch (tiny)"},

@@ -45,7 +45,7 @@ def test_policy_newest_version_then_best_then_last(tmp_path: Path) -> None:
 
 def _dkenet_ckpt(tmp_path: Path) -> tuple[Path, DKENetModule]:
     torch.manual_seed(0)
-    module = DKENetModule(channels=4)
+    module = DKENetModule(net=DKENet(channels=4))
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(ckpt)
     path = tmp_path / "dkenet.ckpt"

@@ -21,19 +21,21 @@ TINY = [
     # smaller than tiny.yaml: 4 `ssr` runs in one test on a shared 2-core machine
     "--data.num_train", "6", "--data.num_val", "2", "--data.num_test", "2", "--data.embedded_scene_size", "96",
     "--data.batch_size", "2", "--data.val_batch_size", "2",
-    "--model.init_args.channels", "8", "--model.init_args.fit.ckpt_every_n_steps", "2",
+    "--model.init_args.net.init_args.channels", "8", "--model.init_args.fit.ckpt_every_n_steps", "2",
 ]
 
 
 def test_explicit_model_keys() -> None:
-    args = ["fit", "--model.init_args.use_depth", "false", "--model.fit.learning_rate=0.1", "--data.scale", "2",
-            "--model.class_path", "x", "--model.init_args.modalities.use_kernel=false",
-            "--model.init_args.fit.num_log_images", "3", "--model.init_args.use_depth", "true"]
-    assert explicit_model_keys(args) == ["use_depth", "fit.learning_rate", "modalities.use_kernel", "fit.num_log_images"]
+    args = ["fit", "--model.init_args.net.init_args.use_depth", "false", "--model.fit.learning_rate=0.1",
+            "--data.scale", "2", "--model.class_path", "x",
+            "--model.init_args.net.init_args.unet_config.use_kernel=false",
+            "--model.init_args.fit.num_log_images", "3", "--model.init_args.net.init_args.use_depth", "true"]
+    assert explicit_model_keys(args) == ["net.init_args.use_depth", "fit.learning_rate",
+                                         "net.init_args.unet_config.use_kernel", "fit.num_log_images"]
     # a --config fragment after the stage config is a test-time choice too (the stage config's options are not)
     frag = ["test", "--config", "configs/ssr.yaml", "--config", "configs/diffusion/start_frontend.yaml",
-            "--model.init_args.sampling.guidance_step", "1"]
-    assert explicit_model_keys(frag) == ["sampling.start", "sampling.sample_strength", "sampling.guidance_step"]
+            "--model.init_args.sampling.guidance", "1"]
+    assert explicit_model_keys(frag) == ["sampling.start", "sampling.strength", "sampling.guidance"]
 
 
 def test_stage_configs_exist() -> None:
@@ -84,9 +86,11 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert json.loads((run / "fit_timing.json").read_text())["steps"] == 4, "every fit records its wall/CPU time"
     state = read_checkpoint(last)  # weights_only=True, as every consumer reads checkpoints
     assert state["global_step"] == 4
-    assert state["hyper_parameters"]["scale"] == 4, "data.scale is linked into the model"
+    net = state["hyper_parameters"]["net"]  # the network's own config: its class_path and every argument
+    assert net["class_path"] == "ssr_lightning.networks.DKENet" and net["init_args"] == state["ssr"]["model_config"]
+    assert net["init_args"]["scale"] == 4, "data.scale is linked into the network"
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["trainer"]["max_steps"] == 4 and saved["model"]["init_args"]["channels"] == 8
+    assert saved["trainer"]["max_steps"] == 4 and saved["model"]["init_args"]["net"]["init_args"]["channels"] == 8
     assert saved["model"]["init_args"]["fit"]["ckpt_every_n_steps"] == 2
 
     # a killed run continues from last.ckpt, in the same version folder
@@ -102,25 +106,25 @@ def test_tiny_fit_then_resume_then_test(tmp_path: Path) -> None:
     assert 0.0 <= report["summary"]["kernel_l1"] <= 2.0
     assert report["summary"]["resynth_psnr"] > 10.0
 
-    # the architecture comes from the checkpoint (no --model.init_args.channels here), but options typed on the
-    # command line beat the checkpoint's hyperparameters
-    tiny_data = [a for a in TINY if a not in ("--model.init_args.channels", "8")]
+    # the architecture comes from the checkpoint (no --model.init_args.net.init_args.channels here), but options typed
+    # on the command line beat the checkpoint's hyperparameters
+    tiny_data = [a for a in TINY if a not in ("--model.init_args.net.init_args.channels", "8")]
     _ssr("test", "--config", cfg, "--root", "runs", *tiny_data, "--ckpt_path", str(last),
          "--model.init_args.fit.num_log_images", "3", "--name", "override", cwd=tmp_path)
     used = yaml.safe_load(next((tmp_path / "runs/override_test").glob("version_*/config.yaml")).read_text())
     assert used["model"]["init_args"]["fit"]["num_log_images"] == 3
     assert used["model"]["init_args"]["fit"]["learning_rate"] == pytest.approx(3e-3), "the rest of the group kept"
-    assert used["model"]["init_args"]["channels"] == 8
+    assert used["model"]["init_args"]["net"]["init_args"]["channels"] == 8
 
 
 def test_resume_check_ignores_options_an_old_config_predates_unless_given() -> None:
     from ssr_lightning.cli.main import _differences, _leaf_paths
 
-    old = {"model": {"init_args": {"sampling": {"sample_strength": 0.5}}}}
-    new = {"model": {"init_args": {"sampling": {"sample_strength": 0.5, "start": "lr", "color_fix": "none"}}}}
+    old = {"model": {"init_args": {"sampling": {"strength": 0.5}}}}
+    new = {"model": {"init_args": {"sampling": {"strength": 0.5, "start": "bicubic", "color_fix": "none"}}}}
     everything = _leaf_paths(new)
     assert _differences(old, new, new_ok=everything) == []
     given = everything - {"model.init_args.sampling.start"}  # set on the command line: a real difference
-    assert _differences(old, new, new_ok=given) == ["model.init_args.sampling.start: None -> 'lr'"]
-    changed = {"model": {"init_args": {"sampling": {"sample_strength": 1.0, "start": "lr"}}}}
-    assert _differences(old, changed, new_ok=everything) == ["model.init_args.sampling.sample_strength: 0.5 -> 1.0"]
+    assert _differences(old, new, new_ok=given) == ["model.init_args.sampling.start: None -> 'bicubic'"]
+    changed = {"model": {"init_args": {"sampling": {"strength": 1.0, "start": "bicubic"}}}}
+    assert _differences(old, changed, new_ok=everything) == ["model.init_args.sampling.strength: 0.5 -> 1.0"]

@@ -171,7 +171,7 @@ def test_local_submitit_real_ssr_two_cells_share_one_dkenet(tmp_path: Path) -> N
     """The same graph over the real `ssr` CLI: one DKENet training, two evaluations that reuse it (~2 min)."""
     raw = {
         "name": "pair_real", "base_configs": {"dkenet": "configs/dkenet.yaml"}, "common_overrides": TINY,
-        "stage_overrides": {"dkenet": ["--model.init_args.channels", "8"]},
+        "stage_overrides": {"dkenet": ["--model.init_args.net.init_args.channels", "8"]},
         "rows": [{"label": "test 64", "evaluate": {"overrides": ["--data.test_size", "64"]}},
                  {"label": "test 96", "evaluate": {"overrides": ["--data.test_size", "96"]}}],
         "metrics": ["kernel_l1"], "evaluate": {"stage": "dkenet", "commands": ["test"]},

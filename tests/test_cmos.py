@@ -127,7 +127,7 @@ def test_cmos_config_round_trip() -> None:
 
 # ------------------------------------------------------------------------------------------------- module
 def test_losses_mask_segmentation_and_skip_when_absent(batch: dict) -> None:
-    module = CMOSModule(**TINY_NET, num_classes=4)
+    module = CMOSModule(CMOS(**TINY_NET, num_classes=4))
     plain = {k: v for k, v in batch.items() if k not in ("segmentation_lr", "has_segmentation")}
     terms = module.losses(plain)
     assert "ce" not in terms and {"sigma_l1", "sigma_aux", "sr_l1", "loss"} <= set(terms)
@@ -156,7 +156,7 @@ def test_mean_iou() -> None:
 
 
 def test_estimator_sigma_l1_decreases(batch: dict) -> None:
-    module = CMOSModule(**TINY_NET)
+    module = CMOSModule(CMOS(**TINY_NET))
     opt = torch.optim.Adam(module.model.estimator.parameters(), lr=3e-3)
     first = None
     for _ in range(30):
@@ -181,8 +181,9 @@ def test_tiny_fit_checkpoint_loads_as_cmos(tmp_path: Path, batch: dict) -> None:
         "--data.num_train", "4", "--data.num_val", "2", "--data.embedded_scene_size", "64",
         "--data.patch_size", "32", "--data.val_size", "32", "--data.batch_size", "2", "--data.val_batch_size", "2",
         "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
-        "--model.init_args.estimator_widths", "[8, 8, 16]", "--model.init_args.sr_channels", "8",
-        "--model.init_args.sr_blocks", "1", "--model.init_args.sr_growth", "4",
+        "--model.init_args.net.init_args.estimator_widths", "[8, 8, 16]",
+        "--model.init_args.net.init_args.sr_channels", "8",
+        "--model.init_args.net.init_args.sr_blocks", "1", "--model.init_args.net.init_args.sr_growth", "4",
         "--model.init_args.fit.ckpt_every_n_steps", "2",
     ])
     ckpt_path = tmp_path / "cmos/version_0/checkpoints/last.ckpt"

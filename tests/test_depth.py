@@ -183,7 +183,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 def test_learned_depth_from_new_checkpoint(tmp_path: Path) -> None:
     """A checkpoint as `ssr fit --config configs/depth.yaml` writes it: DepthModule state dict + `ssr` block."""
-    module = DepthModule(channels=8, output="softplus", global_context=False)
+    module = DepthModule(DepthNet(channels=8, output="softplus", global_context=False))
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(ckpt)
     assert ckpt["ssr"]["stage"] == "depth" and ckpt["ssr"]["model_class"] == "DepthNet"
@@ -204,8 +204,9 @@ def test_learned_depth_from_new_checkpoint(tmp_path: Path) -> None:
     _same_weights(module.model, loaded.net)
     # a checkpoint of another stage is refused, naming the file
     from ssr_lightning.modules.dkenet_module import DKENetModule
+    from ssr_lightning.networks import DKENet
 
-    other = DKENetModule(channels=8)
+    other = DKENetModule(DKENet(channels=8))
     ckpt = {"state_dict": other.state_dict(), "hyper_parameters": dict(other.hparams)}
     other.on_save_checkpoint(ckpt)
     torch.save(ckpt, tmp_path / "dkenet.ckpt")

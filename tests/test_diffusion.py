@@ -12,13 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ssr_lightning.diffusion.config import (
-    BackboneConfig,
-    LossConfig,
-    ModalityConfig,
-    SamplingConfig,
-)
+from ssr_lightning.diffusion.config import LossConfig, UNetConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
+from ssr_lightning.diffusion.config import SamplingConfig
 from ssr_lightning.inference.checkpoints import load_model
 from ssr_lightning.inference.pipeline import (
     SSRPipeline,
@@ -40,23 +36,37 @@ TINY_UNET: dict[str, Any] = dict(
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-_GROUPS: dict[str, type] = {"backbone": BackboneConfig, "modalities": ModalityConfig, "sampling": SamplingConfig,
-                             "loss": LossConfig}
+_NET_ARGS = ("autoencoder", "autoencoder_config", "pretrained_path", "scale", "num_train_timesteps", "prediction_type",
+             "residual", "residual_scale", "image_condition")
+_GROUPS: dict[str, type] = {"unet_config": UNetConfig, "sampling": SamplingConfig, "loss": LossConfig}
+
+
+def tiny_net(**kw: Any) -> LatentDiffusionSR:
+    """A seconds-fast network: untrained ×2 VAE (8/16 ch), 2-level UNet; keyword overrides are LatentDiffusionSR
+    arguments or UNetConfig fields."""
+    unet = {**TINY_UNET, "amf_hidden": 8, "map_width": 8, "map_out": 8}
+    net: dict[str, Any] = {"autoencoder_config": {"block_out_channels": [8, 16]}}
+    for key, value in kw.items():
+        (unet if key in UNetConfig.__dataclass_fields__ else net)[key] = value
+    return LatentDiffusionSR(unet_config=unet, **net)
 
 
 def tiny_module(**kw: Any) -> SSRDiffusionModule:
-    """A seconds-fast module: untrained ×2 VAE (8/16 ch), 2-level UNet, 2 DDIM steps.
+    """A seconds-fast module around :func:`tiny_net`, sampling 2 DDIM steps.
 
-    Keyword overrides are field names of the argument groups (``use_depth=False`` lands in ``modalities``)."""
-    groups: dict[str, dict[str, Any]] = {
-        "backbone": {**TINY_UNET, "vae_ckpt": None}, "modalities": {"amf_hidden": 8, "map_width": 8},
-        "sampling": {"num_inference_steps": 2}, "loss": {"ema_decay": 0.9},
-    }
+    Keyword overrides are LatentDiffusionSR arguments or field names of the argument groups (``use_depth=False``
+    lands in the net's ``unet_config``, ``strength=0.5`` in ``sampling``)."""
+    groups: dict[str, dict[str, Any]] = {"unet_config": {}, "sampling": {"steps": 2}, "loss": {"ema_decay": 0.9}}
+    net: dict[str, Any] = {}
     for key, value in kw.items():
+        if key in _NET_ARGS:
+            net[key] = value
+            continue
         group = [g for g, cls in _GROUPS.items() if key in cls.__dataclass_fields__]
         assert len(group) == 1, f"tiny_module: {key!r} is not a field of exactly one group"
         groups[group[0]][key] = value
-    return SSRDiffusionModule(**groups, vae_arch={"block_out_channels": [8, 16]}).eval()
+    return SSRDiffusionModule(tiny_net(**groups.pop("unet_config"), **net),
+                              sampling=SamplingConfig(**groups["sampling"]), loss=LossConfig(**groups["loss"])).eval()
 
 
 def _randomise_amf(net: torch.nn.Module) -> None:
@@ -161,9 +171,9 @@ def test_switched_off_modality_has_no_parameters_and_no_effect(off: str) -> None
 def test_sampler_is_deterministic_for_a_seed() -> None:
     m = tiny_module(use_depth=False, use_kernel=False)
     lr = torch.rand(1, 3, 6, 5)
-    a = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3))
-    b = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3))
-    c = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(4))
+    a = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3), steps=2)
+    b = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(3), steps=2)
+    c = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(4), steps=2)
     assert a.shape == (1, 3, 24, 20)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert (a - c).abs().max() > 1e-4
@@ -201,15 +211,15 @@ def test_tiled_pipeline_equals_untiled_when_one_tile_covers_the_image() -> None:
     m = tiny_module().model
     _randomise_amf(m.unet)
     lr = torch.rand(1, 3, 10, 9)
-    one = SSRPipeline(m, _FakeSVKR(), tile=16, overlap=4, seed=5)(lr)
-    untiled = SSRPipeline(m, _FakeSVKR(), tile=0, seed=5)(lr)
+    one = SSRPipeline(m, _FakeSVKR(), SamplingConfig(steps=2, tile=16, overlap=4, seed=5))(lr)
+    untiled = SSRPipeline(m, _FakeSVKR(), SamplingConfig(steps=2, tile=0, seed=5))(lr)
     torch.testing.assert_close(one.sr, untiled.sr, rtol=0, atol=1e-6)
     noise = torch.randn((1, 4, 20, 18), generator=torch.Generator().manual_seed(5))
     depth, kernel, _ = _FakeSVKR()(lr).final
-    direct = m.super_resolve(lr, depth, kernel, noise=noise)
+    direct = m.super_resolve(lr, depth, kernel, noise=noise, steps=2, tile=0)
     torch.testing.assert_close(one.sr, direct, rtol=0, atol=1e-6)
     # several tiles: same size and close to untiled (not equal: GroupNorm statistics and receptive fields differ)
-    tiled = SSRPipeline(m, _FakeSVKR(), tile=6, overlap=2, seed=5)(lr)
+    tiled = SSRPipeline(m, _FakeSVKR(), SamplingConfig(steps=2, tile=6, overlap=2, seed=5))(lr)
     assert tiled.sr.shape == (1, 3, 40, 36) and tiled.depth.shape == (1, 1, 10, 9)
     assert tiled.kernel_var is not None and float(tiled.kernel_var.abs().max()) < 1e-6  # delta kernels: variance 0
     assert (tiled.sr - untiled.sr).abs().mean() < 0.1
@@ -245,9 +255,13 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     path = _save_ckpt(m, tmp_path / "ssr.ckpt")
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    assert saved["ssr"]["format"] == 2 and saved["ssr"]["stage"] == "ssrdiffusion"
+    assert saved["ssr"]["format"] == 3 and saved["ssr"]["stage"] == "ssrdiffusion"
     assert saved["ssr"]["model_class"] == "LatentDiffusionSR"
-    assert saved["hyper_parameters"]["vae_arch"] == {"block_out_channels": [8, 16]}
+    net = saved["hyper_parameters"]["net"]  # the network's own complete config: the checkpoint alone rebuilds it
+    assert net["class_path"] == "ssr_lightning.diffusion.LatentDiffusionSR"
+    assert net["init_args"] == saved["ssr"]["model_config"]
+    assert net["init_args"]["autoencoder_config"]["block_out_channels"] == [8, 16]
+    assert saved["ssr"]["sampling"] == {**vars(SamplingConfig()), "steps": 2}
     assert set(saved["ema"]["shadow"]) == set(m._ema_names)
 
     # inference: the ready network, with the EMA weights
@@ -261,22 +275,22 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     lr, depth = torch.rand(1, 3, 6, 6), torch.rand(1, 1, 6, 6)
     kernel = torch.softmax(torch.randn(1, 441, 6, 6), 1)
     args = (lr, depth, kernel)
-    raw = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+    raw = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2)
     m._use_ema()
     try:
-        with_ema = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+        with_ema = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2)
     finally:
         m._restore()
-    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0)), with_ema,
+    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2), with_ema,
                                rtol=0, atol=0)
     assert (with_ema - raw).abs().max() > 0, "the EMA weights really change the sample"
     torch.testing.assert_close(params[raw_name], dict(m._trainable())[raw_name], rtol=0, atol=0)
-    torch.testing.assert_close(m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0)), raw,
+    torch.testing.assert_close(m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2), raw,
                                rtol=0, atol=0, msg="_restore() puts the raw weights back")
 
     # resuming training: the module comes back with its raw weights and its EMA state
     resumed = SSRDiffusionModule.load_from_checkpoint(path, map_location="cpu").eval()
-    assert resumed.hparams.vae_arch == {"block_out_channels": [8, 16]}
+    assert resumed.model.config.autoencoder_config["block_out_channels"] == [8, 16]
     sd_a, sd_r = m.state_dict(), resumed.state_dict()
     assert sd_a.keys() == sd_r.keys()
     for k in sd_a:
@@ -331,9 +345,10 @@ def test_pretrained_backbone_plugs_in_frozen(tmp_path: Path) -> None:
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2, norm_num_groups=8,
                   up_block_types=("UpDecoderBlock2D",) * 2).save_pretrained(tmp_path / "sd" / "vae")
     with pytest.raises(FileNotFoundError, match="nope"):
-        SSRDiffusionModule(backbone={"vae_ckpt": None, "pretrained_path": str(tmp_path / "nope")})
-    m = SSRDiffusionModule(backbone={"vae_ckpt": None, "pretrained_path": str(tmp_path / "sd")},
-                           modalities={"amf_hidden": 8, "map_width": 8}, sampling={"num_inference_steps": 2})
+        LatentDiffusionSR(pretrained_path=str(tmp_path / "nope"))
+    m = SSRDiffusionModule(LatentDiffusionSR(pretrained_path=str(tmp_path / "sd"),
+                                             unet_config={"amf_hidden": 8, "map_width": 8, "map_out": 8}),
+                           sampling=SamplingConfig(steps=2))
     hr = torch.rand(2, 3, 16, 16)
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "depth_lr": torch.rand(2, 1, 4, 4),
              "kernel": torch.softmax(torch.randn(2, 441, 4, 4), 1)}
@@ -350,9 +365,9 @@ def test_pretrained_backbone_plugs_in_frozen(tmp_path: Path) -> None:
         "model.unet.backbone.conv_in.weight", "model.unet.backbone.conv_in.bias"}
     m.eval()
     args = (batch["lr"][:1], batch["depth_lr"][:1], batch["kernel"][:1])
-    sr = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0))
+    sr = m.model.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2)
     assert sr.shape == (1, 3, 16, 16)
     # the slimmed checkpoint still rebuilds the same sampler: the frozen weights come back from pretrained_path
     back = load_model(_save_ckpt(m, tmp_path / "ssr.ckpt"), "ssrdiffusion")
-    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0)), sr,
+    torch.testing.assert_close(back.super_resolve(*args, generator=torch.Generator().manual_seed(0), steps=2), sr,
                                rtol=0, atol=0)

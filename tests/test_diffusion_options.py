@@ -1,6 +1,6 @@
 """Process options of the diffusion stage (issue 12): autoencoder, image condition, start, guidance, colour fix.
 
-Each option: shapes, determinism for a seed, and one property that could fail (exact round trip, the reference
+Each option: shapes, determinism for a seed, and one property that could fail (exact round trip, I_T
 really conditions the sample, the start image is where sampling starts, guidance lowers the LR-consistency error,
 the colour fix restores the channel means). Tiling and the stage grid are in tests/test_tiling.py.
 """
@@ -48,8 +48,7 @@ def _smooth_image(b: int, size: int, seed: int = 0) -> torch.Tensor:
 
 def s2d_model(**kw: Any) -> LatentDiffusionSR:
     unet = {**TINY_UNET, "amf_hidden": 8, "map_width": 8, "map_out": 8, "concat_lr": True, **kw.pop("unet", {})}
-    m = LatentDiffusionSR(autoencoder="space_to_depth", autoencoder_config={"factor": 4}, unet_config=unet,
-                          num_inference_steps=4, **kw).eval()
+    m = LatentDiffusionSR(autoencoder="space_to_depth", autoencoder_config={"factor": 4}, unet_config=unet, **kw).eval()
     _randomise_amf(m.unet)
     return m
 
@@ -74,55 +73,56 @@ def test_space_to_depth_is_an_exact_normalised_round_trip() -> None:
 def test_space_to_depth_stage_needs_no_vae_and_samples_deterministically(tmp_path: Path) -> None:
     from ssr_lightning.modules.diffusion_module import SSRDiffusionModule
 
-    # vae_ckpt points at nothing and vae_arch is not given: a VAE stage would fail to build
-    m = SSRDiffusionModule(backbone={**TINY_UNET, "autoencoder": "space_to_depth",
-                                     "vae_ckpt": str(tmp_path / "no_vae.ckpt")},
-                           modalities={"amf_hidden": 8, "map_width": 8, "use_depth": False, "use_kernel": False},
-                           sampling={"num_inference_steps": 2}).eval()
-    assert m.hparams.vae_arch is None and m.model.latents.channels == 48
+    # vae_ckpt points at nothing: a VAE stage would fail to fit
+    net = LatentDiffusionSR(autoencoder="space_to_depth", unet_config={
+        **TINY_UNET, "amf_hidden": 8, "map_width": 8, "use_depth": False, "use_kernel": False})
+    m = SSRDiffusionModule(net, vae_ckpt=str(tmp_path / "no_vae.ckpt"), sampling=SamplingConfig(steps=2)).eval()
+    m.setup("fit")  # no VAE to read
+    assert m.model.latents.channels == 48
     assert m.model.config.autoencoder_config["mean"] == list(m.model.latents.config.mean)  # constants travel
     lr = torch.rand(1, 3, 8, 8)
-    a = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(1))
-    b = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(1))
+    a = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(1), sampling=m.sampling)
+    b = m.model.super_resolve(lr, generator=torch.Generator().manual_seed(1), sampling=m.sampling)
     assert a.shape == (1, 3, 32, 32)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     hr = torch.rand(2, 3, 32, 32)
     terms = m.diffusion_loss({"hr": hr, "lr": hr[..., ::4, ::4]}, torch.Generator().manual_seed(0))
     assert torch.isfinite(terms["loss"]) and terms["mse"] > 0
     with pytest.raises(ValueError, match="pretrained_path"):
-        SSRDiffusionModule(backbone={"autoencoder": "space_to_depth", "pretrained_path": str(tmp_path)})
+        LatentDiffusionSR(autoencoder="space_to_depth", pretrained_path=str(tmp_path))
 
 
-def test_old_model_configs_keep_the_old_behaviour() -> None:
+def test_model_configs_without_the_newer_options_keep_the_old_behaviour() -> None:
     old = {"autoencoder_config": {"block_out_channels": [8, 16]},
-           "unet_config": {**TINY_UNET, "amf_hidden": 8, "map_width": 8, "map_out": 8}, "sample_strength": 0.5}
+           "unet_config": {**TINY_UNET, "amf_hidden": 8, "map_width": 8, "map_out": 8}}
     m = LatentDiffusionSR.from_config(old)
     cfg = m.config
-    assert (cfg.autoencoder, cfg.image_condition, cfg.sample_start, cfg.guidance_step, cfg.color_fix) == (
-        "vae", "bicubic", "lr", 0.0, "none")
-    assert m.needs() == {"depth": True, "kernel": True, "reference": False, "guidance_kernel": False}
+    assert (cfg.autoencoder, cfg.image_condition, cfg.prediction_type, cfg.residual) == (
+        "vae", "bicubic", "epsilon", False)
+    assert m.needs(SamplingConfig()) == {"depth": True, "kernel": True, "frontend": False, "guidance_kernel": False}
+    assert m.needs(SamplingConfig(start="frontend", strength=0.5, guidance=1.0))["frontend"]
 
 
 # --- b. image condition --------------------------------------------------------------------------------------------
-def test_svkr_image_condition_reads_the_reference() -> None:
-    m = s2d_model(image_condition="svkr", unet={"use_kernel": False, "use_depth": False})
+def test_frontend_image_condition_reads_i_t() -> None:
+    m = s2d_model(image_condition="frontend", unet={"use_kernel": False, "use_depth": False})
     lr = torch.rand(1, 3, 8, 8)
     ref_a, ref_b = _smooth_image(1, 32, 1), _smooth_image(1, 32, 2)
-    with pytest.raises(ValueError, match="reference"):
-        m.super_resolve(lr, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="frontend="):
+        m.super_resolve(lr, generator=torch.Generator().manual_seed(0), steps=4)
     with pytest.raises(ValueError, match=r"\(1, 3, 32, 32\)"):
-        m.super_resolve(lr, reference=ref_a[..., :16, :16], generator=torch.Generator().manual_seed(0))
-    a = m.super_resolve(lr, reference=ref_a, generator=torch.Generator().manual_seed(0))
-    a2 = m.super_resolve(lr, reference=ref_a, generator=torch.Generator().manual_seed(0))
-    b = m.super_resolve(lr, reference=ref_b, generator=torch.Generator().manual_seed(0))
+        m.super_resolve(lr, frontend=ref_a[..., :16, :16], generator=torch.Generator().manual_seed(0), steps=4)
+    a = m.super_resolve(lr, frontend=ref_a, generator=torch.Generator().manual_seed(0), steps=4)
+    a2 = m.super_resolve(lr, frontend=ref_a, generator=torch.Generator().manual_seed(0), steps=4)
+    b = m.super_resolve(lr, frontend=ref_b, generator=torch.Generator().manual_seed(0), steps=4)
     assert a.shape == (1, 3, 32, 32)
     torch.testing.assert_close(a, a2, rtol=0, atol=0)
-    assert (a - b).abs().mean() > 1e-3, "the reference image conditions the sample"
+    assert (a - b).abs().mean() > 1e-3, "I_T conditions the sample"
     torch.testing.assert_close(m.condition_image(lr, ref_a), ref_a)  # what the LR encoder / concat_lr read
 
 
-def test_svkr_image_condition_in_training_uses_nbsr_with_the_gt_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    m = tiny_module(use_kernel=False, use_depth=False, image_condition="svkr")
+def test_frontend_image_condition_in_training_uses_nbsr_with_the_gt_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = tiny_module(use_kernel=False, use_depth=False, image_condition="frontend")
     hr = torch.rand(2, 3, 16, 16)
     batch = {"hr": hr, "lr": hr[..., ::4, ::4], "kernel": _gaussian_field(2, 4, 4)}
     seen: list[torch.Tensor] = []
@@ -131,9 +131,9 @@ def test_svkr_image_condition_in_training_uses_nbsr_with_the_gt_kernel(monkeypat
         seen.append(kernel)
         return F.interpolate(lr, scale_factor=4, mode="nearest")
 
-    monkeypatch.setattr(m, "oracle_reference", fake_nbsr)
+    monkeypatch.setattr(m, "oracle_frontend", fake_nbsr)
     cond = m.conditions(batch, training=True)
-    assert cond.reference is not None and cond.reference.shape == (2, 3, 16, 16) and cond.depth is None
+    assert cond.frontend is not None and cond.frontend.shape == (2, 3, 16, 16) and cond.depth is None
     assert seen and seen[0] is batch["kernel"], "GT conditions: I_T stands in as NBSR(LR, GT kernel)"
     assert torch.isfinite(m.diffusion_loss(batch)["loss"])
     with pytest.raises(ValueError, match="GT kernel"):
@@ -146,30 +146,38 @@ def test_start_image_is_where_sampling_starts() -> None:
     lr = _smooth_image(1, 8, 3)
     front = _smooth_image(1, 32, 4)
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
-    kw: dict[str, Any] = {"num_inference_steps": 20, "strength": 0.05, "generator": torch.Generator().manual_seed(0)}
-    from_front = m.super_resolve(lr, start="frontend", reference=front, **kw)
+    kw: dict[str, Any] = {"steps": 20, "strength": 0.05, "generator": torch.Generator().manual_seed(0)}
+    from_front = m.super_resolve(lr, start="frontend", frontend=front, **kw)
     kw["generator"] = torch.Generator().manual_seed(0)
-    from_lr = m.super_resolve(lr, start="lr", **kw)
+    from_lr = m.super_resolve(lr, start="bicubic", **kw)
     # one step at t≈50 from the noised start image: the sample stays near it (space-to-depth decodes exactly)
     assert (from_front - front).abs().mean() < 0.5 * (from_front - bicubic).abs().mean()
     assert (from_lr - bicubic).abs().mean() < 0.5 * (from_lr - front).abs().mean()
-    with pytest.raises(ValueError, match="start 'noise'.*must be 1"):
+    with pytest.raises(ValueError, match="start noise: runs every step from pure noise, so strength must be 1"):
         m.super_resolve(lr, start="noise", strength=0.5)
     with pytest.raises(ValueError, match="I_T"):
         m.super_resolve(lr, start="frontend", strength=0.5)
     # at strength 1 every start is pure noise: identical samples
-    a = m.super_resolve(lr, start="noise", strength=1.0, generator=torch.Generator().manual_seed(5))
-    b = m.super_resolve(lr, start="frontend", reference=front, strength=1.0, generator=torch.Generator().manual_seed(5))
+    a = m.super_resolve(lr, start="noise", strength=1.0, generator=torch.Generator().manual_seed(5), steps=4)
+    b = m.super_resolve(lr, start="frontend", frontend=front, strength=1.0, generator=torch.Generator().manual_seed(5),
+                        steps=4)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_sampling_options_are_validated_with_their_names() -> None:
-    with pytest.raises(ValueError, match="model.init_args.sampling: start 'noise'"):
-        SamplingConfig(start="noise", sample_strength=0.5)
-    with pytest.raises(ValueError, match="guidance_step"):
-        SamplingConfig(guidance_step=-1.0)
-    with pytest.raises(ValueError, match="color_fix"):
+    with pytest.raises(ValueError, match="sampling start noise: runs every step from pure noise"):
+        SamplingConfig(start="noise", strength=0.5)
+    with pytest.raises(ValueError, match=r"sampling guidance -1.0: must be >= 0"):
+        SamplingConfig(guidance=-1.0)
+    with pytest.raises(ValueError, match="sampling color_fix sepia: must be one of none, wavelet, adain"):
         SamplingConfig(color_fix="sepia")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sampling overlap 8: must be smaller than tile 8"):
+        SamplingConfig(tile=8)
+    # a replacement is checked as a whole, by the same code
+    with pytest.raises(ValueError, match="sampling strength 0.0"):
+        SamplingConfig().replace(strength=0.0)
+    with pytest.raises(TypeError, match="not a sampling option: sample_strength"):
+        SamplingConfig().replace(sample_strength=0.5)
 
 
 # --- d. kernel-aware guidance --------------------------------------------------------------------------------------
@@ -213,7 +221,7 @@ def test_guided_sampling_is_more_lr_consistent_and_deterministic() -> None:
     m = s2d_model(unet={"use_kernel": False, "use_depth": False})
     _, lr, kernel = _toy_problem()
     # from the noised LR (an untrained UNet's samples from pure noise saturate at the clamp)
-    kw: dict[str, Any] = {"num_inference_steps": 4, "guidance_kernel": kernel, "strength": 0.5}
+    kw: dict[str, Any] = {"steps": 4, "guidance_kernel": kernel, "strength": 0.5}
     plain = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
     guided = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), guidance=1.0, **kw)
     again = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), guidance=1.0, **kw)
@@ -227,7 +235,7 @@ def test_guidance_works_inside_inference_mode() -> None:
     """Lightning's test/predict loops run under torch.inference_mode; guidance still differentiates."""
     m = s2d_model(unet={"use_kernel": False, "use_depth": False})
     hr, lr, kernel = _toy_problem()
-    kw: dict[str, Any] = {"num_inference_steps": 2, "guidance_kernel": kernel, "strength": 0.5}
+    kw: dict[str, Any] = {"steps": 2, "guidance_kernel": kernel, "strength": 0.5}
     from ssr_lightning.degradation import blur
 
     blur._phase_index.cache_clear()
@@ -283,17 +291,19 @@ def test_prediction_types_train_and_sample_consistently(kind: str) -> None:
 
     assert proc.loss(oracle, z0, generator=torch.Generator().manual_seed(1))["mse"] < 1e-8
     x0s: list[torch.Tensor] = []
-    out = proc.sample(oracle, torch.randn(z0.shape, generator=torch.Generator().manual_seed(2)), num_steps=5,
-                      hooks=[lambda state: x0s.append(state.x0)])
+    noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(2))
+    out = proc.sample(oracle, noise, SamplingConfig(steps=5), hooks=[lambda state: x0s.append(state.x0)])
     torch.testing.assert_close(x0s[-1], z0, atol=1e-4, rtol=0)  # the scheduler reads the output as its kind
     assert (out - z0).abs().mean() < 0.05  # (DDIM ends at ᾱ_0 = 0.99915, not exactly at z0)
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--guidance", "-1"], "--guidance -1.0: must be >= 0"),
-    (["--start", "noise", "--strength", "0.5"], "--start noise runs every step from pure noise"),
-    (["--iterations", "-1"], "--iterations -1: must be >= 0"),
+    (["--start", "noise", "--strength", "0.5"], "--start noise: runs every step from pure noise"),
+    (["--iterations", "-1"], "--iterations -1: SVKR: need iterations >= 0"),
     (["--color-fix", "sepia"], "color-fix"),
+    (["--tile", "8", "--overlap", "8"], "--overlap 8: must be smaller than tile 8"),
+    (["--depth", "gt"], "--depth gt: a user's image has no ground-truth depth"),
 ])
 def test_sr_process_flags_are_checked_before_any_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                              args: list[str], message: str) -> None:
@@ -318,13 +328,13 @@ def test_residual_process_falls_back_to_the_condition_image_and_trains_on_the_re
     bicubic = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
     hr = _smooth_image(2, 32, 5)
     zero = lambda z_t, t, feats, z_c: torch.zeros_like(z_t)  # noqa: E731  (a model that predicts x0 = 0)
-    for condition, image in (("bicubic", bicubic), ("svkr", front)):
+    for condition, image in (("bicubic", bicubic), ("frontend", front)):
         res = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample", residual=True,
                         residual_scale=2.0, image_condition=condition)
         plain = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample",
                           image_condition=condition)
         res.unet.denoise = plain.unet.denoise = zero
-        kw: dict[str, Any] = {"num_inference_steps": 4, "strength": 1.0, "reference": front}
+        kw: dict[str, Any] = {"steps": 4, "strength": 1.0, "frontend": front}
         out = res.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
         flat = plain.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
         # x0 = 0 is "no residual": the condition image (up to DDIM's last-step noise, √(1 − ᾱ_0)/2 ≈ 0.015 rms)
@@ -332,7 +342,7 @@ def test_residual_process_falls_back_to_the_condition_image_and_trains_on_the_re
         assert (flat - image).abs().mean() > 5 * (out - image).abs().mean(), "without residual: the mean image"
         # the training target is the scaled residual: with x0 = 0 the loss is its mean square
         z0, z_c = res.latents.encode(hr), res.latents.encode(image)
-        mse = res.loss(hr, lr, None, None, generator=torch.Generator().manual_seed(1), reference=front)["mse"]
+        mse = res.loss(hr, lr, None, None, generator=torch.Generator().manual_seed(1), frontend=front)["mse"]
         torch.testing.assert_close(mse, ((z0 - z_c) * 2.0).pow(2).mean())
     with pytest.raises(ValueError, match="residual_scale"):
         s2d_model(residual=True, residual_scale=0.0)
@@ -342,7 +352,7 @@ def test_guidance_on_a_residual_process_lowers_the_lr_error() -> None:
     m = s2d_model(unet={"use_kernel": False, "use_depth": False}, prediction_type="sample", residual=True,
                   residual_scale=2.0)
     _, lr, kernel = _toy_problem()
-    kw: dict[str, Any] = {"num_inference_steps": 4, "guidance_kernel": kernel, "strength": 0.5}
+    kw: dict[str, Any] = {"steps": 4, "guidance_kernel": kernel, "strength": 0.5}
     plain = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), **kw)
     guided = m.super_resolve(lr, generator=torch.Generator().manual_seed(0), guidance=1.0, **kw)
     assert float(lr_consistency(guided, lr, kernel, 4)) < 0.5 * float(lr_consistency(plain, lr, kernel, 4))

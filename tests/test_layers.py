@@ -20,11 +20,12 @@ import architecture_map as amap  # noqa: E402
 
 GRAPH = amap.module_graph()
 LIGHTNING_FREE = ("networks", "diffusion", "inference", "degradation", "metrics")
-LEAVES = {"files", "visualize"}  # leaf modules: every layer may import them, they import no project module
+LEAVES = {"files", "visualize", "registry"}  # leaf modules: every layer may import them, they import no project module
 # Each layer may import only the layers listed for it (besides itself and the leaves).
 ALLOWED = {
     "files": set(),
     "visualize": set(),
+    "registry": set(),
     "degradation": set(),
     "metrics": set(),
     "networks": {"degradation"},

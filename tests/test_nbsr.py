@@ -190,9 +190,9 @@ def test_psnr_ssim_y_against_references() -> None:
 def test_missing_dkenet_ckpt_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ckpt"
     with pytest.raises(FileNotFoundError, match=r"DKENet.*nope\.ckpt.*Train that stage first.*configs/dkenet\.yaml"):
-        NBSRModule(kernel_source="dkenet", dkenet_ckpt=str(missing))
+        NBSRModule(KernelConditionedSR(), kernel_source="dkenet", dkenet_ckpt=str(missing))
     with pytest.raises(FileNotFoundError, match="train DKENet first"):
-        NBSRModule(kernel_source="dkenet")
+        NBSRModule(KernelConditionedSR(), kernel_source="dkenet")
 
 
 def _batch(b: int = 2, h: int = 16, s: int = 4) -> dict[str, torch.Tensor]:
@@ -203,7 +203,7 @@ def _batch(b: int = 2, h: int = 16, s: int = 4) -> dict[str, torch.Tensor]:
 
 def test_module_training_step_and_checkpoint_carries_basis(tmp_path: Path) -> None:
     path = tmp_path / "basis_c12.pt"
-    module = NBSRModule(basis_path=str(path), basis_samples=1000)
+    module = NBSRModule(KernelConditionedSR(), basis_path=str(path), basis_samples=1000)
     batch = _batch()
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     loss = module.training_step(batch, 0)
@@ -217,7 +217,7 @@ def test_module_training_step_and_checkpoint_carries_basis(tmp_path: Path) -> No
     assert 0.1 < float(module.encode(batch["kernel"]).std()) < 10
     # A fresh module given only the state dict (no artifact) reproduces the output: the basis travels with it.
     path.unlink()
-    fresh = NBSRModule(basis_path=str(path))
+    fresh = NBSRModule(KernelConditionedSR(), basis_path=str(path))
     fresh.load_state_dict(module.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(batch["lr"], batch["kernel"]), module(batch["lr"], batch["kernel"]))
@@ -252,6 +252,6 @@ def test_module_training_step_and_checkpoint_carries_basis(tmp_path: Path) -> No
 
 
 def test_module_gt_source_needs_kernel() -> None:
-    module = NBSRModule(basis_samples=500)
+    module = NBSRModule(KernelConditionedSR(), basis_samples=500)
     with pytest.raises(ValueError, match="kernel_source"):
         module._kernel({"lr": torch.rand(1, 3, 8, 8), "hr": torch.rand(1, 3, 32, 32)})

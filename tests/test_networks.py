@@ -221,9 +221,7 @@ def _write_dkenet_ckpt(net: DKENet, path) -> None:
     """A stage checkpoint as `ssr fit` writes it: DKENetModule's state dict, hparams and `ssr` metadata block."""
     from ssr_lightning.modules.dkenet_module import DKENetModule
 
-    cfg = _public(net.config)
-    module = DKENetModule(channels=cfg["channels"], blocks_per_stage=cfg["blocks_per_stage"], use_depth=cfg["use_depth"],
-                          global_context=cfg["global_context"], kernel_size=cfg["kernel_size"], scale=cfg["scale"])
+    module = DKENetModule(DKENet.from_config(_public(net.config)))
     module.model.load_state_dict(net.state_dict())
     ckpt = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
     module.on_save_checkpoint(ckpt)

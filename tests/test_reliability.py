@@ -30,7 +30,7 @@ from ssr_lightning.files import atomic_write_json
 REPO = Path(__file__).resolve().parents[1]
 DKENET = str(REPO / "configs/dkenet.yaml")
 TINY_FIT = ["--trainer", str(REPO / "configs/trainer/debug.yaml"), "--data", str(REPO / "configs/data/tiny.yaml"),
-            "--model.init_args.channels", "4", "--data.num_train", "4", "--data.num_val", "2"]
+            "--model.init_args.net.init_args.channels", "4", "--data.num_train", "4", "--data.num_val", "2"]
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -213,7 +213,8 @@ def test_resume_with_other_model_options_is_refused_and_config_kept(tmp_path: Pa
     _fit(tmp_path, "--root", "runs", "--model.init_args.fit.ckpt_every_n_steps", "2")
     config = tmp_path / "runs/dkenet/version_0/config.yaml"
     before = config.read_bytes()
-    code, err = _exit(tmp_path, capsys, "--root", "runs", "--ckpt_path", "last", "--model.init_args.use_depth", "false")
+    code, err = _exit(tmp_path, capsys, "--root", "runs", "--ckpt_path", "last",
+                      "--model.init_args.net.init_args.use_depth", "false")
     assert code == 2 and "cannot resume" in err and "use_depth: True -> False" in err
     assert config.read_bytes() == before and not list(config.parent.glob("config_resume_*.yaml"))
 
@@ -269,7 +270,7 @@ def test_negative_patch_size_names_the_option() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--steps", "0"], "--steps 0: must be >= 1"),
     (["--strength", "1.5"], "--strength 1.5: must be in (0, 1]"),
-    (["--tile", "16", "--overlap", "16"], "--overlap 16 must be smaller than --tile 16"),
+    (["--tile", "16", "--overlap", "16"], "--overlap 16: must be smaller than tile 16"),
 ])
 def test_bad_sampling_options_are_usage_errors(tmp_path: Path, lr_only_ckpt: Path, capsys, args, message) -> None:
     _png(tmp_path / "in" / "a.png")

@@ -75,24 +75,27 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny untrained checkpoints: an LR-only diffusion model, one that needs SVKR (+ its KE, NBSR, DE), and a
     space-to-depth model whose tiles must be at least 8 LR px."""
     from ssr_lightning.degradation.blur import KernelBasis
+    from ssr_lightning.diffusion import LatentDiffusionSR, LossConfig, SamplingConfig
     from ssr_lightning.modules import DepthModule, DKENetModule, NBSRModule
     from ssr_lightning.modules.diffusion_module import SSRDiffusionModule
+    from ssr_lightning.networks import DepthNet, DKENet, KernelConditionedSR
 
     d = tmp_path_factory.mktemp("ck")
     torch.manual_seed(0)
     out = {"lr_only": _save_ckpt(tiny_module(use_depth=False, use_kernel=False), d / "lr_only.ckpt"),
            "full": _save_ckpt(tiny_module(), d / "full.ckpt")}
-    nbsr = NBSRModule(channels=16, num_blocks=2, growth=8, code_channels=CODE, scale=S, kernel_size=K)
+    nbsr = NBSRModule(KernelConditionedSR(channels=16, num_blocks=2, growth=8, code_channels=CODE, scale=S,
+                                          kernel_size=K))
     nbsr.model.codec.set_basis(KernelBasis.fit(_kernels(64, torch.Generator().manual_seed(0)), CODE), torch.ones(CODE))
-    for name, m in (("ke", DKENetModule(channels=8, kernel_size=K, scale=S, use_depth=True)), ("nbsr", nbsr),
-                    ("de", DepthModule(channels=16, blocks_per_level=1))):
+    for name, m in (("ke", DKENetModule(DKENet(channels=8, kernel_size=K, scale=S, use_depth=True))), ("nbsr", nbsr),
+                    ("de", DepthModule(DepthNet(channels=16, blocks_per_level=1)))):
         out[name] = _save_stage(m, d / f"{name}.ckpt")
     s2d = SSRDiffusionModule(
-        backbone={"autoencoder": "space_to_depth", "space_to_depth_factor": 4, "vae_ckpt": None,
-                  "block_out_channels": (8, 16, 16), "down_block_types": ("DownBlock2D",) * 3,
-                  "up_block_types": ("UpBlock2D",) * 3, "layers_per_block": 1},
-        modalities={"use_kernel": False, "use_depth": False, "amf_hidden": 8, "map_width": 8},
-        sampling={"num_inference_steps": 2}, loss={"ema_decay": 0.9})
+        LatentDiffusionSR(autoencoder="space_to_depth", autoencoder_config={"factor": 4}, unet_config={
+            "block_out_channels": (8, 16, 16), "down_block_types": ("DownBlock2D",) * 3,
+            "up_block_types": ("UpBlock2D",) * 3, "layers_per_block": 1, "use_kernel": False, "use_depth": False,
+            "amf_hidden": 8, "map_width": 8, "map_out": 8}),
+        sampling=SamplingConfig(steps=2), loss=LossConfig(ema_decay=0.9))
     out["s2d"] = _save_ckpt(s2d.eval(), d / "s2d.ckpt")
     return out
 

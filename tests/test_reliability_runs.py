@@ -36,7 +36,7 @@ from ssr_lightning.modules.checkpointing import RunCheckpointIO, TrainingError
 REPO = Path(__file__).resolve().parents[1]
 DKENET = str(REPO / "configs/dkenet.yaml")
 TINY_FIT = ["--trainer", str(REPO / "configs/trainer/debug.yaml"), "--data", str(REPO / "configs/data/tiny.yaml"),
-            "--model.init_args.channels", "4", "--data.num_train", "4", "--data.num_val", "2"]
+            "--model.init_args.net.init_args.channels", "4", "--data.num_train", "4", "--data.num_val", "2"]
 CKPTS = "runs/dkenet/version_0/checkpoints"
 
 
@@ -320,7 +320,11 @@ def test_a_read_only_folder_is_found_before_any_work(run: Path, capsys, monkeypa
     (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), "bad.yaml: a binary file, not YAML text"),
     (b"model:\n  init_args: [\n", "bad.yaml: not valid YAML (line 3, column 1)"),
     (b"model:\n  init_args:\n    chanels: 4\n",
-     "bad.yaml: model.init_args.chanels: DKENetModule has no such option (did you mean model.init_args.channels?)"),
+     "bad.yaml: model.init_args.chanels: DKENetModule has no such option (did you mean "
+     "model.init_args.net.init_args.channels?)"),
+    (b"model:\n  init_args:\n    net:\n      init_args: {chanels: 4}\n",
+     "bad.yaml: model.init_args.net.init_args.chanels: DKENet has no such option (did you mean "
+     "model.init_args.net.init_args.channels?)"),
 ])
 def test_a_bad_config_file_is_named_in_one_line(tmp_path: Path, capsys, content: bytes, message: str) -> None:
     (tmp_path / "bad.yaml").write_bytes(content)
@@ -331,7 +335,8 @@ def test_a_bad_config_file_is_named_in_one_line(tmp_path: Path, capsys, content:
 
 
 @pytest.mark.parametrize(("option", "suggestion"), [
-    ("--model.init_args.chanels", "did you mean --model.init_args.channels?"),
+    ("--model.init_args.chanels", "did you mean --model.init_args.net.init_args.channels?"),
+    ("--model.init_args.channels", "it moved: --model.init_args.net.init_args.channels"),  # a pre-0.4 name
     ("--model.init_args.fit.learnin_rate", "did you mean --model.init_args.fit.learning_rate?"),
     ("--data.num_trian", "did you mean --data.num_train?"),
 ])

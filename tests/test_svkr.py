@@ -123,11 +123,12 @@ def test_from_config_loads_the_stage_checkpoints(batch: dict[str, torch.Tensor],
     from ssr_lightning.modules import DepthModule, DKENetModule, NBSRModule
 
     ref = _make_svkr(iterations=2, gamma=0.8)
-    ke = DKENetModule(channels=8, kernel_size=K, scale=S, use_depth=True)
+    ke = DKENetModule(DKENet(channels=8, kernel_size=K, scale=S, use_depth=True))
     ke.model.load_state_dict(ref.kernel_estimator.state_dict())
-    sr = NBSRModule(channels=16, num_blocks=2, growth=8, code_channels=CODE, scale=S, kernel_size=K)
+    sr = NBSRModule(KernelConditionedSR(channels=16, num_blocks=2, growth=8, code_channels=CODE, scale=S,
+                                        kernel_size=K))
     sr.model.load_state_dict(ref.sr_model.state_dict())
-    de = DepthModule(channels=16, blocks_per_level=1)
+    de = DepthModule(DepthNet(channels=16, blocks_per_level=1))
     de.model.load_state_dict(ref.depth_estimator.net.state_dict())
     paths = {name: _save_stage(m, tmp_path / f"{name}.ckpt") for name, m in (("ke", ke), ("sr", sr), ("de", de))}
     cfg = SVKRConfig(dkenet_ckpt=str(paths["ke"]), nbsr_ckpt=str(paths["sr"]), depth="learned",

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssr_lightning.diffusion import FusedDenoiser, LatentDiffusionSR, TileGrid
+from ssr_lightning.diffusion import FusedDenoiser, LatentDiffusionSR, SamplingConfig, TileGrid
 from ssr_lightning.inference.pipeline import SSRPipeline, tiled_apply
 from ssr_lightning.inference.svkr import SVKRResult
 
@@ -19,13 +19,13 @@ from test_diffusion import TINY_UNET, _randomise_amf, tiny_module
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+S3 = SamplingConfig(steps=3, strength=0.6)  # from the noised bicubic LR: the last 2 of 3 steps
 
 
 def _model(**unet: Any) -> LatentDiffusionSR:
     """Space-to-depth (pointwise decode) + a 2-level conv UNet: tiling differences come from the UNet alone."""
     cfg = {**TINY_UNET, "amf_hidden": 8, "map_width": 8, "map_out": 8, "concat_lr": True, **unet}
-    m = LatentDiffusionSR(autoencoder="space_to_depth", unet_config=cfg, num_inference_steps=3,
-                          sample_strength=0.6).eval()
+    m = LatentDiffusionSR(autoencoder="space_to_depth", unet_config=cfg).eval()
     _randomise_amf(m.unet)
     return m
 
@@ -58,8 +58,8 @@ def test_step_fused_tiling_is_close_to_untiled_and_closer_than_independent_tiles
     m = _model(use_kernel=False, use_depth=False)
     lr = _scene(24, 24, 1)
     noise = torch.randn(1, 48, 24, 24, generator=torch.Generator().manual_seed(2))
-    kw: dict[str, Any] = {"num_inference_steps": 10, "strength": 1.0}
-    untiled = m.super_resolve(lr, noise=noise, **kw)
+    kw: dict[str, Any] = {"steps": 10, "strength": 1.0}
+    untiled = m.super_resolve(lr, noise=noise, tile=0, **kw)
     fused = m.super_resolve(lr, noise=noise, tile=12, overlap=6, **kw)
     assert fused.shape == untiled.shape == (1, 3, 96, 96)
     torch.testing.assert_close(m.super_resolve(lr, noise=noise, tile=24, overlap=6, **kw), untiled, rtol=0, atol=0)
@@ -90,7 +90,8 @@ def test_no_seams_along_tile_borders() -> None:
     depth = torch.linspace(0, 1, 64).view(1, 1, 64, 1).expand(1, 1, 64, 80).contiguous()
     kernel = torch.zeros(1, 441, 64, 80)
     kernel[:, 220] = 1.0
-    sr = m.super_resolve(lr, depth, kernel, generator=torch.Generator().manual_seed(0), tile=24, overlap=8)
+    sr = m.super_resolve(lr, depth, kernel, generator=torch.Generator().manual_seed(0), sampling=S3, tile=24,
+                         overlap=8)
     grid = TileGrid(64, 80, 24, 8)
     s = 4
     # HR boundaries where a tile starts or ends inside the image, ± 2 px: where a seam would show
@@ -119,17 +120,17 @@ def test_pipeline_runs_svkr_once_on_the_whole_image() -> None:
     m = _model()
     svkr = _CountingSVKR()
     lr = _scene(20, 28, 4)
-    res = SSRPipeline(m, svkr, tile=8, overlap=4, seed=1, strength=0.6)(lr)
+    res = SSRPipeline(m, svkr, S3.replace(tile=8, overlap=4, seed=1))(lr)
     assert svkr.calls == [(1, 3, 20, 28)], "SVKR sees the whole image once, not each tile"
     assert res.sr.shape == (1, 3, 80, 112) and res.depth.shape == (1, 1, 20, 28)
     torch.testing.assert_close(res.depth, lr.mean(1, keepdim=True))
-    whole = SSRPipeline(m, _CountingSVKR(), tile=0, seed=1, strength=0.6)(lr)
+    whole = SSRPipeline(m, _CountingSVKR(), S3.replace(tile=0, seed=1))(lr)
     assert (res.sr - whole.sr).abs().mean() < 0.05
     # an LR-only model without guidance needs no SVKR at all; with guidance it does
     lr_only = _model(use_kernel=False, use_depth=False)
     assert SSRPipeline(lr_only, None).svkr is None
     with pytest.raises(ValueError, match="guidance_kernel"):
-        SSRPipeline(lr_only, None, guidance=0.5)
+        SSRPipeline(lr_only, None, SamplingConfig(guidance=0.5))
 
 
 def _grid_tags(module: Any, batch: dict[str, torch.Tensor]) -> list[tuple[str, list[torch.Tensor]]]:
@@ -149,6 +150,5 @@ def test_stage_grid_shows_only_the_maps_a_row_used() -> None:
     assert tag == "val/lr|sr|hr|depth"
     assert [c.title for c in cols] == ["LR", "SR", "HR", "depth D_T"] and cols[3].unit, "labelled, with a colour bar"
     torch.testing.assert_close(cols[3].images, batch["depth_lr"][:cols[3].images.shape[0]])
-    (tag, cols), = _grid_tags(tiny_module(use_kernel=False, use_depth=False, guidance_step=0.5, sample_strength=0.5),
-                              batch)
+    (tag, cols), = _grid_tags(tiny_module(use_kernel=False, use_depth=False, guidance=0.5, strength=0.5), batch)
     assert tag == "val/lr|sr|hr|guidance_kernel_spread" and len(cols) == 4

@@ -4,9 +4,9 @@
     python tools/architecture_map.py --check   # exit 1 with a diff when the committed block differs
 
 A layer is a package of ``ssr_lightning/`` (``networks``, ``ablate``, …) or a leaf module (``files.py``,
-``visualize.py``). Every ``import`` and ``from … import`` of every file counts, at module level or inside a function
-(relative imports resolved, ``from pkg import submodule`` read as an import of the submodule): the diagram has one
-arrow per pair of layers with at least one import between them, no more and no fewer. A layer is green when no module
+``visualize.py``, ``registry.py``). Every ``import`` and ``from … import`` of every file counts, at module level or
+inside a function (relative imports resolved, ``from pkg import submodule`` read as an import of the submodule): the
+diagram has one arrow per pair of layers with at least one import between them, no more and no fewer. A layer is green when no module
 in it, nor in any layer it reaches, imports Lightning. Imports by name at run time (``importlib.import_module`` of a
 ``class_path``) are not imports here. ``tests/test_layers.py`` checks the committed block and, on the same
 graph, the layer rules and that no package has a module cycle.
@@ -44,6 +44,7 @@ LAYERS: dict[str, str] = {
                 "encoders, SSRUNet",
     "degradation": "degradation/ — kernel families, blur + ↓s, noise, JPEG, Degrader",
     "metrics": "metrics/ — PSNR/SSIM-Y, kernel L1, depth metrics, pyiqa suite, bootstrap CIs",
+    "registry": "registry.py — the stages: name, label, config, network class, module (register_stage)",
     "visualize": "visualize.py — colour maps, kernel spread, labelled grids",
     "files": "files.py — atomic writes, file locks, safe names, bounded YAML",
 }

@@ -17,12 +17,13 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
-from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
+from quick_fit import quick_fit, stage_module  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.metrics import aligned_depth_metrics
 from ssr_lightning.metrics.stats import bootstrap_ci
 from ssr_lightning.modules import DepthModule, FitConfig
+from ssr_lightning.networks import DepthNet
 
 
 def evaluate(net: torch.nn.Module) -> dict[str, object]:
@@ -49,7 +50,8 @@ def run(name: str, steps: int, patch_size: int = 96, augment: str = "hflip", bat
     torch.manual_seed(seed)
     dm = SRDataModule(patch_size=patch_size, val_size=128, batch_size=batch_size, augment=augment, num_val=4,
                       seed=seed)
-    module = DepthModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
+    module = stage_module(DepthModule, DepthNet, fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5,
+                                                              warmup_steps=50), **kw)
     secs = quick_fit(module, dm, steps)
     out = {"name": name, "steps": steps, "patch_size": patch_size, "augment": augment, "batch_size": batch_size,
            "lr": lr, "kw": kw, "train_s": round(secs), **evaluate(module.model)}

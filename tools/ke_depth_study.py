@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
+from quick_fit import quick_fit, stage_module  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.ablate.provenance import environment
 from ssr_lightning.data import SRDataModule
@@ -29,8 +29,10 @@ from ssr_lightning.files import load_yaml
 from ssr_lightning.metrics import kernel_l1
 from ssr_lightning.metrics.stats import bootstrap_ci
 from ssr_lightning.modules import DKENetModule, FitConfig
+from ssr_lightning.networks import DKENet
 
 REPO = Path(__file__).resolve().parents[1]
+TINY = {"channels": 16}  # the tiny CPU width (configs/dkenet.yaml's net); a spec's `channels` overrides it
 
 
 def degradation(family: str) -> DegradationConfig:
@@ -97,7 +99,8 @@ def run(name: str, family: str = "default", steps: int = 1600, seed: int = 0, pa
     dm = SRDataModule(patch_size=patch_size, val_size=128, batch_size=batch_size, num_val=4, seed=seed,
                       degradation=degradation(family))
     kw = {"global_kernel": True, **kw}
-    module = DKENetModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
+    module = stage_module(DKENetModule, DKENet, TINY, fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5,
+                                                                    warmup_steps=50), **kw)
     cpu0 = time.process_time()
     secs = quick_fit(module, dm, steps)
     return {"name": name, "family": family, "steps": steps, "seed": seed, "patch_size": patch_size,

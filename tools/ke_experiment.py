@@ -16,7 +16,7 @@ import json
 import sys
 
 import torch
-from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
+from quick_fit import quick_fit, stage_module  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.degradation import DegradationConfig
@@ -25,6 +25,9 @@ from ssr_lightning.inference.depth import normalize_depth_map
 from ssr_lightning.metrics import kernel_l1
 from ssr_lightning.metrics.stats import bootstrap_ci
 from ssr_lightning.modules import DKENetModule, FitConfig
+from ssr_lightning.networks import DKENet
+
+TINY = {"channels": 16}  # the tiny CPU width (configs/dkenet.yaml's net); a spec's `channels` overrides it
 
 
 def test_batches(invariant: bool, noise: bool) -> list[dict]:
@@ -60,7 +63,7 @@ def evaluate(module: DKENetModule | None, mean_kernel: torch.Tensor) -> dict[str
                 with torch.no_grad():
                     if module is not None:
                         rows["ke"] += kernel_l1(module._estimate(b), gt).tolist()
-                        if module.hparams.use_depth:
+                        if module.model.use_depth:
                             rows["ke_gt_depth_norm"] += kernel_l1(module(b["lr"], normalize_depth_map(b["depth_lr"])),
                                                                   gt).tolist()
                 const = mean_kernel.view(1, -1, 1, 1).expand_as(gt)
@@ -76,7 +79,8 @@ def run(name: str, steps: int, patch_size: int = 96, batch_size: int = 8, lr: fl
     deg = DegradationConfig(noise=train_noise, jpeg=train_noise)
     dm = SRDataModule(patch_size=patch_size, val_size=128, batch_size=batch_size, num_val=4, seed=seed,
                       degradation=deg)
-    module = DKENetModule(fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5, warmup_steps=50), **kw)
+    module = stage_module(DKENetModule, DKENet, TINY, fit=FitConfig(learning_rate=lr, min_learning_rate=1e-5,
+                                                                    warmup_steps=50), **kw)
     secs = quick_fit(module, dm, steps)
     return {"name": name, "steps": steps, "patch_size": patch_size, "batch_size": batch_size, "lr": lr,
             "train_noise": train_noise, "seed": seed, "kw": kw, "train_s": round(secs),

@@ -11,13 +11,14 @@ import json
 import sys
 
 import torch
-from quick_fit import quick_fit  # tools/ is the script's folder, first on sys.path
+from quick_fit import quick_fit, stage_module  # tools/ is the script's folder, first on sys.path
 
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.degradation import DegradationConfig
 from ssr_lightning.metrics import psnr_y
 from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference
 from ssr_lightning.modules import FitConfig, NBSRModule
+from ssr_lightning.networks import KernelConditionedSR
 
 
 def eval_batches(noise: bool):
@@ -30,7 +31,8 @@ def run(name, steps, train_noise=True, clean_prob=0.0, **kw):
     torch.manual_seed(0)
     deg = DegradationConfig(noise=train_noise, jpeg=train_noise, clean_prob=clean_prob)
     dm = SRDataModule(patch_size=96, val_size=128, batch_size=8, degradation=deg, num_val=4)
-    m = NBSRModule(fit=FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50), **kw)
+    m = stage_module(NBSRModule, KernelConditionedSR, fit=FitConfig(learning_rate=1e-3, min_learning_rate=1e-5,
+                                                                    warmup_steps=50), **kw)
     secs = quick_fit(m, dm, steps)
     out = {"name": name, "steps": steps, "train_noise": train_noise, "clean_prob": clean_prob, "kw": kw, "train_s": round(secs)}
     for noise in (False, True):

@@ -59,7 +59,8 @@ class EvalWriter(Callback):
     Args:
         out_dir: the cell folder; results go to `predict_metrics.json` and `samples/` inside it.
         metrics: metric names for `MetricSuite` (default: the paper's six).
-        crop_border: pixels cropped for PSNR/SSIM; None: the model's `scale` hyper-parameter (else 4).
+        crop_border: pixels cropped for PSNR/SSIM; None: the model's scale (its network's `scale`, or the module's own
+            `scale` hyper-parameter; else 4).
         source: "model": the stage's prediction; "bicubic": bicubic upsampling of the LR input.
         num_samples: how many samples are saved as PNG.
         bicubic: which bicubic a "bicubic" source is: "matlab" (imresize, A = −0.5) or "torch" (A = −0.75).
@@ -85,7 +86,8 @@ class EvalWriter(Callback):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         crop = self.crop_border
         if crop is None:
-            crop = int(getattr(pl_module, "hparams", {}).get("scale", 4))
+            hp = getattr(pl_module, "hparams", {})
+            crop = int(((hp.get("net") or {}).get("init_args") or {}).get("scale") or hp.get("scale") or 4)
         self._suite = MetricSuite(self.metric_names, crop_border=crop, device=pl_module.device)
         self._rows, self._saved, self._skipped = [], 0, False
 

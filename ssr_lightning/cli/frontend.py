@@ -47,19 +47,25 @@ from ssr_lightning.inference.checkpoints import (
     resolve_checkpoint,
 )
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
+from ssr_lightning.registry import STAGES
 
-__all__ = ["STAGE_RUNS", "build_parser", "main", "run"]
+__all__ = ["STAGE_RUNS", "build_parser", "main", "run", "stage_config"]
 
 _DATA_CONFIG = "configs/data/embedded.yaml"
-# stage name -> (checkpoint stage, config, extra ssr fit arguments)
-STAGE_RUNS: dict[str, tuple[str, str, list[str]]] = {
-    "dkenet": ("dkenet", "configs/dkenet.yaml", []),
-    "dkenet_nodepth": ("dkenet", "configs/dkenet.yaml", ["--model.init_args.use_depth", "false"]),
-    "nbsr": ("nbsr", "configs/nbsr.yaml", []),
-    "blind": ("nbsr", "configs/nbsr.yaml", ["--model.init_args.kernel_source", "none"]),
-    "depth": ("depth", "configs/depth.yaml", []),
-    "cmos": ("cmos", "configs/cmos.yaml", []),
+# run name -> (registered stage, extra ssr fit arguments); the config that trains it is the stage's (STAGES)
+STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
+    "dkenet": ("dkenet", []),
+    "dkenet_nodepth": ("dkenet", ["--model.init_args.net.init_args.use_depth", "false"]),
+    "nbsr": ("nbsr", []),
+    "blind": ("nbsr", ["--model.init_args.kernel_source", "none"]),
+    "depth": ("depth", []),
+    "cmos": ("cmos", []),
 }
+
+
+def stage_config(run: str) -> str:
+    """The config that trains run ``run`` of the ladder (its registered stage's)."""
+    return STAGES[STAGE_RUNS[run][0]].config
 
 
 def _floats(text: str | None, kind: type) -> list[Any]:
@@ -127,8 +133,8 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         for stage in args.stages:
             if i > 0 and stage in args.single_seed_stages:
                 continue
-            if not Path(STAGE_RUNS[stage][1]).is_file():
-                print(f"ssr-frontend: {STAGE_RUNS[stage][1]} not found: stage {stage} skipped", file=sys.stderr)
+            if not Path(stage_config(stage)).is_file():
+                print(f"ssr-frontend: {stage_config(stage)} not found: stage {stage} skipped", file=sys.stderr)
                 continue
             todo.append((seed, stage))
 
@@ -138,7 +144,7 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
         if done.is_file():
             _warn_stale(done, stage, seed)
             return
-        _, config, extra = STAGE_RUNS[stage]
+        config, extra = stage_config(stage), STAGE_RUNS[stage][1]
         t0, cpu0 = time.time(), cpu_children()
         print(f"ssr-frontend: training {stage} (seed {seed}) -> {root / stage}", file=sys.stderr)
         family = [a for f in args.degradation for a in ("--data.degradation", str(f))]

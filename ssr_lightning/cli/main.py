@@ -11,7 +11,8 @@ Additions to the stock LightningCLI:
 - resuming with model options that differ from the run's `config.yaml` is refused before anything is written;
   other differences (trainer, data) are recorded in `config_resume_N.yaml`, never over `config.yaml`;
 - a `fit` that fails before its first step leaves no empty `version_N` behind;
-- `data.scale` is linked to `model.init_args.scale`;
+- `data.scale` is linked to the network's `model.init_args.net.init_args.scale` (and to `model.init_args.scale` of the
+  stages that have one: depth, VAE, SVKR);
 - with `--ckpt_path`, the checkpoint's hyperparameters rebuild the trained model (read with `weights_only=True`,
   refused with a clear message when the checkpoint belongs to another stage), but model options given explicitly
   on the command line still win (test-time switches such as `--model.init_args.conditions.source svkr`).
@@ -53,10 +54,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from ssr_lightning.cli.parsing import (
     check_config_files,
     explain_parse_error,
+    explicit_model_keys,
     option_names,
     yaml_loader,
 )
 from ssr_lightning.data import DataError, SRDataModule
+from ssr_lightning.diffusion.config import SamplingError
 from ssr_lightning.files import (
     YAMLFileError,
     check_name,
@@ -66,14 +69,14 @@ from ssr_lightning.files import (
 )
 from ssr_lightning.inference.checkpoints import (
     LAST,
-    PACKAGE,
     PREVIOUS,
-    STAGES,
     CheckpointError,
     find_checkpoint,
     read_checkpoint,
 )
+from ssr_lightning.inference.legacy import upgrade_options
 from ssr_lightning.modules.checkpointing import TrainingError
+from ssr_lightning.registry import PACKAGE, STAGES, stage_of_module
 
 _TENSORBOARD = "lightning.pytorch.loggers.TensorBoardLogger"
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -116,44 +119,9 @@ def readable_last(ckpt: Path) -> Path:
     return prev
 
 
-def _fragment_keys(path: str) -> list[str]:
-    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
-    try:
-        doc = load_yaml(path) or {}
-    except YAMLFileError:
-        return []
-    model = doc.get("model") if isinstance(doc, dict) else None
-    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
-
-    def leaves(d: Any, prefix: str) -> list[str]:
-        if not isinstance(d, dict) or not d:
-            return [prefix] if prefix else []
-        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
-
-    return leaves(init, "")
-
-
-def explicit_model_keys(args: list[str]) -> list[str]:
-    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
-    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
-    X's options are test-time choices, the stage config's are not)."""
-    keys: list[str] = []
-    configs = 0
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") or arg.startswith("--config="):
-            configs += 1
-            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
-            found = _fragment_keys(path) if configs > 1 else []
-        elif arg.startswith("--model."):
-            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
-        else:
-            continue
-        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
-    return keys
-
-
 def _stage_of(model_cfg: Namespace | None) -> str | None:
-    """The checkpoint stage of the configured LightningModule class (its ``stage`` attribute), if it has one."""
+    """The checkpoint stage of the configured LightningModule class (its ``stage`` attribute), if it writes
+    checkpoints of its own."""
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     if not class_path.startswith(PACKAGE):  # never import a class outside the package
         return None
@@ -162,13 +130,26 @@ def _stage_of(model_cfg: Namespace | None) -> str | None:
         stage = getattr(importlib.import_module(module), name).stage
     except (ImportError, AttributeError):
         return None
-    return stage if stage in STAGES else None
+    return stage if stage in STAGES and STAGES[stage].weights else None
 
 
 def _stage_name(model_cfg: Namespace | None) -> str:
+    """The default run name: the registered stage of the module class (``DKENetModule`` → ``dkenet``)."""
     class_path = str(getattr(model_cfg, "class_path", "") or "")
     short = class_path.rsplit(".", 1)[-1] or "run"
-    return short.removesuffix("Module").lower() or "run"
+    found = stage_of_module(short)
+    return found.name if found is not None else short.removesuffix("Module").lower() or "run"
+
+
+def upgrade_model_section(model: Any) -> Any:
+    """A run config's ``model`` section (``class_path``/``init_args``) of an earlier format in the current one (the
+    network's arguments under ``net``, renamed options; ``inference/legacy.py``)."""
+    if not isinstance(model, dict) or not isinstance(model.get("init_args"), dict):
+        return model
+    found = stage_of_module(str(model.get("class_path", "")).rsplit(".", 1)[-1])
+    if found is None:
+        return model
+    return {**model, "init_args": upgrade_options(found.name, dict(model["init_args"]))}
 
 
 def _plain(value: Any) -> Any:
@@ -247,6 +228,9 @@ class SSRCLI(LightningCLI):
         )
         parser.add_argument("--root", type=str | None, default=None,
                             help="Folder that holds the run folders (default: --trainer.default_root_dir, else runs).")
+        # the network's scale, and the module's own where a stage has one (depth, VAE, SVKR); a link whose target
+        # the configured class lacks is left out by jsonargparse
+        parser.link_arguments("data.scale", "model.init_args.net.init_args.scale")
         parser.link_arguments("data.scale", "model.init_args.scale")
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -364,11 +348,14 @@ class SSRCLI(LightningCLI):
             old_cfg = load_yaml(saved) or {}
         except YAMLFileError as err:
             raise UsageError(f"cannot resume {run_dir}: {err}") from None
-        # model.init_args.scale is a link target (from data.scale): compare data.scale instead
-        old = {"model": old_cfg.get("model") or {}, "data.scale": (old_cfg.get("data") or {}).get("scale")}
+        # the scales are link targets (from data.scale): compare data.scale instead
+        old = {"model": upgrade_model_section(_plain(old_cfg.get("model") or {})),
+               "data.scale": (old_cfg.get("data") or {}).get("scale")}
         new = {"model": _plain(cfg.get("model")), "data.scale": (cfg.get("data") or Namespace()).get("scale")}
         for side in (old, new):
-            (side["model"].get("init_args") or {}).pop("scale", None)
+            init = side["model"].get("init_args") or {}
+            init.pop("scale", None)
+            ((init.get("net") or {}).get("init_args") or {}).pop("scale", None)
         # options the old config.yaml predates pass unless the command line sets them
         explicit = {f"model.init_args.{k}" for k in explicit_model_keys(getattr(self, "_cli_args", []))}
         new_ok = {p for p in _leaf_paths(new) if not any(e == p or e.startswith(p + ".") or p.startswith(e + ".")
@@ -486,6 +473,15 @@ def main(args: list[str] | None = None) -> None:
         )
     except (UsageError, CheckpointError, DataError) as err:
         print(f"ssr {argv[0] if argv else ''}: {err}".replace("  ", " "), file=sys.stderr)
+        sys.exit(2)
+    except ValueError as err:  # jsonargparse wraps what SamplingConfig's check says while building the module
+        cause: BaseException | None = err
+        while cause is not None and not isinstance(cause, SamplingError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        print(f"ssr {argv[0] if argv else ''}: {cause.spelled(lambda f: f'model.init_args.sampling.{f}')}",
+              file=sys.stderr)
         sys.exit(2)
     except TrainingError as err:
         print(f"ssr {argv[0] if argv else ''}: {err}", file=sys.stderr)

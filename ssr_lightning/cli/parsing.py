@@ -5,23 +5,34 @@
   jsonargparse opens them; :func:`yaml_loader` (installed with ``jsonargparse.set_loader``) for every YAML text
   jsonargparse parses, fragments a config names included.
 - :func:`explain_parse_error` turns a jsonargparse error (often dozens of lines, after a 90-line usage block) into one
-  line: an unknown option gets a ``difflib`` "did you mean", and the config file that set it is named.
+  line: an unknown option gets a ``difflib`` "did you mean" (or, for an option of an earlier release, its new name),
+  and the config file that set it is named.
+- :func:`explicit_model_keys` lists the model options a command line sets (they beat a checkpoint's
+  hyper-parameters, and a resume compares them).
+- :func:`dataclass_flags` generates a command's flags from a dataclass of options (``ssr sr``'s sampling and SVKR
+  flags from ``SamplingConfig`` and ``SVKRConfig``): one flag per field, its name, type and help taken from the field,
+  default None (= keep the value the command starts from); :func:`flag_values` reads back the ones given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
+import inspect
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, get_type_hints
 
+import docstring_parser
 from jsonargparse import ArgumentParser, get_loader
 
 from ssr_lightning.files import YAMLFileError, check_yaml_size, load_yaml
-from ssr_lightning.inference.checkpoints import PACKAGE
+from ssr_lightning.inference.legacy import DIFFUSION_MOVES
+from ssr_lightning.registry import PACKAGE, stage_of_module
 
-__all__ = ["check_config_files", "explain_parse_error", "option_names", "yaml_loader"]
+__all__ = ["check_config_files", "dataclass_flags", "explain_parse_error", "explicit_model_keys", "flag", "flag_values",
+           "option_names", "yaml_loader"]
 
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 _JSONARGPARSE_YAML = get_loader("yaml")
@@ -62,12 +73,74 @@ def check_config_files(args: list[str]) -> None:
             raise YAMLFileError(f"{option} {err}") from None
 
 
+def _fragment_keys(path: str) -> list[str]:
+    """`a.b` keys of the model options a config fragment sets (`model: {init_args: {a: {b: X}}}`)."""
+    try:
+        doc = load_yaml(path) or {}
+    except YAMLFileError:
+        return []
+    model = doc.get("model") if isinstance(doc, dict) else None
+    init = (model.get("init_args") if isinstance(model, dict) else None) or {}
+
+    def leaves(d: Any, prefix: str) -> list[str]:
+        if not isinstance(d, dict) or not d:
+            return [prefix] if prefix else []
+        return [k for key, v in d.items() for k in leaves(v, f"{prefix}.{key}" if prefix else str(key))]
+
+    return leaves(init, "")
+
+
+def explicit_model_keys(args: list[str]) -> list[str]:
+    """Model options set on the command line (`--model.init_args.a.b X`, `--model.a=X`) as `a.b` keys, and those of
+    every `--config` fragment after the first config (`--config configs/ssr.yaml --config configs/diffusion/X.yaml`:
+    X's options are test-time choices, the stage config's are not)."""
+    keys: list[str] = []
+    configs = 0
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") or arg.startswith("--config="):
+            configs += 1
+            path = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            found = _fragment_keys(path) if configs > 1 else []
+        elif arg.startswith("--model."):
+            found = [arg[len("--model."):].split("=", 1)[0].removeprefix("init_args.")]
+        else:
+            continue
+        keys += [k for k in found if k and k not in ("class_path", "help") and k not in keys]
+    return keys
+
+
+def flag(field: str) -> str:
+    """The command-line spelling of an option field: ``color_fix`` → ``--color-fix``."""
+    return "--" + field.replace("_", "-")
+
+
+def dataclass_flags(parser: ArgumentParser, cls: type, default_note: str, skip: tuple[str, ...] = ()) -> list[str]:
+    """Add one flag per field of the dataclass ``cls`` (not in ``skip``): ``--<field-name>``, typed ``T | None``,
+    default None, help = the field's docstring + ``default_note``. Returns the field names."""
+    docs = {p.arg_name: " ".join((p.description or "").split()) for p in docstring_parser.parse_from_object(cls).params}
+    hints = get_type_hints(cls)
+    names = []
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        parser.add_argument(flag(field.name), dest=field.name, type=Optional[hints[field.name]], default=None,
+                            help=f"{docs.get(field.name, '')} ({default_note})".strip())
+        names.append(field.name)
+    return names
+
+
+def flag_values(args: Any, cls: type) -> dict[str, Any]:
+    """The fields of ``cls`` given on the command line (not None) as ``{field: value}``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def option_names(parser: ArgumentParser) -> list[str]:
     return [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
 
 
 def _class_options(class_path: str) -> list[str]:
-    """``a.b`` option names of a class of this package (none for another class: nothing outside it is imported)."""
+    """``a.b`` option names of a class of this package (none for another class: nothing outside it is imported); a
+    stage module's include its network's arguments (``net.init_args.x``)."""
     if not class_path.startswith(PACKAGE):
         return []
     module, name = class_path.rsplit(".", 1)
@@ -76,7 +149,9 @@ def _class_options(class_path: str) -> list[str]:
         parser.add_class_arguments(getattr(importlib.import_module(module), name))
     except Exception:  # noqa: BLE001 - only for a suggestion
         return []
-    return [o.removeprefix("--") for o in option_names(parser)]
+    found = stage_of_module(name)
+    net = [f"net.init_args.{p}" for p in sorted(_parameters(found.network))] if found and found.weights else []
+    return [o.removeprefix("--") for o in option_names(parser)] + net
 
 
 def _has(doc: Any, keys: list[str]) -> bool:
@@ -107,26 +182,55 @@ def _safe_load(path: str) -> Any:
         return None
 
 
-def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str) -> str:
+def _moved(class_path: str, key: str) -> str | None:
+    """The current name of a model option of an earlier release: a network argument the module re-declared (now
+    under ``net.init_args``), or a diffusion option (``inference/legacy.DIFFUSION_MOVES``); else None."""
+    inner = key.removeprefix("model.init_args.")
+    if inner in DIFFUSION_MOVES and class_path.endswith("SSRDiffusionModule"):
+        return "model.init_args." + DIFFUSION_MOVES[inner].replace("net.", "net.init_args.", 1)
+    found = stage_of_module(class_path.rsplit(".", 1)[-1])
+    if found is not None and found.weights and "." not in inner and inner in _parameters(found.network):
+        return f"model.init_args.net.init_args.{inner}"
+    return None
+
+
+def _parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def _unknown(key: str, known: list[str], args: list[str], what: str, help_hint: str, moved: str | None = None) -> str:
     """``WHERE: WHAT has no such option (did you mean X?); HINT``, ``WHERE`` the option or the file that set it."""
     where = _source(key, args)
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    # the last part decides (`chanels` is `net.init_args.channels`, not `help`), then the whole key
+    lasts = {k.rsplit(".", 1)[-1]: k for k in sorted(known, key=len, reverse=True)}
+    close = [lasts[m] for m in difflib.get_close_matches(key.rsplit(".", 1)[-1], list(lasts), n=1, cutoff=0.75)]
+    close = close or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
     dashes = "--" if where.startswith("--") else ""
     suggestion = f" (did you mean {dashes}{close[0]}?)" if close else ""
+    if moved is not None:
+        suggestion = f" (it moved: {dashes}{moved})"
     return f"{where}: {what} has no such option{suggestion}; {help_hint} lists them"
 
 
 def explain_parse_error(message: str, sub: str, options: list[str], args: list[str]) -> str:
     """One line for a jsonargparse error ``message`` of ``ssr sub``; ``options`` are the subcommand's option names and
     ``args`` its command line (to name the config file that set an unknown option)."""
-    model = re.search(r"Problem with given class_path '([\w.]+)':\s*(?:Option '([^']+)' is not accepted|"
-                      r"unrecognized arguments: --([^\s=]+)|No action for key \"([^\"]+)\")", message)
+    nested = r"(?:Parser key \"\w+\":\s*Problem with given class_path '[\w.]+':\s*)*"
+    model = re.search(r"Problem with given class_path '([\w.]+)':\s*(" + nested + r")(?:Option '([^']+)' is not "
+                      r"accepted|unrecognized arguments: --([^\s=]+)|No action for key \"([^\"]+)\")", message)
     if model:
         class_path = model.group(1)
-        key = next(g for g in model.groups()[1:] if g)
-        known = [f"model.init_args.{o}" for o in _class_options(class_path)]
+        key = next(g for g in model.groups()[2:] if g)
+        # an option of a class given inside the module's options (its network: `net`)
+        inner = re.findall(r"Parser key \"(\w+)\":\s*Problem with given class_path '([\w.]+)'", model.group(2))
+        prefix = "model.init_args." + "".join(f"{k}.init_args." for k, _ in inner)
+        where = inner[-1][1] if inner else class_path
+        known = [prefix + o for o in _class_options(where)]
         short = class_path.rsplit(".", 1)[-1]
-        return _unknown(f"model.init_args.{key}", known, args, short, f"`ssr {sub} --model {short} --help`")
+        hint = f"`ssr {sub} --model {short} --help`" if not inner else (
+            f"`ssr {sub} --model {short} --model.init_args.{inner[-1][0]}.help {where.rsplit('.', 1)[-1]}`")
+        return _unknown(prefix + key, known, args, where.rsplit(".", 1)[-1], hint,
+                        None if inner else _moved(class_path, prefix + key))
     top = re.search(r"unrecognized arguments: --([^\s=]+)|does not accept option '([^']+)'", message)
     if top:
         key = top.group(1) or top.group(2)

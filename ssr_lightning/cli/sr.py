@@ -23,10 +23,14 @@ LR pixel), the latents, the per-tile condition features and the output grow with
 LR pixel with SVKR (``ssr_lightning.cli.sr_inputs``; docs/EXPERIMENTS.md, issue 12, measures a 2000×1500 input).
 SVKR's stages and the tiles of every denoising step show progress bars.
 
-Large images: SVKR runs once on the whole image; the diffusion runs in overlapping tiles (``--tile``/``--overlap``,
-LR pixels) fused at every denoising step. ``--start``, ``--strength``, ``--guidance`` and ``--color-fix`` override
-the model's sampling settings (docs/DESIGN.md §4). ``--from DIR`` takes every checkpoint from a results folder of
-``ssr-ablate ablations/pipeline.yaml`` (or any study with one finished cell).
+The model's settings are used unless a flag overrides one: the sampling it was validated with (its checkpoint's
+``ssr.sampling``; ``--sampler``, ``--steps``, ``--strength``, ``--start``, ``--guidance``, ``--color-fix``, ``--seed``,
+``--tile``, ``--overlap``: one flag per ``SamplingConfig`` field, generated from it) and the SVKR its stage named
+(``ssr.svkr``; ``--dkenet-ckpt``, ``--nbsr-ckpt``, ``--depth``, ``--depth-ckpt``, ``--iterations``, ``--gamma``: one per
+``SVKRConfig`` field). A flag replaces only its own field (docs/DESIGN.md §4). Large images: SVKR runs once on the
+whole image; the diffusion runs in overlapping tiles (``--tile``/``--overlap``, LR pixels) fused at every denoising
+step. ``--from DIR`` takes every checkpoint from a results folder of ``ssr-ablate ablations/pipeline.yaml`` (or any
+study with one finished cell).
 
 Examples::
 
@@ -37,11 +41,12 @@ Examples::
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +54,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ssr_lightning.cli.parsing import dataclass_flags, flag, flag_values
 from ssr_lightning.cli.sr_inputs import (
     MAX_PIXELS,
     MEMORY_FORMULA,
@@ -71,7 +77,9 @@ from ssr_lightning.data.image_io import (
     load_image,
     save_image,
 )
+from ssr_lightning.diffusion.config import SamplingConfig, SamplingError
 from ssr_lightning.files import atomic_write
+from ssr_lightning.inference.svkr import SVKRConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -88,32 +96,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--from", dest="from_dir", type=str | None, default=None,
                    help="an ssr-ablate results folder with one finished cell (ablations/pipeline.yaml): its ssr, "
                         "dkenet, nbsr and depth checkpoints (explicit --ckpt/--*-ckpt flags win)")
-    p.add_argument("--dkenet-ckpt", type=str | None, default=None, help="KE checkpoint for SVKR (default: the model's)")
-    p.add_argument("--nbsr-ckpt", type=str | None, default=None, help="NBSR checkpoint for SVKR (default: the model's)")
-    p.add_argument("--depth", type=Literal["learned", "midas", "dpt"] | None, default=None,
-                   help="SVKR depth estimator (default: the model's)")
-    p.add_argument("--depth-ckpt", type=str | None, default=None, help="depth weights for SVKR (default: the model's)")
-    p.add_argument("--iterations", type=int | None, default=None,
-                   help="SVKR's T, refinement steps after the first DE -> KE -> NBSR pass (default: 3)")
-    p.add_argument("--steps", type=int | None, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--strength", type=float | None, default=None,
-                   help="1: sample from pure noise; <1: start from the noised LR latent at t=strength*T "
-                        "(default: the model's)")
-    p.add_argument("--start", type=Literal["noise", "lr", "frontend"] | None, default=None,
-                   help="start image for --strength < 1: lr (bicubic LR) or frontend (SVKR's I_T); noise needs "
-                        "strength 1 (default: the model's)")
-    p.add_argument("--guidance", type=float | None, default=None,
-                   help="kernel-aware guidance step (BlindDiff; 0 = off, 1 = a full line-search step; default: the "
-                        "model's)")
-    p.add_argument("--color-fix", type=Literal["none", "wavelet", "adain"] | None, default=None,
-                   help="colour correction from the condition image (default: the model's)")
-    # 32/8: twice the tiny default's training patch (16 LR px); whole images far larger than the training patches
-    # show stripes 15 LR rows from each edge with that model (docs/EXPERIMENTS.md, issue 12)
-    p.add_argument("--tile", type=int, default=32,
-                   help="diffusion tile side in LR pixels (0: whole image at once); rounded down to the model's size "
-                        "multiple, and at least the model's smallest tile (checked from the checkpoint)")
-    p.add_argument("--overlap", type=int, default=8, help="tile overlap in LR pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    # one flag per field of the front end's and the sampler's settings; None keeps the model's value
+    dataclass_flags(p, SVKRConfig, "left out: the model's SVKR setting")
+    dataclass_flags(p, SamplingConfig, "left out: the model's sampling")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
@@ -129,24 +114,42 @@ def _usage(message: str) -> int:
     return 2
 
 
+def _sampling(args: Any, base: SamplingConfig | None) -> tuple[SamplingConfig | None, str | None]:
+    """``base`` (the model's sampling) with the sampling flags given, validated by ``SamplingConfig`` (the one
+    check), or a problem naming the flags. ``base`` None: the flags alone, before the model is read (a problem that
+    involves a setting no flag gave waits for the model's)."""
+    given = flag_values(args, SamplingConfig)
+    try:
+        return (base or SamplingConfig()).replace(**given), None
+    except SamplingError as err:
+        if set(err.fields) <= set(given):
+            return None, err.spelled(flag)
+        if base is None:
+            return None, None
+        if err.fields[0] in given:
+            theirs = ", ".join(f"{f} {getattr(base, f)}" for f in err.fields if f not in given)
+            return None, f"{err.spelled(flag)} (the model's {theirs})"
+        field = next(f for f in err.fields if f in given)  # a flag made a setting of the model's invalid
+        return None, (f"{flag(field)} {given[field]} makes the model's {err.fields[0]} {err.value} invalid: "
+                      f"{err.detail}")
+
+
+def _svkr(args: Any, base: SVKRConfig) -> tuple[SVKRConfig | None, str | None]:
+    """``base`` with the SVKR flags given (validated by ``SVKRConfig``), or a problem naming the flags."""
+    given = flag_values(args, SVKRConfig)
+    try:
+        return dataclasses.replace(base, **given), None
+    except ValueError as err:
+        return None, f"{' / '.join(f'{flag(k)} {v}' for k, v in given.items())}: {err}"
+
+
 def _check_options(args: Any) -> str | None:
-    if args.steps is not None and args.steps < 1:
-        return f"--steps {args.steps}: must be >= 1 (leave it out for the model's default)"
-    if args.strength is not None and not 0.0 < args.strength <= 1.0:
-        return f"--strength {args.strength}: must be in (0, 1] (1 = from pure noise)"
-    if args.tile < 0 or args.overlap < 0:
-        return f"--tile {args.tile} / --overlap {args.overlap}: must be >= 0 (--tile 0: no tiling)"
-    if args.tile and args.overlap >= args.tile:
-        return f"--overlap {args.overlap} must be smaller than --tile {args.tile}"
-    if args.iterations is not None and args.iterations < 0:
-        return f"--iterations {args.iterations}: must be >= 0 (0 = one DE -> KE -> NBSR pass)"
-    if args.guidance is not None and args.guidance < 0:
-        return f"--guidance {args.guidance}: must be >= 0 (0 = off)"
+    """The flags alone (before any checkpoint is read): each checked by the dataclass that declares it."""
     if args.max_pixels < 1:
         return f"--max-pixels {args.max_pixels}: must be >= 1"
-    if args.start == "noise" and args.strength is not None and args.strength < 1:
-        return f"--start noise runs every step from pure noise: --strength {args.strength} must be 1 (or --start lr)"
-    return None
+    if args.depth == "gt":
+        return "--depth gt: a user's image has no ground-truth depth; use learned, midas or dpt"
+    return _sampling(args, None)[1] or _svkr(args, SVKRConfig())[1]
 
 
 def _from_folder(args: Any) -> str | None:
@@ -169,35 +172,43 @@ def _from_folder(args: Any) -> str | None:
     return None
 
 
-def _check_tile(args: Any, geometry: Any) -> str | None:
-    """``--tile``/``--overlap`` against the model's sizes (a ``ModelGeometry``), or None."""
-    if not args.tile:
+def _check_tile(args: Any, sampling: SamplingConfig, geometry: Any) -> str | None:
+    """The tile and overlap used (a flag, else the model's sampling setting) against the model's sizes (a
+    ``ModelGeometry``), or None."""
+    if not sampling.tile:
         return None
-    tile = geometry.tile(args.tile)
+    name = f"--tile {sampling.tile}" if args.tile is not None else f"the model's sampling tile {sampling.tile}"
+    tile = geometry.tile(sampling.tile)
     if tile < geometry.min_tile:
-        return (f"--tile {args.tile}: this model needs tiles of at least {geometry.min_tile} LR px (sides are "
+        return (f"{name}: this model needs tiles of at least {geometry.min_tile} LR px (sides are "
                 f"multiples of {geometry.multiple}; its UNet's deepest level needs 2 latent px): use --tile "
                 f"{geometry.min_tile} or more, or --tile 0 (the whole image at once)")
-    if args.overlap >= tile:
-        return (f"--overlap {args.overlap} must be smaller than the tile, {tile} LR px (--tile {args.tile} rounded down "
-                f"to a multiple of {geometry.multiple})")
+    if sampling.overlap >= tile:
+        overlap = f"--overlap {sampling.overlap}" if args.overlap is not None else (
+            f"the model's sampling overlap {sampling.overlap}")
+        return (f"{overlap} must be smaller than the tile, {tile} LR px ({name} rounded down to a multiple of "
+                f"{geometry.multiple})")
     return None
 
 
-def _read_model(args: Any) -> tuple[Any, Any, str | None]:
-    """The diffusion checkpoint read (no network built) and its geometry, or a usage problem."""
+def _read_model(args: Any) -> tuple[Any, Any, SamplingConfig | None, str | None]:
+    """The diffusion checkpoint read (no network built), its geometry and the sampling used (the model's, with the
+    flags), or a usage problem."""
     from ssr_lightning.inference.checkpoints import (
         CheckpointError,
         read_checkpoint,
         resolve_checkpoint,
     )
-    from ssr_lightning.inference.pipeline import checkpoint_geometry
+    from ssr_lightning.inference.pipeline import checkpoint_geometry, model_sampling, model_svkr
 
     try:
         data = read_checkpoint(resolve_checkpoint(args.ckpt, "ssrdiffusion"), "ssrdiffusion")
-        return data, checkpoint_geometry(data), None
+        geometry, own = checkpoint_geometry(data), model_sampling(data)
+        svkr_problem = _svkr(args, model_svkr(data))[1]
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError, KeyError, TypeError) as err:
-        return None, None, f"cannot load the models: {err}"
+        return None, None, None, f"cannot load the models: {err}"
+    sampling, problem = _sampling(args, own)
+    return data, geometry, sampling, problem or svkr_problem
 
 
 def _check_writable(folder: Path) -> str | None:
@@ -296,10 +307,10 @@ def _run(args: Any, progress: _Progress) -> int:
     problem = check_outputs({f: d for f, d in plan.items() if f not in bad}, files, args.save_maps, args.overwrite)
     if problem:
         return _usage(problem)
-    data = geometry = None
-    if sizes:  # the model's size needs, from its checkpoint's config: no network is built yet
-        data, geometry, problem = _read_model(args)
-        problem = problem or (_check_tile(args, geometry) if geometry is not None else None)
+    data = geometry = sampling = None
+    if sizes:  # the model's size needs and sampling, from its checkpoint's ssr block: no network is built yet
+        data, geometry, sampling, problem = _read_model(args)
+        problem = problem or (_check_tile(args, sampling, geometry) if geometry is not None else None)
         if problem:
             return _usage(problem)
         for f, (w, h) in list(sizes.items()):
@@ -324,23 +335,16 @@ def _run(args: Any, progress: _Progress) -> int:
     try:
         from ssr_lightning.inference.checkpoints import CheckpointError
         from ssr_lightning.inference.pipeline import SSRPipeline
-        from ssr_lightning.inference.svkr import SVKRConfig
 
-        svkr = None
-        if (args.depth is not None or args.dkenet_ckpt or args.nbsr_ckpt or args.depth_ckpt
-                or args.iterations is not None):
-            svkr = SVKRConfig(dkenet_ckpt=args.dkenet_ckpt, nbsr_ckpt=args.nbsr_ckpt, depth=args.depth or "learned",
-                              depth_ckpt=args.depth_ckpt, iterations=3 if args.iterations is None else args.iterations)
-        pipe = SSRPipeline.from_checkpoint(
-            data, svkr=svkr, device=device, tile=args.tile, overlap=args.overlap,
-            num_inference_steps=args.steps, seed=args.seed, strength=args.strength, progress=True,
-            start=args.start, guidance=args.guidance, color_fix=args.color_fix,
-        ) if todo else None
+        # the model's SVKR and sampling settings, each flag replacing only its own field
+        pipe = SSRPipeline.from_checkpoint(data, svkr=flag_values(args, SVKRConfig), sampling=sampling,
+                                           device=device, progress=True) if todo else None
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
         if not existed:
             _remove_if_empty(folder)
         return _usage(f"cannot load the models: {err}")
-    problem = _check_tile(args, pipe.geometry) if pipe is not None and geometry is None else None  # pretrained
+    problem = (_check_tile(args, pipe.sampling, pipe.geometry) if pipe is not None and geometry is None
+               else None)  # pretrained backbone: its sizes are known once loaded
     if problem:
         return _usage(problem)
     failed: list[str] = [str(f) for f in bad]

@@ -16,10 +16,12 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from ssr_lightning.networks.vae import build_tiny_vae, load_pretrained_vae
+from ssr_lightning.registry import register_stage
 
 __all__ = ["VAELatents"]
 
 
+@register_stage("vae", label="VAE", config="configs/vae.yaml", module="VAEModule")
 class VAELatents(ModelMixin, ConfigMixin):
     """``encode``: image in [0, 1] → scaled latent; ``decode``: scaled latent → image (not clamped).
 

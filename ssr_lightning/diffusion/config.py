@@ -1,72 +1,156 @@
-"""Argument groups of the diffusion stage (plain dataclasses: the CLI documents each field from its docstring)."""
+"""Argument groups of the diffusion stage (plain dataclasses: the CLI documents each field from its docstring).
+
+- :class:`SamplingConfig`: how an SR image is sampled, the arguments of a call, not of the model (diffusers style).
+  Declared and validated here only: ``LatentDiffusionSR.super_resolve(..., sampling=)``,
+  ``GaussianDiffusion.sample(..., sampling=)``, ``SSRPipeline(..., sampling=)`` and ``SSRDiffusionModule(sampling=)``
+  (validation, test and predict samples) take it; the stage module writes it into its checkpoints' ``ssr`` block, so
+  ``ssr sr`` samples as the model was validated. ``ssr sr``'s sampling flags (``--steps``, ``--strength``, …) are
+  generated from its fields (``ssr_lightning.cli.parsing.dataclass_flags``) and each replaces only its own field
+  (:meth:`SamplingConfig.replace`, which validates again). docs/DESIGN.md §4 describes every option.
+- :class:`UNetConfig`: ``LatentDiffusionSR``'s ``unet_config`` group, the ``SSRUNet`` arguments the stage chooses
+  (backbone sizes, the Table 2 modality switches, AMF), so ``--model.init_args.net.init_args.unet_config.use_kernel
+  false`` reads as what it does.
+- :class:`LossConfig`: the stage module's ``loss`` group.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.networks.amf import AMFMode
 
-__all__ = ["BackboneConfig", "LossConfig", "ModalityConfig", "SamplingConfig"]
+__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "LossConfig", "SampleStart", "Sampler", "SamplingConfig", "SamplingError",
+           "UNetConfig", "renamed"]
+
+Sampler = Literal["ddim", "ddpm"]
+SampleStart = Literal["noise", "bicubic", "frontend"]
+
+# Names and values of the sampling options before they became call arguments (model config keys, the stage's
+# `sampling` group); checkpoints are upgraded through these (inference/legacy.py).
+LEGACY_NAMES = {"num_inference_steps": "steps", "sample_strength": "strength", "sample_start": "start",
+                "guidance_step": "guidance"}
+LEGACY_VALUES = {"start": {"lr": "bicubic"}}
 
 
-@dataclass
-class BackboneConfig:
-    """The denoising UNet, the autoencoder and the noise schedule."""
+def renamed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling options under their current names and values (pre-0.4 ones renamed; other keys kept)."""
+    out = {}
+    for key, value in values.items():
+        key = LEGACY_NAMES.get(key, key)
+        out[key] = LEGACY_VALUES.get(key, {}).get(value, value) if isinstance(value, str) else value
+    return out
 
-    autoencoder: Literal["vae", "space_to_depth"] = "vae"
-    """Latent space: vae (the VAEModule checkpoint of vae_ckpt, or pretrained_path's VAE) or space_to_depth
-    (lossless PixelUnshuffle by space_to_depth_factor with fixed per-colour normalisation; no VAE checkpoint, no
-    training; diffusion/space_to_depth.py)."""
-    space_to_depth_factor: int = 4
-    """Block side of the space_to_depth latent (the tiny VAE's factor is 4): 3·f² latent channels."""
-    vae_ckpt: str | None = None
-    """VAEModule checkpoint (`ssr fit --config configs/vae.yaml`) giving the latent space (None: the newest
-    runs/vae run's best.ckpt); read once, when the stage is built (its weights then travel in this stage's
-    checkpoints)."""
-    pretrained_path: str | None = None
-    """Local diffusers folder (`unet/`, `vae/`, optionally `scheduler/`): replaces the tiny UNet and the VAE."""
-    freeze_backbone: bool = True
-    """With pretrained_path: train only the condition encoders + AMF (ignored for a tiny backbone)."""
+
+class SamplingError(ValueError):
+    """An invalid sampling setting: ``fields`` are the options involved (the first one's ``value`` is wrong),
+    ``detail`` what is wrong. The message reads ``sampling <field> <value>: <detail>``; :meth:`spelled` names the
+    field as the caller spells it (``--strength 2.0: ...``)."""
+
+    def __init__(self, fields: tuple[str, ...], value: Any, detail: str) -> None:
+        super().__init__(f"sampling {fields[0]} {value}: {detail}")
+        self.fields, self.value, self.detail = fields, value, detail
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        return f"{spell(self.fields[0])} {self.value}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How SR images are sampled (validation, test and predict samples of the stage; ``ssr sr``; the pipeline)."""
+
+    sampler: Sampler = "ddim"
+    """ddim (deterministic for a seed: η = 0, trailing spacing) or ddpm."""
+    steps: int = 20
+    """Denoising steps of the sampler (at strength 1; fewer are run at strength < 1)."""
+    strength: float = 1.0
+    """1: from pure noise, every step (the paper). s < 1: start at t ≈ s·T from the noised latent of the start image
+    and run the last round(s·steps) steps (img2img-style)."""
+    start: SampleStart = "bicubic"
+    """Start image for strength < 1: bicubic (the bicubic-upsampled LR) or frontend (the front end's SR image I_T);
+    noise: pure noise, every step (needs strength 1; the paper)."""
+    guidance: float = 0.0
+    """Kernel-aware guidance (BlindDiff) step η: after every step x̂0 moves η times the line-search step down
+    ∇‖LR − (D(x̂0) ⊗ K)↓s‖² with the condition kernel field (GT or SVKR's K_T, also when the kernel modality is off);
+    0 = off, 1 = a full step."""
+    color_fix: ColorFix = "none"
+    """Colour correction of the output from the condition image: none, wavelet (its low frequencies, StableSR) or
+    adain (its channel mean and std)."""
+    seed: int = 0
+    """Seed of the sampling noise (validation and test add the batch index)."""
+    tile: int = 32
+    """Side of the step-fused diffusion tiles in LR pixels (0: the whole image at once); rounded down to the model's
+    size multiple. An image that fits in one tile is sampled exactly as untiled."""
+    overlap: int = 8
+    """Overlap of neighbouring tiles in LR pixels (smaller than tile)."""
+
+    def __post_init__(self) -> None:
+        """The one check of every sampling setting (a ``SamplingError`` naming the fields)."""
+        for name, kind in (("sampler", Sampler), ("start", SampleStart), ("color_fix", ColorFix)):
+            value = getattr(self, name)
+            if value not in get_args(kind):
+                raise SamplingError((name,), value, f"must be one of {', '.join(get_args(kind))}")
+        if self.steps < 1:
+            raise SamplingError(("steps",), self.steps, "must be >= 1")
+        if not 0.0 < self.strength <= 1.0:
+            raise SamplingError(("strength",), self.strength, "must be in (0, 1] (1 = from pure noise)")
+        if self.start == "noise" and self.strength < 1.0:
+            raise SamplingError(("start", "strength"), self.start, f"runs every step from pure noise, so strength "
+                                f"must be 1, got {self.strength}; start from an image with start bicubic or frontend")
+        if self.guidance < 0:
+            raise SamplingError(("guidance",), self.guidance, "must be >= 0 (0 = off)")
+        for name in ("tile", "overlap"):
+            if getattr(self, name) < 0:
+                raise SamplingError((name,), getattr(self, name), "must be >= 0 (tile 0: no tiling)")
+        if self.tile and self.overlap >= self.tile:
+            raise SamplingError(("overlap", "tile"), self.overlap, f"must be smaller than tile {self.tile}")
+
+    def replace(self, **changes: Any) -> SamplingConfig:
+        """A copy with ``changes`` (field names; None values are left out), validated again."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise TypeError(f"not a sampling option: {', '.join(unknown)} (options: "
+                            f"{', '.join(f.name for f in dataclasses.fields(self))})")
+        return dataclasses.replace(self, **given) if given else self
+
+    @classmethod
+    def from_dict(cls, values: Any) -> SamplingConfig:
+        """A config from a checkpoint's plain dict (unknown keys are an error), or ``values`` if it is one."""
+        if isinstance(values, cls):
+            return values
+        return cls().replace(**dict(values or {}))
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The denoising UNet: the tiny backbone's sizes (ignored with pretrained_path), the conditions that reach it and
+    how AMF fuses them (``SSRUNet``'s arguments; the latent channels come from the autoencoder)."""
+
     block_out_channels: tuple[int, ...] = (32, 64, 64)
-    """Tiny UNet widths per level."""
+    """Tiny backbone widths per level."""
     down_block_types: tuple[str, ...] = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
-    """Tiny UNet down blocks (diffusers names)."""
+    """Tiny backbone down blocks (diffusers names)."""
     up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
-    """Tiny UNet up blocks."""
+    """Tiny backbone up blocks."""
     layers_per_block: int = 1
-    """ResNets per block of the tiny UNet."""
-    num_train_timesteps: int = 1000
-    """Steps of the training noise schedule (DDPM)."""
-    prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon"
-    """What the UNet predicts: epsilon (the paper's Eq. 5), sample (x0; a UNet narrower than its latent, e.g. the tiny
-    one on the 48-channel space_to_depth latent, cannot carry the noise it would have to predict) or v_prediction."""
-    residual: bool = False
-    """Diffuse the residual over the condition image's latent (SRDiff / ResShift) instead of the HR latent itself: the
-    sample starts from (and an uncertain model returns) the condition image, bicubic LR or the front end's I_T."""
-    residual_scale: float = 1.0
-    """Multiplier of that residual latent, so that its std is near the schedule's ~1."""
-    gradient_checkpointing: bool = False
-    """Recompute UNet activations in backward (Stable-Diffusion-sized backbones)."""
-
-
-@dataclass
-class ModalityConfig:
-    """Which conditions reach the UNet, and how AMF fuses them (the Table 2 switches)."""
-
+    """ResNets per block of the tiny backbone."""
+    attention_head_dim: int = 8
+    """Head width of the tiny backbone's attention blocks."""
     use_kernel: bool = True
-    """Kernel modality f_1 (SVKR's K_T)."""
+    """Kernel modality f_1 (K_T)."""
     use_depth: bool = True
-    """Depth modality f_2 (SVKR's D_T)."""
+    """Depth modality f_2 (D_T)."""
     use_lr: bool = True
-    """LR-encoder modality f_3."""
+    """LR-encoder modality f_3 (on the condition image's latent)."""
     concat_lr: bool = True
-    """Also concatenate the LR latent to the UNet input."""
-    image_condition: Literal["bicubic", "svkr"] = "bicubic"
-    """Image the LR encoder and concat_lr read: bicubic (the bicubic-upsampled LR, the paper) or svkr (the front
-    end's SR image I_T, a CasSR-style reference). Training with conditions.source=svkr uses SVKR's I_T; with gt
-    conditions NBSR(LR, GT kernel) (conditions.nbsr_ckpt), the oracle counterpart of SVKR's last step."""
+    """Also concatenate the condition image's latent to the UNet input (SR3/LDM style; SSRUNet's own default is
+    off)."""
+    kernel_channels: int = 441
+    """Channels of the kernel condition (441 = the raw 21×21 field)."""
     amf_hidden: int = 128
     """Hidden width of the AMF MLPs (paper: 128)."""
     amf_pooled: bool = False
@@ -79,41 +163,21 @@ class ModalityConfig:
     """LR encoder width relative to the UNet's."""
     map_width: int = 32
     """Width of the depth / kernel encoders."""
+    map_out: int = 32
+    """Channels of the depth / kernel features f_1, f_2."""
 
-
-@dataclass
-class SamplingConfig:
-    """How SR images are sampled (validation, test, predict, `ssr sr`)."""
-
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    """ddim (deterministic for a seed) or ddpm."""
-    num_inference_steps: int = 20
-    """Sampling steps."""
-    sample_strength: float = 1.0
-    """1.0: from pure noise (the paper). s < 1: start at t ≈ s·T from the noised start image's latent (see start)
-    and run the last round(s·steps) steps (img2img-style)."""
-    start: Literal["noise", "lr", "frontend"] = "lr"
-    """Start image for sample_strength < 1: lr (the bicubic-upsampled LR) or frontend (SVKR's I_T); noise: pure
-    noise, every step (needs sample_strength 1.0; the paper)."""
-    guidance_step: float = 0.0
-    """Kernel-aware guidance (BlindDiff) η: after every step x̂0 moves η times the line-search step down
-    ∇‖LR − (D(x̂0) ⊗ K)↓s‖² with the condition kernel field (GT or SVKR's K_T, also when use_kernel is off);
-    0 = off, 1 = a full step."""
-    color_fix: ColorFix = "none"
-    """Colour correction of the output from the condition image: none, wavelet (its low frequencies, StableSR) or
-    adain (its channel mean/std). Test metrics report both: psnr_y etc. with it, *_raw without."""
-    seed: int = 0
-    """Seed of the sampling noise."""
-    num_val_samples: int = 4
-    """Val images sampled per validation (first val batch)."""
-
-    def __post_init__(self) -> None:
-        from ssr_lightning.diffusion.model import check_sampling
-
-        try:
-            check_sampling(self.start, self.sample_strength, self.guidance_step, self.color_fix)
-        except ValueError as err:
-            raise ValueError(f"model.init_args.sampling: {err}") from None
+    @classmethod
+    def of(cls, value: Any) -> UNetConfig:
+        """``value`` as a UNetConfig: an instance passes, a mapping (a checkpoint's ``unet_config``) is converted,
+        None gives the defaults; an unknown key is a TypeError naming it."""
+        if isinstance(value, cls):
+            return value
+        given = dict(value or {})
+        unknown = sorted(set(given) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unet_config: no such option {', '.join(unknown)} (options: "
+                            f"{', '.join(f.name for f in dataclasses.fields(cls))})")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
 
 
 @dataclass
@@ -132,5 +196,3 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         """λ per modality name, as GaussianDiffusion.loss takes them."""
         return {"kernel": self.lambda_kernel, "depth": self.lambda_depth, "lr": self.lambda_lr}
-
-

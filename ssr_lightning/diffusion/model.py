@@ -2,31 +2,32 @@
 
 ``loss`` is Eq. 5 on a degraded batch; ``super_resolve`` samples an SR image from an LR image and the maps D_T, K_T
 on the LR grid (any size: reflect-padded to the UNet's multiple and cropped back). The training stage
-(``ssr_lightning.modules.SSRDiffusionModule``) and the inference pipeline both use this object; a checkpoint
-rebuilds it with ``LatentDiffusionSR.from_config`` (docs/ARCHITECTURE.md).
+(``ssr_lightning.modules.SSRDiffusionModule``, which takes this model as its ``net``) and the inference pipeline both
+use this object; a checkpoint rebuilds it with ``LatentDiffusionSR.from_config`` (docs/ARCHITECTURE.md).
 
-Process options (docs/DESIGN.md §4; each a config entry whose default reproduces the model before it existed):
+The model's config holds what it is (docs/DESIGN.md §4; each option's default reproduces the model before it
+existed):
 
 - ``autoencoder``: ``vae`` (a trained tiny ``AutoencoderKL`` or a local pretrained one) | ``space_to_depth``
-  (lossless, no weights: ``diffusion/space_to_depth.py``).
+  (lossless, no weights: ``diffusion/space_to_depth.py``), with ``autoencoder_config`` its arguments.
+- ``unet_config``: the UNet, its modalities and AMF (:class:`~ssr_lightning.diffusion.config.UNetConfig`).
+- ``prediction_type`` (``epsilon`` | ``sample`` (x0) | ``v_prediction``), ``residual``, ``residual_scale``,
+  ``num_train_timesteps``: the process.
 - ``image_condition``: what the LR encoder and ``concat_lr`` read: ``bicubic`` (the bicubic-upsampled LR, the paper)
-  | ``svkr`` (the front end's SR image I_T, passed as ``reference``: CasSR's reference image).
-- ``sample_start`` at ``sample_strength`` s: ``noise`` (pure noise; needs s = 1, the paper) | ``lr`` (the noised
-  bicubic-LR latent at t ≈ s·T) | ``frontend`` (the noised I_T latent); at s = 1 every start is pure noise.
-- ``guidance_step`` η: BlindDiff's kernel-aware LR-consistency step between sampling steps
-  (``diffusion/guidance.py``; needs a kernel field; 0 = off).
-- ``color_fix``: ``none`` | ``wavelet`` | ``adain`` colour correction of the output from the condition image
-  (``diffusion/color.py``).
+  | ``frontend`` (the front end's SR image I_T, passed as ``frontend=``: CasSR's reference image).
 
-Large images (``tile > 0``): the condition features are encoded per overlapping tile and the tiles' UNet outputs
-(ε̂, x̂0 or v̂, by ``prediction_type``) are blended at every denoising step into one latent (``diffusion/tiling.py``),
-then one scheduler step runs on the whole latent; a VAE encodes and decodes tile-wise with the same blending
-(space-to-depth is pointwise and needs none).
+How a call samples is not part of it: ``super_resolve(..., sampling=SamplingConfig(...))`` (sampler, steps,
+``strength`` and ``start`` (``noise`` | ``bicubic`` | ``frontend``), kernel-aware ``guidance``, ``color_fix``, seed,
+tiles; ``diffusion/config.py``). Large images (``tile > 0``): the condition features are encoded per overlapping tile and
+the tiles' UNet outputs (ε̂, x̂0 or v̂, by ``prediction_type``) are blended at every denoising step into one latent
+(``diffusion/tiling.py``), then one scheduler step runs on the whole latent; a VAE encodes and decodes tile-wise with
+the same blending (space-to-depth is pointwise and needs none).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -39,38 +40,26 @@ from torch import Tensor
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
+from ssr_lightning.diffusion.config import SamplingConfig, UNetConfig, renamed
 from ssr_lightning.diffusion.guidance import KernelGuidance
-from ssr_lightning.diffusion.process import GaussianDiffusion, PredictionType, Sampler, StepHook
+from ssr_lightning.diffusion.process import GaussianDiffusion, PredictionType, StepHook
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
 from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid
 from ssr_lightning.networks.ssr_unet import SSRUNet
+from ssr_lightning.registry import register_stage
 
-__all__ = ["AutoencoderKind", "ImageCondition", "LatentDiffusionSR", "SampleStart", "check_sampling", "lr_multiple",
-           "pad_reflect"]
+__all__ = ["AutoencoderKind", "ImageCondition", "LatentDiffusionSR", "lr_multiple", "pad_reflect"]
 
 AutoencoderKind = Literal["vae", "space_to_depth"]
-ImageCondition = Literal["bicubic", "svkr"]
-SampleStart = Literal["noise", "lr", "frontend"]
-_CHOICES = {"autoencoder": ("vae", "space_to_depth"), "image_condition": ("bicubic", "svkr"),
-            "start": ("noise", "lr", "frontend"), "color_fix": ("none", "wavelet", "adain")}
+ImageCondition = Literal["bicubic", "frontend"]
+_CHOICES = {"autoencoder": ("vae", "space_to_depth"), "image_condition": ("bicubic", "frontend")}
+# the pre-0.4 constructor keywords that set a call default (see LatentDiffusionSR)
+_LEGACY_SAMPLING = ("sampler", "num_inference_steps", "sample_strength", "sample_start", "guidance_step", "color_fix")
 
 
 def _choice(name: str, value: str) -> None:
     if value not in _CHOICES[name]:
         raise ValueError(f"{name} must be one of {', '.join(_CHOICES[name])}; got {value!r}")
-
-
-def check_sampling(start: str, strength: float, guidance: float, fix: str) -> None:
-    """Raise a ValueError naming the option when a sampling setting is invalid or inconsistent."""
-    _choice("start", start)
-    _choice("color_fix", fix)
-    if not 0.0 < strength <= 1.0:
-        raise ValueError(f"sample_strength (--strength) must be in (0, 1] (1 = from pure noise), got {strength}")
-    if start == "noise" and strength < 1.0:
-        raise ValueError(f"start 'noise' runs every step from pure noise, so sample_strength (--strength) must be 1, "
-                         f"got {strength}; start from an image with start 'lr' or 'frontend'")
-    if guidance < 0:
-        raise ValueError(f"guidance_step (--guidance) must be >= 0 (0 = off), got {guidance}")
 
 
 def pad_reflect(x: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
@@ -89,46 +78,53 @@ def lr_multiple(scale: int, vae_factor: int, unet_multiple: int) -> int:
     return need // math.gcd(need, scale)
 
 
+@register_stage("ssrdiffusion", label="SSR diffusion", config="configs/ssr.yaml", module="SSRDiffusionModule")
 class LatentDiffusionSR(ModelMixin, ConfigMixin):
     """AMF-conditioned latent diffusion SR (docs/DESIGN.md §4; the options in the module doc).
 
     Args:
-        autoencoder_config: ``VAELatents`` arguments (tiny VAE architecture; ignored with ``pretrained_path``) or
-            ``SpaceToDepthLatents`` arguments (factor, mean, std) with ``autoencoder="space_to_depth"``.
-        unet_config: ``SSRUNet`` arguments (backbone architecture, modalities, AMF).
-        pretrained_path: Local diffusers folder (``unet/``, ``vae/``, ``scheduler/``) replacing the tiny backbone.
-        num_train_timesteps: Steps of the training schedule.
-        scale: SR factor s.
-        sampler: Default sampler (``ddim`` | ``ddpm``).
-        num_inference_steps: Default sampling steps.
-        sample_strength: Default start strength (1 = pure noise).
-        autoencoder: ``vae`` | ``space_to_depth``.
-        image_condition: ``bicubic`` | ``svkr`` (I_T, given to every call as ``reference``).
-        sample_start: Default start for strength < 1: ``noise`` | ``lr`` | ``frontend``.
-        guidance_step: Default kernel-aware guidance step η (0 = off).
-        color_fix: Default colour correction of the output: ``none`` | ``wavelet`` | ``adain``.
-        prediction_type: What the UNet predicts: ``epsilon`` (paper) | ``sample`` (x0) | ``v_prediction``.
+        autoencoder: Latent space: ``vae`` (a tiny ``AutoencoderKL``, trained by the VAE stage, or the VAE of
+            ``pretrained_path``) or ``space_to_depth`` (lossless PixelUnshuffle with fixed per-colour normalisation;
+            no weights, no training).
+        autoencoder_config: Its arguments: ``VAELatents``' (tiny VAE sizes; ignored with ``pretrained_path``) or
+            ``SpaceToDepthLatents``' (``factor``, ``mean``, ``std``). The model records the complete set.
+        unet_config: The denoising UNet, the conditions that reach it and AMF.
+        pretrained_path: Local diffusers folder (``unet/``, ``vae/``, optionally ``scheduler/``) replacing the tiny
+            backbone and VAE (nothing is downloaded).
+        scale: SR factor s (set from data.scale by ``ssr``).
+        num_train_timesteps: Steps of the training noise schedule (DDPM).
+        prediction_type: What the UNet predicts: ``epsilon`` (the paper's Eq. 5), ``sample`` (x0; a UNet narrower
+            than its latent, e.g. the tiny one on the 48-channel space_to_depth latent, cannot carry the noise it
+            would have to predict) or ``v_prediction``.
         residual: Diffuse the residual ``(z(HR) − z(condition image)) · residual_scale`` instead of ``z(HR)``
             (SRDiff / ResShift): the process only generates what the condition image lacks, so an untrained or
             uncertain model falls back to the condition image (bicubic or I_T) instead of a washed-out sample.
-        residual_scale: Multiplier of the residual latent (its std is far below 1; the schedule assumes ~1).
+        residual_scale: Multiplier of the residual latent, so that its std is near the schedule's ~1.
+        image_condition: What the LR encoder and ``concat_lr`` read: ``bicubic`` (the bicubic-upsampled LR, the paper)
+            or ``frontend`` (the front end's SR image I_T, given to every call as ``frontend=``; CasSR's reference).
+
+    The model holds no sampling settings: they are arguments of :meth:`super_resolve`. The pre-0.4 keywords
+    ``sampler``, ``num_inference_steps``, ``sample_strength``, ``sample_start``, ``guidance_step`` and ``color_fix``
+    are still accepted (with a DeprecationWarning) and become the ``SamplingConfig`` its calls default to; they are
+    not part of the config, so checkpoints never record them.
     """
+
+    ignore_for_config = ["legacy_sampling"]
 
     @register_to_config
     def __init__(
-        self, autoencoder_config: dict[str, Any] | None = None, unet_config: dict[str, Any] | None = None,
-        pretrained_path: str | None = None, num_train_timesteps: int = 1000, scale: int = 4, sampler: Sampler = "ddim",
-        num_inference_steps: int = 20, sample_strength: float = 1.0, autoencoder: AutoencoderKind = "vae",
-        image_condition: ImageCondition = "bicubic", sample_start: SampleStart = "lr", guidance_step: float = 0.0,
-        color_fix: ColorFix = "none", prediction_type: PredictionType = "epsilon", residual: bool = False,
-        residual_scale: float = 1.0,
+        self, autoencoder: AutoencoderKind = "vae", autoencoder_config: dict[str, Any] | None = None,
+        unet_config: UNetConfig = UNetConfig(),  # noqa: B008 (frozen)
+        pretrained_path: str | None = None, scale: int = 4, num_train_timesteps: int = 1000,
+        prediction_type: PredictionType = "epsilon", residual: bool = False, residual_scale: float = 1.0,
+        image_condition: ImageCondition = "bicubic", **legacy_sampling: Any,
     ) -> None:
         super().__init__()
         _choice("autoencoder", autoencoder)
         _choice("image_condition", image_condition)
-        check_sampling(sample_start, sample_strength, guidance_step, color_fix)
         if residual_scale <= 0:
             raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
+        self.default_sampling = _legacy_default(legacy_sampling)
         # (config names end in _config: diffusers resolves config keys before submodules of the same name)
         self.latents: VAELatents | SpaceToDepthLatents
         if autoencoder == "space_to_depth":
@@ -139,10 +135,16 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         else:
             ae = {"pretrained_path": pretrained_path} if pretrained_path is not None else dict(autoencoder_config or {})
             self.latents = VAELatents(**ae)
+        unet = UNetConfig.of(unet_config)
         self.unet = SSRUNet(latent_channels=self.latents.channels, pretrained_path=pretrained_path,
-                           **(unet_config or {}))
+                            **{k: list(v) if isinstance(v, tuple) else v for k, v in vars(unet).items()})
         self.process = GaussianDiffusion(num_train_timesteps, pretrained_path, prediction_type)
         self.scale = scale
+        # the config records plain data, and every argument of the latent space (a checkpoint keeps the
+        # space-to-depth constants it was trained with, whatever the defaults become)
+        latents = {k: v for k, v in self.latents.config.items() if not k.startswith("_")}
+        self.register_to_config(unet_config=_plain(vars(unet)),
+                                autoencoder_config=None if pretrained_path is not None else _plain(latents))
 
     # --- conditions ---------------------------------------------------------------------------------------------
     @property
@@ -160,29 +162,28 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         """Which maps the UNet reads: ``{"depth": bool, "kernel": bool}``."""
         return {"depth": "depth" in self.unet.enabled, "kernel": "kernel" in self.unet.enabled}
 
-    def needs(self, start: str | None = None, guidance: float | None = None) -> dict[str, bool]:
-        """What a call must be given: ``depth``/``kernel`` (UNet modalities), ``reference`` (I_T: the image condition
-        or the start) and ``guidance_kernel`` (a kernel field for guidance), for these sampling settings."""
-        start = start or self.config.sample_start
-        guidance = self.config.guidance_step if guidance is None else guidance
-        return {**self.uses, "reference": self.config.image_condition == "svkr" or start == "frontend",
-                "guidance_kernel": guidance > 0}
+    def needs(self, sampling: SamplingConfig | None = None) -> dict[str, bool]:
+        """What a call with ``sampling`` must be given: ``depth``/``kernel`` (UNet modalities), ``frontend`` (I_T: the
+        image condition or the start) and ``guidance_kernel`` (a kernel field for guidance)."""
+        sampling = sampling or self.default_sampling
+        return {**self.uses, "frontend": self.config.image_condition == "frontend" or sampling.start == "frontend",
+                "guidance_kernel": sampling.guidance > 0}
 
-    def condition_image(self, lr: Tensor, reference: Tensor | None = None) -> Tensor:
+    def condition_image(self, lr: Tensor, frontend: Tensor | None = None) -> Tensor:
         """The HR-grid image the LR encoder / ``concat_lr`` read (and the colour fix copies its colours from):
-        the bicubic-upsampled LR, or I_T (``reference``) with ``image_condition="svkr"``."""
+        the bicubic-upsampled LR, or I_T (``frontend``) with ``image_condition="frontend"``."""
         if self.config.image_condition == "bicubic":
             return F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
-        return self._check_reference(lr, reference, "image_condition 'svkr'")
+        return self._check_frontend(lr, frontend, "image_condition 'frontend'")
 
-    def _check_reference(self, lr: Tensor, reference: Tensor | None, why: str) -> Tensor:
+    def _check_frontend(self, lr: Tensor, frontend: Tensor | None, why: str) -> Tensor:
         s = self.scale
         want = (lr.shape[0], 3, s * lr.shape[-2], s * lr.shape[-1])
-        if reference is None:
-            raise ValueError(f"{why} needs the front end's SR image I_T (reference=, shape {want})")
-        if tuple(reference.shape) != want:
-            raise ValueError(f"{why}: reference has shape {tuple(reference.shape)}, expected {want}")
-        return reference.clamp(0, 1)
+        if frontend is None:
+            raise ValueError(f"{why} needs the front end's SR image I_T (frontend=, shape {want})")
+        if tuple(frontend.shape) != want:
+            raise ValueError(f"{why}: I_T (frontend=) has shape {tuple(frontend.shape)}, expected {want}")
+        return frontend.clamp(0, 1)
 
     def encode_image(self, img: Tensor, grid: TileGrid | None = None) -> Tensor:
         """Latent of an HR-grid image; a VAE encodes tile by tile with blending on a multi-tile ``grid``."""
@@ -208,62 +209,57 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
     def loss(
         self, hr: Tensor, lr: Tensor, depth: Tensor | None, kernel: Tensor | None,
         weights: dict[str, float] | None = None, generator: torch.Generator | None = None,
-        reference: Tensor | None = None,
+        frontend: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Eq. 5 terms on one batch (``mse``, ``l1_<modality>``, ``loss``); seeded and posterior-mean with ``generator``.
 
-        ``reference``: I_T, the image condition when ``image_condition="svkr"``."""
+        ``frontend``: I_T, the image condition when ``image_condition="frontend"``."""
         with torch.no_grad():
             z0 = self.latents.encode(hr, sample=generator is None)
-            z_c = self.latents.encode(self.condition_image(lr, reference))
+            z_c = self.latents.encode(self.condition_image(lr, frontend))
         feats = self.unet.encode((z0.shape[-2], z0.shape[-1]), z_c, depth, kernel)
         return self.process.loss(lambda z_t, t: self.unet.denoise(z_t, t, feats, z_c), self.to_process(z0, z_c), feats,
                                  weights, generator)
 
     # --- sampling -----------------------------------------------------------------------------------------------
-    def color_corrected(self, sr: Tensor, lr: Tensor, reference: Tensor | None = None,
-                        mode: ColorFix | None = None) -> Tensor:
-        """``sr`` colour-corrected from the condition image (``mode`` default: the config's ``color_fix``)."""
-        mode = mode or self.config.color_fix
+    def color_corrected(self, sr: Tensor, lr: Tensor, frontend: Tensor | None, mode: ColorFix) -> Tensor:
+        """``sr`` colour-corrected (``mode``: a ``SamplingConfig.color_fix``) from the condition image."""
         if mode == "none":
             return sr
-        return apply_color_fix(sr, self.condition_image(lr, reference), mode).clamp(0, 1)
+        return apply_color_fix(sr, self.condition_image(lr, frontend), mode).clamp(0, 1)
 
     @torch.no_grad()
     def super_resolve(
         self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
-        generator: torch.Generator | None = None, num_inference_steps: int | None = None,
-        sampler: Sampler | None = None, noise: Tensor | None = None, strength: float | None = None,
-        hooks: Sequence[StepHook] = (), *, reference: Tensor | None = None, start: SampleStart | None = None,
-        guidance: float | None = None, guidance_kernel: Tensor | None = None, color_fix: ColorFix | None = None,
-        tile: int = 0, overlap: int = 0, progress: bool = False,
+        generator: torch.Generator | None = None, *, sampling: SamplingConfig | None = None,
+        frontend: Tensor | None = None, guidance_kernel: Tensor | None = None, noise: Tensor | None = None,
+        hooks: Sequence[StepHook] = (), progress: bool = False, **overrides: Any,
     ) -> Tensor:
         """SR ``(B, 3, s·h, s·w)`` in [0, 1] of ``lr (B, 3, h, w)`` given D_T / K_T on the LR grid.
 
-        ``reference`` is the front end's I_T ``(B, 3, s·h, s·w)`` (needed by ``image_condition="svkr"`` and
-        ``start="frontend"``); ``guidance_kernel`` the kernel field of the guidance (default: ``kernel``).
-        The initial noise is ``noise`` (latent-shaped) or drawn from ``generator`` (a CPU generator: the same noise on
-        every device). ``tile``/``overlap`` (LR pixels, 0 = whole image) switch on step-fused tiling. Other arguments
-        default to the config.
+        ``sampling`` says how (default ``SamplingConfig()``); keyword ``overrides`` are its field names
+        (``strength=0.5``) and replace only those. ``frontend`` is the front end's I_T ``(B, 3, s·h, s·w)`` (needed by
+        ``image_condition="frontend"`` and ``start="frontend"``); ``guidance_kernel`` the kernel field of the guidance
+        (default: ``kernel``). The initial noise is ``noise`` (latent-shaped) or drawn from ``generator`` (a CPU
+        generator, default seeded with ``sampling.seed``: the same noise on every device). ``sampling.tile`` > 0
+        switches on step-fused tiling for images larger than a tile.
         """
         cfg = self.config
-        start = start or cfg.sample_start
-        strength = cfg.sample_strength if strength is None else strength
-        guidance = cfg.guidance_step if guidance is None else guidance
-        fix = color_fix or cfg.color_fix
-        check_sampling(start, strength, guidance, fix)
+        sampling = (sampling or self.default_sampling).replace(**overrides)
+        if generator is None:
+            generator = torch.Generator().manual_seed(sampling.seed)
         s, (h, w), q, r = self.scale, lr.shape[-2:], self.lr_multiple, self.latent_factor
         gk = guidance_kernel if guidance_kernel is not None else kernel
-        if guidance > 0 and gk is None:
-            raise ValueError("kernel-aware guidance (guidance step > 0) needs a kernel field (guidance_kernel=)")
-        if reference is not None or self.needs(start, guidance)["reference"]:
-            reference = pad_reflect(self._check_reference(lr, reference, f"start {start!r} / image_condition "
-                                                          f"{cfg.image_condition!r}"), q * s)[0]
+        if sampling.guidance > 0 and gk is None:
+            raise ValueError("kernel-aware guidance (sampling guidance > 0) needs a kernel field (guidance_kernel=)")
+        if frontend is not None or self.needs(sampling)["frontend"]:
+            frontend = pad_reflect(self._check_frontend(lr, frontend, f"start {sampling.start!r} / image_condition "
+                                                        f"{cfg.image_condition!r}"), q * s)[0]
         lr_p, _ = pad_reflect(lr, q)
         depth = pad_reflect(depth, q)[0] if depth is not None else None
         kernel = pad_reflect(kernel, q)[0] if kernel is not None else None
-        grid = TileGrid(lr_p.shape[-2], lr_p.shape[-1], tile, overlap, q)
-        cond = self.condition_image(lr_p, reference)
+        grid = TileGrid(lr_p.shape[-2], lr_p.shape[-1], sampling.tile, sampling.overlap, q)
+        cond = self.condition_image(lr_p, frontend)
         z_c = self.encode_image(cond, grid)
         feats, z_tiles = [], []
         for t in grid:
@@ -275,29 +271,44 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         if noise is None:
             noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
         init = None
-        if strength < 1.0:
-            if start == "frontend":
-                init = z_c if cfg.image_condition == "svkr" else self.encode_image(reference, grid)
+        if sampling.strength < 1.0:
+            if sampling.start == "frontend":
+                init = z_c if cfg.image_condition == "frontend" else self.encode_image(frontend, grid)
             else:
                 init = z_c if cfg.image_condition == "bicubic" else self.encode_image(
                     F.interpolate(lr_p, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1), grid)
             init = self.to_process(init, z_c)
         all_hooks = list(hooks)
-        if guidance > 0:
+        if sampling.guidance > 0:
             gk_p = pad_reflect(gk, q)[0]
             offset = (z_c, self.config.residual_scale) if self.config.residual else None
-            all_hooks.insert(0, KernelGuidance(self.latents.decode, lr_p, gk_p, s, guidance, grid, r, offset=offset))
+            all_hooks.insert(0, KernelGuidance(self.latents.decode, lr_p, gk_p, s, sampling.guidance, grid, r,
+                                               offset=offset))
         denoiser = FusedDenoiser(grid, r, lambda z_t, t, i: self.unet.denoise(z_t, t, feats[i], z_tiles[i]),
                                  progress=progress)
-        z = self.process.sample(
-            denoiser, noise.to(z_c), num_inference_steps or cfg.num_inference_steps, strength, reference=init,
-            sampler=sampler or cfg.sampler, generator=generator, hooks=all_hooks,
-        )
+        z = self.process.sample(denoiser, noise.to(z_c), sampling, start_latent=init, generator=generator,
+                                hooks=all_hooks)
         sr = self.decode_latent(self.from_process(z, z_c), grid).clamp(0, 1)[..., : s * h, : s * w]
-        if fix != "none":
-            sr = apply_color_fix(sr, cond[..., : s * h, : s * w], fix).clamp(0, 1)
+        if sampling.color_fix != "none":
+            sr = apply_color_fix(sr, cond[..., : s * h, : s * w], sampling.color_fix).clamp(0, 1)
         return sr
 
     def forward(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
         return self.super_resolve(lr, depth, kernel, generator)
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _legacy_default(given: dict[str, Any]) -> SamplingConfig:
+    """The call default from pre-0.4 constructor keywords (none: ``SamplingConfig()``)."""
+    unknown = sorted(set(given) - set(_LEGACY_SAMPLING))
+    if unknown:
+        raise TypeError(f"LatentDiffusionSR got unexpected keyword arguments: {', '.join(unknown)}")
+    if not given:
+        return SamplingConfig()
+    warnings.warn(f"LatentDiffusionSR({', '.join(given)}=...): sampling settings are arguments of super_resolve "
+                  "(sampling=SamplingConfig(...)) since 0.4", DeprecationWarning, stacklevel=3)
+    return SamplingConfig().replace(**renamed(given))

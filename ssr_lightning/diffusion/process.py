@@ -4,10 +4,10 @@
 sampling loop. It knows nothing about images, VAEs or Lightning: it works on latents with a ``denoise(z_t, t)``
 callable, so the same loop serves the tiny UNet, a Stable-Diffusion-sized one and tiled denoisers.
 
-Sampling (docs/DESIGN.md §4): DDIM ("trailing" spacing, η = 0, deterministic for a seed) or DDPM; ``strength`` 1 starts
-from pure noise (the paper), ``strength`` < 1 starts at ``t ≈ strength·T`` from a noised reference latent (img2img)
-and runs only the last ``round(strength·steps)`` steps. After every step the ``hooks`` may replace the latent: the
-place for guidance and other per-step corrections.
+Sampling (docs/DESIGN.md §4) takes a :class:`~ssr_lightning.diffusion.config.SamplingConfig`: DDIM ("trailing"
+spacing, η = 0, deterministic for a seed) or DDPM; ``strength`` 1 starts from pure noise (the paper), ``strength`` < 1
+starts at ``t ≈ strength·T`` from a noised start latent (img2img) and runs only the last ``round(strength·steps)``
+steps. After every step the ``hooks`` may replace the latent: the place for guidance and other per-step corrections.
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssr_lightning.diffusion.config import Sampler, SamplingConfig
+
 __all__ = ["Denoiser", "GaussianDiffusion", "PredictionType", "Sampler", "StepHook", "StepState"]
 
-Sampler = Literal["ddim", "ddpm"]
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (z_t, t) -> the network output (ε̂, x̂0 or v̂: prediction_type)
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
 
@@ -136,26 +137,24 @@ class GaussianDiffusion:
 
     @torch.no_grad()
     def sample(
-        self, denoise: Denoiser, noise: Tensor, num_steps: int, strength: float = 1.0, reference: Tensor | None = None,
-        sampler: Sampler = "ddim", generator: torch.Generator | None = None, hooks: Sequence[StepHook] = (),
+        self, denoise: Denoiser, noise: Tensor, sampling: SamplingConfig, start_latent: Tensor | None = None,
+        generator: torch.Generator | None = None, hooks: Sequence[StepHook] = (),
     ) -> Tensor:
-        """Run the reverse process from ``noise`` (latent-shaped) and return the final latent.
+        """Run the reverse process from ``noise`` (latent-shaped) with ``sampling``'s sampler, steps and strength
+        (checked by ``SamplingConfig``) and return the final latent.
 
-        ``strength < 1`` needs ``reference``: sampling starts from it, noised to the first kept timestep (the
+        ``strength < 1`` needs ``start_latent``: sampling starts from it, noised to the first kept timestep (the
         high-noise steps, where the x0 estimate is least reliable, are skipped).
         """
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        num_steps, strength, sampler = sampling.steps, sampling.strength, sampling.sampler
         sched = self.sampling_scheduler(sampler)
         sched.set_timesteps(num_steps, device=noise.device)
         timesteps = sched.timesteps
         if strength < 1.0:
-            if reference is None:
-                raise ValueError("sampling with strength < 1 starts from a reference latent: pass reference=")
+            if start_latent is None:
+                raise ValueError("sampling with strength < 1 starts from an image latent: pass start_latent=")
             timesteps = timesteps[num_steps - max(1, int(round(num_steps * strength))):]
-            z = sched.add_noise(reference, noise, timesteps[:1].repeat(reference.shape[0]))
+            z = sched.add_noise(start_latent, noise, timesteps[:1].repeat(start_latent.shape[0]))
         else:
             z = noise * sched.init_noise_sigma
         # DDIM with η = 0 is deterministic; DDPM draws fresh noise per step from the same generator.

@@ -2,19 +2,21 @@
 
 Where: ``ssr fit`` writes ``<root>/<name>/version_N/checkpoints/`` (``root`` = ``runs``, ``name`` = the stage name
 unless ``--name``), holding ``best.ckpt`` (best validation metric), ``last.ckpt`` (refreshed every
-``fit.ckpt_every_n_steps``), ``last.prev.ckpt`` (the ``last.ckpt`` before it) and ``step=N.ckpt`` files. Every file
-is written to a temporary file beside it and renamed, and only with finite weights (``modules/checkpointing.py``).
+``fit.ckpt_every_n_steps``) and ``last.prev.ckpt`` (the ``last.ckpt`` before it). Every file is written to a temporary
+file beside it and renamed, and only with finite weights (``modules/checkpointing.py``). The stages, their labels,
+configs and network classes come from the one registry, :data:`ssr_lightning.registry.STAGES`.
 
 Which: :func:`find_checkpoint` takes the newest version (highest ``N``) that has the wanted file:
 ``best`` (default for inference; falls back to ``last`` when a run has no validation yet), ``last`` (resuming; falls
 back to ``last.prev.ckpt`` when a kill left no ``last.ckpt``) or ``newest`` (the most recently written ``.ckpt``).
 
 How: :func:`read_checkpoint` loads a file with ``weights_only=True`` (never unpickling code), refuses one whose
-hyper-parameters name a class outside this package (:func:`check_class_paths`, before anything imports it) or whose
-weights are not finite (:func:`first_nonfinite`), and checks it is a checkpoint of the expected stage;
-:func:`load_model` returns the stage's ready network in eval mode (the EMA weights for the diffusion stage). Checkpoints of the first format (before ``ssr_lightning`` 0.2) are upgraded on read
-(:mod:`ssr_lightning.inference.legacy`). Every failure names the file, the stage expected and, for a checkpoint of
-another stage, the stage found.
+hyper-parameters name a class that is not a registered network or stage module of this package
+(:func:`check_class_paths`, before anything imports it) or whose weights are not finite (:func:`first_nonfinite`),
+and checks it is a checkpoint of the expected stage; :func:`load_model` returns the stage's ready network in eval mode
+(the EMA weights for the diffusion stage). Checkpoints of earlier formats (flat module options, sampling settings in
+the diffusion model's config) are upgraded on read (:mod:`ssr_lightning.inference.legacy`). Every failure names the
+file, the stage expected and, for a checkpoint of another stage, the stage found.
 """
 
 from __future__ import annotations
@@ -23,49 +25,29 @@ import os
 import pickle
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+import ssr_lightning.diffusion  # noqa: F401 (registers LatentDiffusionSR, VAELatents)
+import ssr_lightning.networks  # noqa: F401 (registers DKENet, KernelConditionedSR, DepthNet, CMOS)
+from ssr_lightning.inference.legacy import FORMAT, upgrade
+from ssr_lightning.registry import PACKAGE, STAGES, Stage, network_class, registered_path
+
 __all__ = [
-    "FORMAT", "LAST", "PACKAGE", "PREVIOUS", "STAGES", "CheckpointError", "StageInfo", "Which", "build_model",
+    "FORMAT", "LAST", "PACKAGE", "PREVIOUS", "STAGES", "CheckpointError", "Stage", "Which", "build_model",
     "check_class_paths", "checkpoint_stage", "find_checkpoint", "first_nonfinite", "load_model", "model_class",
     "read_checkpoint", "require_file", "resolve_checkpoint",
 ]
 
-FORMAT = 2
 LAST, PREVIOUS = "last.ckpt", "last.prev.ckpt"  # the resume file and the one before it
-PACKAGE = "ssr_lightning."  # the only classes a checkpoint may name
 # the instantiators LightningCLI records in hyper-parameters (never called here; allowed by name)
 _INSTANTIATORS = {"lightning.pytorch.cli.instantiate_module"}
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
 Which = Literal["best", "last", "newest"]
 _VERSION = re.compile(r"version_(\d+)$")
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    """What a stage is called, the config that trains it and the class of its ready network."""
-
-    label: str
-    config: str
-    model_class: str
-
-    def train_hint(self, name: str) -> str:
-        return f"ssr fit --config {self.config}  (-> runs/{name}/version_N/checkpoints/best.ckpt)"
-
-
-STAGES: dict[str, StageInfo] = {
-    "dkenet": StageInfo("DKENet (KE)", "configs/dkenet.yaml", "DKENet"),
-    "nbsr": StageInfo("NBSR", "configs/nbsr.yaml", "KernelConditionedSR"),
-    "depth": StageInfo("depth network (DE)", "configs/depth.yaml", "DepthNet"),
-    "vae": StageInfo("VAE", "configs/vae.yaml", "VAELatents"),
-    "ssrdiffusion": StageInfo("SSR diffusion", "configs/ssr.yaml", "LatentDiffusionSR"),
-    "cmos": StageInfo("CMOS (blur map + semantics)", "configs/cmos.yaml", "CMOS"),
-}
 
 
 class CheckpointError(ValueError):
@@ -157,17 +139,27 @@ def _class_paths(value: Any, where: str) -> list[tuple[str, Any]]:
     return found
 
 
+def _allowed(section: str, key: str, value: Any) -> bool:
+    if not isinstance(value, str) or _DOTTED.fullmatch(value) is None:
+        return False
+    if key.endswith("_instantiator"):
+        return value in _INSTANTIATORS
+    if section == "hyper_parameters":  # what `ssr test/fit --ckpt_path` rebuilds: registered classes only
+        return registered_path(value)
+    return value.startswith(PACKAGE)  # the data module's class path is recorded, never resolved
+
+
 def check_class_paths(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Refuse a checkpoint whose hyper-parameters name a class outside ``ssr_lightning``: LightningCLI would import
-    it (running that module's code) to rebuild the model. Nothing is imported here."""
+    """Refuse a checkpoint whose hyper-parameters name a class that is not a registered network or stage module of
+    ``ssr_lightning`` (:func:`ssr_lightning.registry.registered_path`): LightningCLI would import it (running that
+    module's code) to rebuild the model. Nothing is imported here."""
     for section in ("hyper_parameters", "datamodule_hyper_parameters"):
         for key, value in _class_paths(ckpt.get(section), section):
-            ok = isinstance(value, str) and _DOTTED.fullmatch(value) is not None and (
-                value in _INSTANTIATORS if key.endswith("_instantiator") else value.startswith(PACKAGE))
-            if not ok:
-                raise CheckpointError(f"{path}: refused: its {key} is {str(value)[:120]!r}, a class outside "
-                                      "ssr_lightning (importing it could run any code). Only checkpoints written by "
-                                      "`ssr fit` are accepted")
+            if not _allowed(section, key, value):
+                where = "a class outside ssr_lightning" if not str(value).startswith(PACKAGE) else (
+                    "not a registered network or stage module of ssr_lightning")
+                raise CheckpointError(f"{path}: refused: its {key} is {str(value)[:120]!r}, {where} (importing it "
+                                      "could run any code). Only checkpoints written by `ssr fit` are accepted")
 
 
 def _tensors(value: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,8 +187,6 @@ def read_checkpoint(path: str | os.PathLike[str], stage: str | None = None,
                     map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``, upgraded to the current format, of stage ``stage``; refused
     (``CheckpointError`` naming the file) when it names a class outside this package or holds non-finite weights."""
-    from ssr_lightning.inference.legacy import upgrade
-
     p = require_file(path, stage or "checkpoint")
     expected = f"{'a ' + _label(stage) if stage else 'an ssr_lightning'} checkpoint"
     try:
@@ -231,22 +221,12 @@ def read_checkpoint(path: str | os.PathLike[str], stage: str | None = None,
 
 
 def model_class(name: str) -> type[nn.Module]:
-    """The network class a checkpoint's ``ssr.model_class`` names (imported lazily)."""
-    if name == "DKENet":
-        from ssr_lightning.networks.dkenet import DKENet as cls
-    elif name == "KernelConditionedSR":
-        from ssr_lightning.networks.nbsr import KernelConditionedSR as cls
-    elif name == "DepthNet":
-        from ssr_lightning.networks.depthnet import DepthNet as cls
-    elif name == "VAELatents":
-        from ssr_lightning.diffusion.autoencoder import VAELatents as cls
-    elif name == "LatentDiffusionSR":
-        from ssr_lightning.diffusion.model import LatentDiffusionSR as cls
-    elif name == "CMOS":
-        from ssr_lightning.networks.cmos import CMOS as cls
-    else:
-        raise CheckpointError(f"unknown model class {name!r} in checkpoint")
-    return cls
+    """The registered network class a checkpoint's ``ssr.model_class`` names (:data:`STAGES`); CheckpointError for
+    any other name."""
+    try:
+        return network_class(str(name))
+    except LookupError as err:
+        raise CheckpointError(f"unknown model class in checkpoint: {err}") from None
 
 
 def build_model(ckpt: dict[str, Any], ema: bool = True) -> nn.Module:

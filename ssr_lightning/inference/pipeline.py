@@ -1,11 +1,15 @@
 """SSRPipeline: LR → SVKR (D_T, K_T, I_T) → condition encoders → AMF latent diffusion (DDIM) → decode → SR.
 
+Sampling settings are arguments of the call (``SamplingConfig``); :meth:`SSRPipeline.from_checkpoint` takes the
+model's own (its checkpoint's ``ssr.sampling``: how it was validated) and the SVKR settings its stage named
+(``ssr.svkr``: T, γ, depth kind, checkpoints), and replaces only the fields a caller gives.
+
 Large images (docs/DESIGN.md §4): SVKR runs **once on the whole** (padded) LR image, since depth estimation needs
-the whole view; the diffusion then runs with step-fused tiles (``LatentDiffusionSR.super_resolve(tile=, overlap=)``):
-the condition features are encoded per overlapping tile (``tile``/``overlap`` in LR pixels) and at every denoising
-step the tiles' ε-predictions are blended with linear ramps into one latent-sized map, then one scheduler step runs
-on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wise with the same blending; space-to-depth
-decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
+the whole view; the diffusion then runs with step-fused tiles (``SamplingConfig.tile``/``overlap``, LR pixels): the
+condition features are encoded per overlapping tile and at every denoising step the tiles' UNet outputs (ε̂, x̂0 or
+v̂, by the model's ``prediction_type``) are blended with linear ramps into one latent-sized map, then one scheduler
+step runs on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wise with the same blending;
+space-to-depth decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
 is exactly the untiled one.
 
 Memory: UNet activations follow the tile size; SVKR's maps (a 441-channel kernel field on the LR grid), the latents,
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +32,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssr_lightning.diffusion.color import ColorFix
-from ssr_lightning.diffusion.model import (
-    LatentDiffusionSR,
-    SampleStart,
-    check_sampling,
-    pad_reflect,
-)
+from ssr_lightning.diffusion.config import SamplingConfig
+from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
 from ssr_lightning.diffusion.tiling import blend_ramp, tile_starts, tiled_apply
 from ssr_lightning.inference.checkpoints import (
     build_model,
@@ -44,8 +44,8 @@ from ssr_lightning.inference.checkpoints import (
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.visualize import kernel_spread
 
-__all__ = ["ModelGeometry", "SRResult", "SSRPipeline", "blend_ramp", "checkpoint_geometry", "tile_starts",
-           "tiled_apply"]
+__all__ = ["ModelGeometry", "SRResult", "SSRPipeline", "blend_ramp", "checkpoint_geometry", "model_sampling",
+           "model_svkr", "tile_starts", "tiled_apply"]
 
 
 @dataclass(frozen=True)
@@ -119,103 +119,114 @@ class SRResult:
 class SSRPipeline:
     """The full SSR inference chain over one LR image (see the module doc); no Lightning involved.
 
+    Sampling is an argument of the call (diffusers style): ``pipe(lr, sampling=SamplingConfig(...))``; the pipeline's
+    ``sampling`` is what a call without one uses.
+
     Args:
         model: A ``LatentDiffusionSR`` (from :func:`load_model`, EMA weights applied).
-        svkr: An ``SVKR`` giving D_T, K_T and I_T; required when the model (with these settings) needs any of them.
-        tile: Diffusion tile side in LR pixels (rounded down to the model's size multiple); 0 = no tiling.
-        overlap: Overlap between neighbouring tiles in LR pixels.
-        num_inference_steps: Sampling steps (default: the model's).
-        seed: Seed of the global latent noise map.
+        svkr: An ``SVKR`` giving D_T, K_T and I_T; required when the model (with the sampling used) needs any of them.
+        sampling: How images are sampled (steps, strength, start, guidance, colour fix, seed, tiles); default
+            ``SamplingConfig()``. :meth:`from_checkpoint` gives the model's own.
         device: Where the networks run.
         progress: Show progress bars: SVKR's stages (DE, KE, NBSR per iteration) and the tiles of every step.
-        strength: Sampling strength (1 = from pure noise); default: the model's.
-        start: Start image for strength < 1 (``noise`` | ``lr`` | ``frontend``); default: the model's.
-        guidance: Kernel-aware guidance step η (0 = off); default: the model's.
-        color_fix: ``none`` | ``wavelet`` | ``adain``; default: the model's.
     """
 
     def __init__(
-        self, model: LatentDiffusionSR, svkr: SVKR | None = None, tile: int = 32, overlap: int = 8,
-        num_inference_steps: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-        progress: bool = False, strength: float | None = None, start: SampleStart | None = None,
-        guidance: float | None = None, color_fix: ColorFix | None = None,
+        self, model: LatentDiffusionSR, svkr: SVKR | None = None, sampling: SamplingConfig | None = None,
+        device: str | torch.device = "cpu", progress: bool = False,
     ) -> None:
-        cfg = model.config
-        check_sampling(start or cfg.sample_start, cfg.sample_strength if strength is None else strength,
-                       cfg.guidance_step if guidance is None else guidance, color_fix or cfg.color_fix)
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.tile, self.overlap, self.seed, self.progress = tile, overlap, seed, progress
-        self.steps, self.strength, self.start, self.guidance, self.color_fix = (num_inference_steps, strength, start,
-                                                                                 guidance, color_fix)
-        needs = model.needs(start, guidance)
-        self.needs_svkr = any(needs.values())
-        if self.needs_svkr and svkr is None:
-            what = [k for k, v in needs.items() if v]
-            raise ValueError(f"this model and sampling setting need SVKR's estimates ({', '.join(what)}): give an "
-                             "SVKR (KE, NBSR and DE checkpoints)")
-        self.svkr = svkr.eval().to(self.device) if svkr is not None and self.needs_svkr else None
+        self.sampling = sampling or SamplingConfig()
+        self.progress = progress
+        self.svkr = svkr.eval().to(self.device) if svkr is not None else None
+        self._require_svkr(self.sampling)
         self.scale = int(model.scale)
         self.multiple = model.lr_multiple
         self.geometry = ModelGeometry.of(model)
 
+    def _require_svkr(self, sampling: SamplingConfig) -> dict[str, bool]:
+        needs = self.model.needs(sampling)
+        if any(needs.values()) and self.svkr is None:
+            what = [k for k, v in needs.items() if v]
+            raise ValueError(f"this model and sampling setting need SVKR's estimates ({', '.join(what)}): give an "
+                             "SVKR (KE, NBSR and DE checkpoints)")
+        return needs
+
     @classmethod
     def from_checkpoint(
-        cls, ckpt: str | os.PathLike[str] | dict[str, Any] | None = None, svkr: SVKRConfig | None = None,
-        device: str | torch.device = "cpu", **kw: Any,
+        cls, ckpt: str | os.PathLike[str] | dict[str, Any] | None = None,
+        svkr: SVKRConfig | Mapping[str, Any] | None = None, sampling: SamplingConfig | Mapping[str, Any] | None = None,
+        device: str | torch.device = "cpu", progress: bool = False,
     ) -> SSRPipeline:
         """Load the diffusion checkpoint (EMA weights; default: the newest runs/ssrdiffusion best.ckpt; or a
-        checkpoint already read with ``read_checkpoint``) and, if it needs maps or I_T, SVKR. SVKR checkpoints not
-        given in ``svkr`` default to the ones the model was trained with (``conditions.source=svkr``), else to the
-        newest runs of each stage."""
+        checkpoint already read with ``read_checkpoint``) and, if it needs maps or I_T, SVKR.
+
+        ``sampling`` and ``svkr`` default to the model's own (its checkpoint's ``ssr`` block: the sampling it was
+        validated with, the SVKR settings its stage named: T, γ, depth kind, checkpoints). A mapping replaces only
+        the fields it gives (None values are left out); a ``SamplingConfig`` / ``SVKRConfig`` replaces them all. SVKR
+        checkpoints still left empty are the newest runs of each stage."""
         data = ckpt if isinstance(ckpt, dict) else read_checkpoint(resolve_checkpoint(ckpt, "ssrdiffusion"),
                                                                     "ssrdiffusion")
         model = build_model(data).eval().requires_grad_(False)
+        own = model_sampling(data)
+        chosen = sampling if isinstance(sampling, SamplingConfig) else own.replace(**dict(sampling or {}))
         stage_svkr = None
-        if any(model.needs(kw.get("start"), kw.get("guidance")).values()):
-            trained = data["ssr"].get("svkr") or {}
-            trained_depth = trained.get("depth") if trained.get("depth") not in (None, "gt") else "learned"
-            cfg = svkr or SVKRConfig(depth=trained_depth)
-            cfg = dataclasses.replace(cfg, dkenet_ckpt=cfg.dkenet_ckpt or trained.get("dkenet_ckpt"),
-                                      nbsr_ckpt=cfg.nbsr_ckpt or trained.get("nbsr_ckpt"),
-                                      depth_ckpt=cfg.depth_ckpt or trained.get("depth_ckpt"))
+        if any(model.needs(chosen).values()):
+            trained = model_svkr(data)
+            cfg = svkr if isinstance(svkr, SVKRConfig) else dataclasses.replace(
+                trained, **{k: v for k, v in dict(svkr or {}).items() if v is not None})
             stage_svkr = SVKR.from_config(cfg)
-        return cls(model, stage_svkr, device=device, **kw)
+        return cls(model, stage_svkr, chosen, device=device, progress=progress)
 
     @torch.no_grad()
-    def __call__(self, lr: Tensor) -> SRResult:
-        """Super-resolve ``lr (1, 3, h, w)`` in [0, 1] (any size: reflect-padded, the output cropped back)."""
+    def __call__(self, lr: Tensor, sampling: SamplingConfig | None = None) -> SRResult:
+        """Super-resolve ``lr (1, 3, h, w)`` in [0, 1] (any size: reflect-padded, the output cropped back) with
+        ``sampling`` (default: the pipeline's)."""
         if lr.dim() != 4 or lr.shape[:2] != (1, 3):
             raise ValueError(f"SSRPipeline expects one RGB image (1, 3, h, w), got {tuple(lr.shape)}")
+        sampling = sampling or self.sampling
+        needs = self._require_svkr(sampling)
         h, w = lr.shape[-2:]
         s, m = self.scale, self.model
         lr_p, _ = pad_reflect(lr.float(), self.multiple)
         hp, wp = lr_p.shape[-2:]
         f = m.latent_factor
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(sampling.seed)  # one global noise map, the same on every device
         noise = torch.randn((1, m.latents.channels, int(hp * f), int(wp * f)), generator=gen)
         lr_p = lr_p.to(self.device)
-        depth = kernel = image = None
-        if self.svkr is not None:
+        depth = kernel = frontend = None
+        if self.svkr is not None and any(needs.values()):
             bar = _StageBar(self.svkr.iterations) if self.progress else None
             try:  # once, on the whole image
-                depth, kernel, image = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
+                depth, kernel, frontend = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
             finally:
                 if bar is not None:
                     bar.close()
-        needs = m.needs(self.start, self.guidance)
         sr = m.super_resolve(
-            lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None,
-            num_inference_steps=self.steps, noise=noise.to(self.device), strength=self.strength,
-            reference=image if needs["reference"] else None, start=self.start, guidance=self.guidance,
-            guidance_kernel=kernel if needs["guidance_kernel"] else None, color_fix=self.color_fix,
-            tile=self.tile, overlap=self.overlap, progress=self.progress,
+            lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None, gen, sampling=sampling,
+            noise=noise.to(self.device), frontend=frontend if needs["frontend"] else None,
+            guidance_kernel=kernel if needs["guidance_kernel"] else None, progress=self.progress,
         )
         return SRResult(
             sr=sr[..., : s * h, : s * w].float().cpu().clamp(0, 1),
             depth=depth[..., :h, :w].float().cpu() if depth is not None else None,
             kernel_var=_kernel_var(kernel[..., :h, :w]) if kernel is not None else None,
         )
+
+
+def model_sampling(data: dict[str, Any]) -> SamplingConfig:
+    """The sampling a read diffusion checkpoint was validated with (its ``ssr.sampling``)."""
+    return SamplingConfig.from_dict(data["ssr"].get("sampling"))
+
+
+def model_svkr(data: dict[str, Any]) -> SVKRConfig:
+    """The SVKR settings a read diffusion checkpoint's stage named (``ssr.svkr``: T, γ, depth kind, checkpoints).
+    Ground-truth depth (an oracle of training) has no counterpart on a user's image: it becomes ``learned``."""
+    trained = {k: v for k, v in (data["ssr"].get("svkr") or {}).items()
+               if k in {f.name for f in dataclasses.fields(SVKRConfig)}}
+    cfg = SVKRConfig(**trained)
+    return dataclasses.replace(cfg, depth="learned") if cfg.depth == "gt" else cfg
 
 
 def _kernel_var(kernel: Tensor, rows: int = 64) -> Tensor:

@@ -33,6 +33,7 @@ from ssr_lightning.inference.depth import (
     build_depth_estimator,
     resize_depth,
 )
+from ssr_lightning.registry import register_stage
 
 __all__ = ["SVKR", "DepthKind", "SVKRConfig", "SVKRResult", "load_depth"]
 
@@ -100,6 +101,7 @@ class SVKRResult:
         return self.final_depth, self.final_kernel, self.final_image
 
 
+@register_stage("svkr", label="SVKR", config="configs/svkr.yaml", module="SVKRModule", weights=False)
 class SVKR(nn.Module):
     """Algorithm 1 over a depth estimator, a kernel estimator and a kernel-conditioned non-blind SR model.
 

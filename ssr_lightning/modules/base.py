@@ -1,8 +1,10 @@
 """What every stage's LightningModule shares: the fit arguments, the LR schedule, checkpoints, image grids, test reports.
 
-A stage module is thin (lightning-hydra-template style): it holds its ready network as ``self.model`` (a
-Lightning-free object from ``networks/`` or ``diffusion/``) and adds the optimiser, schedule, losses and logging.
-Its checkpoints carry an ``ssr`` block (stage, model class, model config) so that
+A stage module is thin (lightning-hydra-template style): it is given its built network as ``net`` (a Lightning-free
+object from ``networks/`` or ``diffusion/``; in a config, ``model.init_args.net`` with the network's ``class_path``
+and ``init_args``, its ``register_to_config`` arguments), holds it as ``self.model`` and adds the optimiser, schedule,
+losses, logging and the stage's own loads. Its stage name comes from the registry (``ssr_lightning.registry``).
+Its checkpoints carry an ``ssr`` block (stage, model class, model config: the same schema as ``net``) so that
 ``ssr_lightning.inference.load_model`` rebuilds the network without this class (docs/ARCHITECTURE.md).
 """
 
@@ -34,11 +36,14 @@ from ssr_lightning.modules.checkpointing import (
     TrainingError,
     check_loss,
 )
+from ssr_lightning.registry import class_path, network_class, stage_of_module
 from ssr_lightning.visualize import Panel, labelled_grid
 
-__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config"]
+__all__ = ["FitConfig", "KeepPreviousCheckpoint", "StageModule", "TrainingError", "as_config", "as_network",
+           "network_config"]
 
 C = TypeVar("C")
+N = TypeVar("N", bound=torch.nn.Module)
 
 
 @dataclass
@@ -70,11 +75,30 @@ def as_config(cls: type[C], value: Any) -> C:
     return cls(**vars(value))
 
 
-def _plain(value: Any) -> Any:
-    """Hyper-parameter values as plain data (dataclasses → dicts), so checkpoints load with weights_only=True."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+def as_network(value: Any, cls: type[N]) -> N:
+    """``net`` as a ``cls``: a built network passes; ``{"class_path", "init_args"}`` (the block a config or a
+    checkpoint's hyper-parameters hold, as ``load_from_checkpoint`` passes it) is built through the registry, which
+    resolves only registered classes of this package."""
+    if isinstance(value, Mapping) and "class_path" in value:
+        value = network_class(str(value["class_path"]))(**dict(value.get("init_args") or {}))
+    if not isinstance(value, cls):
+        raise TypeError(f"net must be a {cls.__name__} (or its class_path/init_args), got {type(value).__name__}")
     return value
+
+
+def _plain(value: Any) -> Any:
+    """Hyper-parameter values as plain data (dataclasses → dicts, a network → its ``class_path``/``init_args``), so
+    checkpoints load with weights_only=True."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json.loads(json.dumps(dataclasses.asdict(value)))
+    if isinstance(value, torch.nn.Module) and hasattr(value, "config"):
+        return {"class_path": class_path(type(value)), "init_args": network_config(value)}
+    return value
+
+
+def network_config(net: Any) -> dict[str, Any]:
+    """The plain config that rebuilds ``net`` (its diffusers ``register_to_config`` arguments)."""
+    return json.loads(json.dumps({k: v for k, v in net.config.items() if not k.startswith("_")}))
 
 
 class FitTiming(Callback):
@@ -99,8 +123,9 @@ class FitTiming(Callback):
 class StageModule(LightningModule):
     """Base class of the stage modules.
 
-    Subclasses set ``stage`` (the checkpoint's stage name), ``monitor``/``monitor_mode`` (the validation metric
-    that picks ``best.ckpt``) and ``self.model``; they call :meth:`save_stage_hparams` first in ``__init__``, call
+    Subclasses set ``monitor``/``monitor_mode`` (the validation metric that picks ``best.ckpt``) and
+    ``self.model`` (the ``net`` they are given); their ``stage`` (the checkpoint's stage name) is the registry's entry
+    whose ``module`` is the class's name. They call :meth:`save_stage_hparams` first in ``__init__``, call
     ``self.record_test(metrics_per_sample, names)`` from ``test_step`` and may use :meth:`log_grid`.
     """
 
@@ -109,16 +134,26 @@ class StageModule(LightningModule):
     monitor_mode: str = "min"
     fit_args: FitConfig
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        registered = stage_of_module(cls.__name__)
+        if registered is not None:
+            cls.stage = registered.name
+
     def __init__(self) -> None:
         super().__init__()
         self._test_rows: list[dict[str, Any]] = []
         self.fit_args = FitConfig()
 
     def save_stage_hparams(self) -> None:
-        """``save_hyperparameters`` of the subclass's ``__init__`` arguments, with argument groups as plain dicts."""
+        """``save_hyperparameters`` of the subclass's ``__init__`` arguments, with argument groups as plain dicts and
+        the network as ``{"class_path", "init_args"}``: its complete config, the block a config's ``net:`` holds."""
         frame = inspect.currentframe()
         assert frame is not None and frame.f_back is not None
-        self.save_hyperparameters(frame=frame.f_back)
+        net = frame.f_back.f_locals.get("net")
+        self.save_hyperparameters(frame=frame.f_back, ignore=["net"])
+        if net is not None:  # the built network's own config (a config's `net:` may leave arguments out)
+            self.hparams["net"] = net
         for key in list(self.hparams):
             self.hparams[key] = _plain(self.hparams[key])
         if "fit" in self.hparams:
@@ -161,7 +196,16 @@ class StageModule(LightningModule):
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def model_config(self) -> dict[str, Any]:
         """The plain config that rebuilds ``self.model`` (its diffusers ``register_to_config`` arguments)."""
-        return json.loads(json.dumps({k: v for k, v in self.model.config.items() if not k.startswith("_")}))
+        return network_config(self.model)
+
+    def setup(self, stage: str) -> None:
+        # data.scale reaches the network through `ssr`'s argument link; a module built in Python is checked here
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        net_config = getattr(getattr(self, "model", None), "config", None) or {}
+        data_scale, net_scale = getattr(dm, "scale", None), net_config.get("scale")
+        if isinstance(data_scale, int) and isinstance(net_scale, int) and data_scale != net_scale:
+            raise ValueError(f"data.scale is {data_scale} but model.init_args.net.init_args.scale is {net_scale}: "
+                             "make them agree (`ssr` sets the network's scale from data.scale)")
 
     def checkpoint_metadata(self) -> dict[str, Any]:
         """The ``ssr`` block of this stage's checkpoints (subclasses may add entries)."""

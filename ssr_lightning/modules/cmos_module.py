@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ssr_lightning.files import atomic_write_json
 from ssr_lightning.metrics import psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.cmos import CMOS
 from ssr_lightning.visualize import Panel, kernel_spread
 
@@ -62,48 +62,32 @@ class CMOSModule(StageModule):
     exists, ``miou``. Batches without ``segmentation_lr``/``has_segmentation`` are treated as unsegmented.
     """
 
-    stage = "cmos"
     monitor = "val/psnr_y"
     monitor_mode = "max"
 
     def __init__(
         self,
-        estimator_widths: tuple[int, int, int] = (16, 32, 64),
-        gia_groups: int = 4,
-        sr_channels: int = 16,
-        sr_blocks: int = 2,
-        sr_growth: int = 8,
-        num_classes: int = 8,
-        use_semantics: bool = True,
+        net: CMOS,
         lambda_seg: float = 1.0,
         lambda_aux: float = 1.0,
         lambda_sr: float = 1.0,
         kernel_size: int = 21,
-        scale: int = 4,
         fit: FitConfig = FitConfig(learning_rate=1e-3, min_learning_rate=1e-5, warmup_steps=50),  # noqa: B008
     ) -> None:
         """
         Args:
-            estimator_widths: CMOSNet widths at scales 1, 1/2, 1/4 of the LR grid (multiples of gia_groups).
-            gia_groups: Channel groups of every GIA module.
-            sr_channels: RRDB trunk width of the SR network (16 tiny, 64 paper).
-            sr_blocks: SFT-modulated RRDBs of the SR network (2 tiny, 8 paper).
-            sr_growth: Dense-block growth channels of the SR network (8 tiny, 32 paper).
-            num_classes: Semantic classes C (0 background, 1 ground, 2+ objects/layers; larger labels fold into C − 1).
-            use_semantics: Feed the one-hot semantic map to the SR network besides σ (False: σ only).
+            net: The CMOS row (``CMOS``: estimator widths, GIA groups, SR trunk, classes, semantics switch, scale).
             lambda_seg: Weight of the cross-entropy terms (1: the paper's plain sum of the losses).
             lambda_aux: Weight of the auxiliary terms (each the mean over the 3 scales) relative to the final
                 outputs' terms (1, as the paper's sum).
             lambda_sr: Weight of the SR L1 term.
             kernel_size: Kernel side k of the data's kernel fields (k² channels), for the GT σ map.
-            scale: SR factor s, 2, 3 or 4 (linked to data.scale).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, CMOS)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
-        self.model = CMOS(num_classes=num_classes, use_semantics=use_semantics,
-                          estimator_widths=list(estimator_widths), gia_groups=gia_groups, sr_channels=sr_channels,
-                          sr_blocks=sr_blocks, sr_growth=sr_growth, scale=scale)
+        self.model = net
         self._test_miou: list[float | None] = []
 
     def forward(self, lr: Tensor) -> Tensor:
@@ -133,7 +117,7 @@ class CMOSModule(StageModule):
         return labels.long(), mask
 
     def _ce(self, logits: Tensor, labels: Tensor) -> Tensor:
-        target = labels[:, 0].clamp_max(self.hparams.num_classes - 1)
+        target = labels[:, 0].clamp_max(self.model.config.num_classes - 1)
         target = torch.where(target < 0, torch.full_like(target, _IGNORE), target)
         return F.cross_entropy(logits, target, ignore_index=_IGNORE)
 
@@ -157,11 +141,11 @@ class CMOSModule(StageModule):
 
         if with_sr:
             sem: Tensor | None = None
-            if hp.use_semantics:
+            if self.model.config.use_semantics:
                 # teacher forcing: GT labels where they exist, else the estimator's own (detached) semantics
                 sem = logits.detach().argmax(1, keepdim=True)
                 if labels is not None:
-                    sem = torch.where(mask.view(-1, 1, 1, 1), labels.clamp_max(hp.num_classes - 1), sem)
+                    sem = torch.where(mask.view(-1, 1, 1, 1), labels.clamp_max(self.model.config.num_classes - 1), sem)
             sr = self.model.sr(lr, sigma_gt, sem)
             out["sr_l1"] = F.l1_loss(sr, batch["hr"])
             loss = loss + hp.lambda_sr * out["sr_l1"]
@@ -178,7 +162,7 @@ class CMOSModule(StageModule):
         return terms["loss"]
 
     def _evaluate(self, batch: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        lr, hr, s = batch["lr"], batch["hr"], self.hparams.scale
+        lr, hr, s = batch["lr"], batch["hr"], self.model.config.scale
         sigma, logits = self.model.estimate(lr)
         sr = self.model.sr(lr, sigma, logits)
         sigma_gt = self.gt_sigma(batch)
@@ -189,7 +173,7 @@ class CMOSModule(StageModule):
         }
         labels, mask = self.segmentation(batch)
         if labels is not None and bool(mask.any()):
-            miou = mean_iou(logits, labels, self.hparams.num_classes)
+            miou = mean_iou(logits, labels, self.model.config.num_classes)
             metrics["miou"] = torch.where(mask, miou, torch.full_like(miou, float("nan")))
         return {"sr": sr, "sigma": sigma, "sigma_gt": sigma_gt, "logits": logits}, metrics
 
@@ -250,5 +234,5 @@ class CMOSModule(StageModule):
         columns = [Panel("LR", batch["lr"][:n]), Panel("SR", maps["sr"][:n]), Panel("HR", batch["hr"][:n]),
                    Panel.map("GT blur σ", gt, "magma", 0.0, vmax, "σ (HR px)"),
                    Panel.map("estimated σ", est, "magma", 0.0, vmax, "σ (HR px)"),
-                   Panel.map("semantics", sem, "tab10", 0.0, max(self.hparams.num_classes - 1, 1), "class")]
+                   Panel.map("semantics", sem, "tab10", 0.0, max(self.model.config.num_classes - 1, 1), "class")]
         self.log_grid("val/lr|sr|hr|gt_sigma|est_sigma|semantics", columns, max_rows=n, names=batch.get("name"))

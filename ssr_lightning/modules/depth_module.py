@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ssr_lightning.inference.depth import normalize_depth_map, resize_depth
 from ssr_lightning.metrics import align_scale_shift, aligned_depth_metrics, ssi_loss
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.depthnet import DepthNet
 from ssr_lightning.visualize import Panel
 
@@ -28,35 +28,22 @@ class DepthModule(StageModule):
     which picks ``best.ckpt``). Samples whose ``has_depth`` is False (folders without depth files) are skipped.
     """
 
-    stage = "depth"
     monitor = "val/absrel"
     monitor_mode = "min"
 
     def __init__(
         self,
-        channels: int = 16,
-        blocks_per_level: int = 1,
-        output: Literal["sigmoid", "softplus"] = "sigmoid",
-        global_context: bool = True,
-        levels: int = 3,
-        working_size: int = 0,
+        net: DepthNet,
         input: Literal["lr", "hr", "both"] = "both",
         loss: Literal["l1", "mse"] = "l1",
         alignment: Literal["scale_shift", "none"] = "scale_shift",
         grad_weight: float = 0.5,
         grad_scales: int = 4,
-        scale: int = 4,
         fit: FitConfig = FitConfig(learning_rate=1e-3, min_learning_rate=1e-5),  # noqa: B008 (never mutated)
     ) -> None:
         """
         Args:
-            channels: DepthNet width ``c`` (16: tiny CPU model, 48: paper size).
-            blocks_per_level: Residual blocks per U-Net stage (1 tiny, 2 paper).
-            output: DepthNet output activation, ``sigmoid`` or ``softplus``.
-            global_context: Pooled scene context at the DepthNet bottleneck.
-            levels: DepthNet resolution levels (3: the original; each more halves the resolution once more).
-            working_size: Shorter side every input is resized to inside DepthNet (0: native size), so LR and
-                SR/HR inputs are seen at one scale.
+            net: The depth network (``DepthNet``: width, levels, working size, output activation, ...).
             input: Train/evaluate on ``lr`` images, ``hr`` images or ``both`` (default; SVKR needs both).
             loss: Per-pixel term of the SSI loss: ``l1`` or ``mse``.
             alignment: ``scale_shift`` (MiDaS SSI loss, for data whose depth has no common scale) or ``none``
@@ -64,17 +51,14 @@ class DepthModule(StageModule):
                 0 = nearest, 1 = horizon/background, so the absolute value is learnable).
             grad_weight: Weight of the gradient-matching term (MiDaS: 0.5; 0 disables it).
             grad_scales: Scales of the gradient-matching term.
-            scale: SR factor s (linked to data.scale; LR targets are ``depth[..., ::s, ::s]``).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
         if input not in ("lr", "hr", "both"):
             raise ValueError(f"DepthModule: input must be 'lr', 'hr' or 'both', got {input!r}")
+        net = as_network(net, DepthNet)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
-        self.model = DepthNet(
-            channels=channels, blocks_per_level=blocks_per_level, output=output, global_context=global_context,
-            levels=levels, working_size=working_size,
-        )
+        self.model = net
 
     @property
     def kinds(self) -> list[InputKind]:

@@ -1,18 +1,19 @@
 """SSRDiffusionModule: trains the AMF-conditioned latent diffusion stage of SSR (paper §3.3, docs/DESIGN.md §4).
 
-A thin LightningModule around :class:`~ssr_lightning.diffusion.LatentDiffusionSR` (latent space + AMF UNet + the
-diffusion process): it builds the model from its argument groups, picks the conditions (the batch's GT maps, or a
-frozen SVKR), runs Eq. 5 (``model.loss``), keeps an EMA of the trainable weights (diffusers' ``EMAModel``), and
-samples with the EMA weights for validation, test and predict (``model.super_resolve``).
+A thin LightningModule around the :class:`~ssr_lightning.diffusion.LatentDiffusionSR` it is given (``net``: latent
+space + AMF UNet + the diffusion process, configured under ``model.init_args.net``): it loads the trained VAE
+(``vae_ckpt``) into the net's latent space, picks the conditions (the batch's GT maps, or a frozen SVKR), runs Eq. 5
+(``model.loss``), keeps an EMA of the trainable weights (diffusers' ``EMAModel``), and samples with the EMA weights
+for validation, test and predict (``model.super_resolve`` with its ``sampling`` settings, which its checkpoints
+record for ``ssr sr``).
 
-Backbone: a tiny ``UNet2DModel`` + the VAE of a ``VAEModule`` checkpoint (``backbone.vae_ckpt``), or a local
-pretrained diffusers folder (``backbone.pretrained_path``), frozen when ``backbone.freeze_backbone`` so only encoders +
-AMF (+ the null text token, + conv_in with ``concat_lr``) train; frozen pretrained weights are then left out of the
-checkpoints (they are reloaded from ``pretrained_path``). ``backbone.autoencoder=space_to_depth`` needs no VAE.
+Backbone: the net's tiny ``UNet2DModel`` + the VAE of a ``VAEModule`` checkpoint (``vae_ckpt``), or a local
+pretrained diffusers folder (the net's ``pretrained_path``), frozen when ``freeze_backbone`` so only encoders + AMF
+(+ the null text token, + conv_in with ``concat_lr``) train; frozen pretrained weights are then left out of the
+checkpoints (they are reloaded from ``pretrained_path``). ``autoencoder: space_to_depth`` needs no VAE.
 
-Process options (``modalities.image_condition``, ``sampling.start``/``guidance_step``/``color_fix``): see
-``diffusion/model.py``. Test metrics are reported with the configured colour fix (``psnr_y``, ``ssim_y``, ``psnr``,
-``color_shift``) and without it (``*_raw``).
+Test metrics are reported with the configured colour fix (``psnr_y``, ``ssim_y``, ``psnr``, ``color_shift``) and
+without it (``*_raw``).
 """
 
 from __future__ import annotations
@@ -26,17 +27,8 @@ from diffusers.training_utils import EMAModel
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from ssr_lightning.diffusion.config import (
-    BackboneConfig,
-    LossConfig,
-    ModalityConfig,
-    SamplingConfig,
-)
+from ssr_lightning.diffusion.config import LossConfig, SamplingConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR
-from ssr_lightning.diffusion.space_to_depth import (
-    SPACE_TO_DEPTH_MEAN,
-    SPACE_TO_DEPTH_STD,
-)
 from ssr_lightning.inference.checkpoints import (
     load_model,
     read_checkpoint,
@@ -44,7 +36,7 @@ from ssr_lightning.inference.checkpoints import (
 )
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule, as_config
+from ssr_lightning.modules.base import FitConfig, StageModule, as_config, as_network, network_config
 from ssr_lightning.visualize import Panel, kernel_spread
 
 __all__ = ["ConditionConfig", "Conditions", "SSRDiffusionModule"]
@@ -67,94 +59,90 @@ class Conditions:
     depth: Tensor | None = None
     kernel: Tensor | None = None
     guidance_kernel: Tensor | None = None
-    reference: Tensor | None = None
+    frontend: Tensor | None = None
 
 
 class SSRDiffusionModule(StageModule):
     """AMF-conditioned latent diffusion SR (see the module doc); ``self(lr, depth, kernel)`` super-resolves."""
 
-    stage = "ssrdiffusion"
     monitor = "val/psnr_y"
     monitor_mode = "max"
 
     def __init__(
         self,
-        backbone: BackboneConfig = BackboneConfig(),  # noqa: B008 (argument groups are never mutated)
-        modalities: ModalityConfig = ModalityConfig(),  # noqa: B008
-        conditions: ConditionConfig = ConditionConfig(),  # noqa: B008
+        net: LatentDiffusionSR,
+        vae_ckpt: str | None = None,
+        freeze_backbone: bool = True,
+        gradient_checkpointing: bool = False,
+        conditions: ConditionConfig = ConditionConfig(),  # noqa: B008 (argument groups are never mutated)
         sampling: SamplingConfig = SamplingConfig(),  # noqa: B008
         loss: LossConfig = LossConfig(),  # noqa: B008
-        vae_arch: dict[str, Any] | None = None,
-        scale: int = 4,
+        num_val_samples: int = 4,
         fit: FitConfig = FitConfig(warmup_steps=100, ckpt_every_n_steps=200),  # noqa: B008
     ) -> None:
         """
         Args:
-            backbone: The UNet, the autoencoder and the noise schedule.
-            modalities: Which conditions reach the UNet and how AMF fuses them (Table 2's switches).
+            net: The diffusion model (``LatentDiffusionSR``: autoencoder, UNet and modalities, process options).
+            vae_ckpt: VAEModule checkpoint (`ssr fit --config configs/vae.yaml`) whose weights fill the net's tiny VAE
+                (autoencoder vae without pretrained_path; None: the newest runs/vae run's best.ckpt). Read when a fit
+                starts; its weights then travel in this stage's checkpoints.
+            freeze_backbone: With the net's pretrained_path: train only the condition encoders + AMF (ignored for a
+                tiny backbone).
+            gradient_checkpointing: Recompute UNet activations in backward (Stable-Diffusion-sized backbones).
             conditions: Where D_T, K_T come from (GT maps or SVKR over trained stages).
-            sampling: Sampler, steps, start strength and seed of validation/test/predict samples.
+            sampling: How validation, test and predict samples are drawn; recorded in the checkpoints, so ``ssr sr``
+                samples the same way unless a flag overrides a setting.
             loss: Eq. 5's λ weights and the EMA decay.
-            vae_arch: Filled automatically from backbone.vae_ckpt (so a diffusion checkpoint rebuilds its VAE without
-                that file); set by hand only to build an untrained tiny VAE (tests).
-            scale: SR factor (linked to data.scale).
+            num_val_samples: Val images sampled per validation (first val batch; 0: none, no val/psnr_y).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, LatentDiffusionSR)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
-        bb, mod = as_config(BackboneConfig, backbone), as_config(ModalityConfig, modalities)
         self.conditions_cfg = as_config(ConditionConfig, conditions)
-        self.sampling_cfg, self.loss_cfg = as_config(SamplingConfig, sampling), as_config(LossConfig, loss)
+        self.sampling, self.loss_cfg = SamplingConfig.from_dict(sampling), as_config(LossConfig, loss)
         if self.conditions_cfg.source not in ("gt", "svkr"):
             raise ValueError(f"model.init_args.conditions.source must be 'gt' or 'svkr', got "
                              f"{self.conditions_cfg.source!r}")
-        vae_state = None
-        if bb.autoencoder == "space_to_depth":
-            if bb.pretrained_path is not None:
-                raise ValueError("model.init_args.backbone.autoencoder=space_to_depth replaces the VAE: leave "
-                                 "backbone.pretrained_path empty (a pretrained UNet expects its own VAE's latents)")
-            # the constants go into the model config, so the checkpoint keeps the normalisation it was trained with
-            ae_config: dict[str, Any] | None = {"factor": bb.space_to_depth_factor, "mean": list(SPACE_TO_DEPTH_MEAN),
-                                                "std": list(SPACE_TO_DEPTH_STD)}
-            vae_arch = None
-        else:
-            if bb.pretrained_path is None and vae_arch is None:
-                vae_ckpt = read_checkpoint(resolve_checkpoint(bb.vae_ckpt, "vae"), "vae")
-                vae_arch = dict(vae_ckpt["ssr"]["model_config"])
-                vae_state = {k[len("model."):]: v for k, v in vae_ckpt["state_dict"].items()
-                             if k.startswith("model.")}
-            ae_config = vae_arch
-        self.hparams["vae_arch"] = vae_arch  # recorded so the checkpoint alone rebuilds the VAE
-        unet = {"block_out_channels": list(bb.block_out_channels), "down_block_types": list(bb.down_block_types),
-                "up_block_types": list(bb.up_block_types), "layers_per_block": bb.layers_per_block,
-                **{k: v for k, v in dataclasses.asdict(mod).items() if k != "image_condition"},
-                "map_out": mod.map_width}
-        sc = self.sampling_cfg
-        self.model = LatentDiffusionSR(
-            autoencoder_config=ae_config, unet_config=unet, pretrained_path=bb.pretrained_path,
-            num_train_timesteps=bb.num_train_timesteps, scale=scale, sampler=sc.sampler,
-            num_inference_steps=sc.num_inference_steps, sample_strength=sc.sample_strength,
-            autoencoder=bb.autoencoder, image_condition=mod.image_condition, sample_start=sc.start,
-            guidance_step=sc.guidance_step, color_fix=sc.color_fix, prediction_type=bb.prediction_type,
-            residual=bb.residual, residual_scale=bb.residual_scale,
-        )
-        if vae_state is not None:
-            self.model.latents.load_state_dict(vae_state)
+        self.model = net
+        cfg = net.config
         self.model.latents.requires_grad_(False).eval()
-        self.frozen_backbone = bb.freeze_backbone and bb.pretrained_path is not None
+        self.frozen_backbone = freeze_backbone and cfg.pretrained_path is not None
         if self.frozen_backbone:
             self.model.unet.backbone.requires_grad_(False)
-            if mod.concat_lr:  # the zero-initialised LR input channels must learn
+            if cfg.unet_config["concat_lr"]:  # the zero-initialised LR input channels must learn
                 self.model.unet.backbone.conv_in.requires_grad_(True)
             # Frozen pretrained weights are dropped from checkpoints (on_save_checkpoint), so load non-strictly.
             self.strict_loading = False
-        if bb.gradient_checkpointing:
+        if gradient_checkpointing:
             self.model.unet.backbone.enable_gradient_checkpointing()
         self._ema_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.ema = (EMAModel([p for _, p in self._trainable()], decay=self.loss_cfg.ema_decay)
                     if self.loss_cfg.ema_decay > 0 else None)
         self._svkr: list[SVKR] = []  # a list keeps the frozen SVKR out of parameters and state_dict
         self._nbsr: list[torch.nn.Module] = []
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        # setup runs before Lightning restores --ckpt_path: a resumed fit keeps the VAE weights of its checkpoint
+        cfg = self.model.config
+        if stage == "fit" and cfg.autoencoder == "vae" and cfg.pretrained_path is None:
+            self.load_vae(self.hparams.vae_ckpt)
+
+    def load_vae(self, path: str | None) -> None:
+        """Fill the net's tiny VAE (weights and latent scale) from a VAE stage checkpoint (None: the newest runs/vae);
+        its architecture must be the net's ``autoencoder_config``."""
+        found = resolve_checkpoint(path, "vae")
+        ckpt = read_checkpoint(found, "vae")
+        want, have = network_config(self.model.latents), dict(ckpt["ssr"]["model_config"])
+        differ = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if differ:
+            raise ValueError(f"the VAE of {found} is {{{', '.join(f'{k}: {have.get(k)!r}' for k in differ)}}} but "
+                             f"model.init_args.net.init_args.autoencoder_config has "
+                             f"{{{', '.join(f'{k}: {want.get(k)!r}' for k in differ)}}}: make them agree")
+        self.model.latents.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+                                            if k.startswith("model.")})
+        rank_zero_info(f"diffusion latent space: the VAE of {found}")
 
     def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
         params = dict(self.model.named_parameters())
@@ -175,7 +163,7 @@ class SSRDiffusionModule(StageModule):
                            f"{c.dkenet_ckpt}, {c.nbsr_ckpt})")
         return self._svkr[0].to(self.device)
 
-    def oracle_reference(self, lr: Tensor, kernel: Tensor) -> Tensor:
+    def oracle_frontend(self, lr: Tensor, kernel: Tensor) -> Tensor:
         """NBSR(LR, GT kernel): I_T's counterpart under GT conditions (SVKR's last step with the true kernel)."""
         if self._svkr:
             return self._svkr[0].super_resolve(lr, kernel)
@@ -189,32 +177,32 @@ class SSRDiffusionModule(StageModule):
         """The batch's conditions for this stage's settings: D_T, K_T for the enabled modalities, the guidance
         kernel field and I_T where the image condition, the start or (not in ``training``) sampling need them."""
         uses = self.model.uses
-        needs = self.model.needs()
-        need_ref = self.model.config.image_condition == "svkr" if training else needs["reference"]
+        needs = self.model.needs(self.sampling)
+        need_frontend = self.model.config.image_condition == "frontend" if training else needs["frontend"]
         need_guide = needs["guidance_kernel"] and not training
-        if not (uses["depth"] or uses["kernel"] or need_ref or need_guide):
+        if not (uses["depth"] or uses["kernel"] or need_frontend or need_guide):
             return Conditions()
         if self.conditions_cfg.source == "svkr":
             with torch.no_grad():
                 gt = batch.get("depth") if self.conditions_cfg.depth == "gt" else None  # oracle DE, learned KE
-                depth, kernel, image = self.svkr()(batch["lr"], gt_depth=gt).final
+                depth, kernel, frontend = self.svkr()(batch["lr"], gt_depth=gt).final
         else:
-            depth, kernel, image = batch.get("depth_lr"), batch.get("kernel"), None
-            if (uses["kernel"] or need_ref or need_guide) and kernel is None:
+            depth, kernel, frontend = batch.get("depth_lr"), batch.get("kernel"), None
+            if (uses["kernel"] or need_frontend or need_guide) and kernel is None:
                 raise ValueError("conditions.source='gt' needs GT kernel fields (HR data sets); use 'svkr' for "
                                  "paired data")
-            if need_ref:
+            if need_frontend:
                 with torch.no_grad():
-                    image = self.oracle_reference(batch["lr"], kernel)
+                    frontend = self.oracle_frontend(batch["lr"], kernel)
         return Conditions(depth if uses["depth"] else None, kernel if uses["kernel"] else None,
-                          kernel if need_guide else None, image if need_ref else None)
+                          kernel if need_guide else None, frontend if need_frontend else None)
 
     # --- training -----------------------------------------------------------------------------------------------
     def diffusion_loss(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Eq. 5 terms of a batch: ``mse``, ``l1_<modality>``, ``loss``."""
         c = self.conditions(batch, training=True)
         return self.model.loss(batch["hr"], batch["lr"], c.depth, c.kernel, self.loss_cfg.weights(), generator,
-                               reference=c.reference)
+                               frontend=c.frontend)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         terms = self.diffusion_loss(batch)
@@ -236,19 +224,19 @@ class SSRDiffusionModule(StageModule):
         parts = {"unet.backbone": m.unet.backbone, "encoders": m.unet.encoders, "amf": m.unet.amf, "vae": m.latents}
         detail = ", ".join(f"{k} {sum(p.numel() for p in mod.parameters()):,}" for k, mod in parts.items())
         rank_zero_info(f"SSRDiffusionModule: {train:,} trainable of {total:,} parameters ({detail}); "
-                       f"modalities {m.unet.enabled or 'none'}, concat_lr={self.hparams.modalities['concat_lr']}")
+                       f"modalities {m.unet.enabled or 'none'}, concat_lr={m.config.unet_config['concat_lr']}")
 
     # --- sampling -----------------------------------------------------------------------------------------------
     def sample(self, lr: Tensor, cond: Conditions, seed: int) -> tuple[Tensor, Tensor]:
         """(colour-corrected, raw) SR of ``model.super_resolve`` with this stage's sampling settings, seeded."""
         raw = self.model.super_resolve(lr, cond.depth, cond.kernel, torch.Generator().manual_seed(seed),
-                                       reference=cond.reference, guidance_kernel=cond.guidance_kernel,
-                                       color_fix="none")
-        return self.model.color_corrected(raw, lr, cond.reference), raw
+                                       sampling=self.sampling, frontend=cond.frontend,
+                                       guidance_kernel=cond.guidance_kernel, color_fix="none")
+        return self.model.color_corrected(raw, lr, cond.frontend, self.sampling.color_fix), raw
 
     def forward(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:
-        return self.model.super_resolve(lr, depth, kernel, generator)
+        return self.model.super_resolve(lr, depth, kernel, generator, sampling=self.sampling)
 
     # --- EMA weights for evaluation -----------------------------------------------------------------------------
     def _use_ema(self) -> None:
@@ -270,23 +258,23 @@ class SSRDiffusionModule(StageModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         bs = batch["hr"].shape[0]
-        seed = self.sampling_cfg.seed
+        seed = self.sampling.seed
         self.log("val/loss", self.diffusion_loss(batch, torch.Generator().manual_seed(seed + batch_idx))["mse"],
                  batch_size=bs, sync_dist=True)
-        if batch_idx != 0 or self.sampling_cfg.num_val_samples <= 0:
+        if batch_idx != 0 or self.hparams.num_val_samples <= 0:
             return
-        n = min(self.sampling_cfg.num_val_samples, bs)
+        n = min(self.hparams.num_val_samples, bs)
         sub = {k: (v[:n] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == bs else v) for k, v in batch.items()}
         cond = self.conditions(sub)
         sr, _ = self.sample(sub["lr"], cond, seed)
-        hr, s = sub["hr"], self.hparams.scale
+        hr, s = sub["hr"], self.model.scale
         self.log("val/psnr_y", psnr_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
         self.log("val/ssim_y", ssim_y(sr, hr, crop_border=s).mean(), prog_bar=True, batch_size=n)
         # only what this row really read: no GT maps for a row that uses none
         cols = [Panel("LR", sub["lr"]), Panel("SR", sr), Panel("HR", hr)]
         names = ["lr", "sr", "hr"]
-        if cond.reference is not None:
-            cols.append(Panel("reference I_T", cond.reference))
+        if cond.frontend is not None:
+            cols.append(Panel("front end I_T", cond.frontend))
             names.append("I_T")
         if cond.depth is not None:
             cols.append(Panel.map("depth D_T", cond.depth, "viridis", 0.0, 1.0, "0 = near, 1 = far"))
@@ -307,8 +295,8 @@ class SSRDiffusionModule(StageModule):
         super().on_test_epoch_end()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        sr, raw = self.sample(batch["lr"], self.conditions(batch), self.sampling_cfg.seed + batch_idx)
-        hr, s = batch["hr"], self.hparams.scale
+        sr, raw = self.sample(batch["lr"], self.conditions(batch), self.sampling.seed + batch_idx)
+        hr, s = batch["hr"], self.model.scale
         metrics = {}
         for suffix, img in (("", sr), ("_raw", raw)):
             metrics.update({f"psnr_y{suffix}": psnr_y(img, hr, crop_border=s),
@@ -317,7 +305,7 @@ class SSRDiffusionModule(StageModule):
         self.record_test(metrics, batch.get("name"))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self.sample(batch["lr"], self.conditions(batch), self.sampling_cfg.seed + batch_idx)[0]
+        return self.sample(batch["lr"], self.conditions(batch), self.sampling.seed + batch_idx)[0]
 
     def on_predict_start(self) -> None:
         self._use_ema()
@@ -328,7 +316,10 @@ class SSRDiffusionModule(StageModule):
     # --- checkpoints --------------------------------------------------------------------------------------------
     def checkpoint_metadata(self) -> dict[str, Any]:
         meta = super().checkpoint_metadata()
-        meta["svkr"] = dataclasses.asdict(self._svkr_config()) if self.conditions_cfg.source == "svkr" else {}
+        # what `ssr sr` uses unless a flag overrides a field: the sampling this stage validated with, and the SVKR
+        # settings its conditions name (T, γ, depth kind, checkpoints)
+        meta["sampling"] = dataclasses.asdict(self.sampling)
+        meta["svkr"] = dataclasses.asdict(self._svkr_config())
         return meta
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ssr_lightning.degradation import blur_downsample
 from ssr_lightning.metrics import kernel_l1, psnr
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks import DKENet
 from ssr_lightning.visualize import Panel, kernel_spread
 
@@ -22,70 +22,33 @@ class DKENetModule(StageModule):
     re-degraded (blur + ↓s, no noise or JPEG) with the estimated field against the same with the GT field.
     """
 
-    stage = "dkenet"
     monitor = "val/kernel_l1"
     monitor_mode = "min"
 
     def __init__(
         self,
-        channels: int = 16,
-        blocks_per_stage: int = 1,
-        use_depth: bool = True,
-        global_context: bool = True,
-        global_kernel: bool = False,
-        kernel_size: int = 21,
-        scale: int = 4,
+        net: DKENet,
         depth_dropout: float = 0.0,
-        normalize_depth: bool = False,
-        depth_fusion: str = "sft",
-        focal_plane: bool = False,
-        thin_lens: bool = False,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
         Args:
-            channels: Feature width of both branches (16: tiny CPU model, 64: paper size).
-            blocks_per_stage: DABlocks per U stage (1 tiny, 2 paper).
-            use_depth: False removes the depth branch: the MANet-like "no DI-Kernel" baseline.
-            global_context: Add an image-level (pooled) context vector at the bottleneck, so each pixel's
-                kernel can draw on the image's overall blur level.
-            global_kernel: Add image-level kernel logits (from pooled feature statistics) to every pixel's
-                logits: a direct path for the per-image blur that spatially invariant samples are made of.
-            kernel_size: Kernel side k; the field has k² channels.
-            scale: SR factor s (linked to data.scale).
+            net: The kernel estimator (``DKENet``: width, depth branch, context heads, scale, ...).
             depth_dropout: Training only: the fraction of samples whose depth is replaced by the constant 0.5
                 ("no depth"), so the LR branch must read the blur from the pixels instead of leaning on depth.
-            normalize_depth: Feed depth normalised per image (robust min/max, as every depth estimator's output
-                is at test time) instead of the data's absolute [0, 1] depth, in training and evaluation.
-            depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock) or "input" (the
-                depth channels concatenated to the LR at the first conv).
-            focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
-            thin_lens: Add a thin-lens prior to the kernel logits: per-image lens parameters read from the pixels
-                make a per-pixel Gaussian whose defocus part follows depth (CoC ∝ |z − z_f|/z).
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, DKENet)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
-        self.model = DKENet(
-            channels=channels,
-            kernel_size=kernel_size,
-            scale=scale,
-            use_depth=use_depth,
-            blocks_per_stage=blocks_per_stage,
-            global_context=global_context,
-            global_kernel=global_kernel,
-            normalize_depth=normalize_depth,
-            depth_fusion=depth_fusion,  # type: ignore[arg-type]
-            focal_plane=focal_plane,
-            thin_lens=thin_lens,
-        )
+        self.model = net
 
     def forward(self, lr: Tensor, depth_lr: Tensor | None = None) -> Tensor:
-        return self.model(lr, depth_lr if self.hparams.use_depth else None)
+        return self.model(lr, depth_lr if self.model.use_depth else None)
 
     def _estimate(self, batch: dict[str, Any]) -> Tensor:
         depth = batch.get("depth_lr")
-        if depth is not None and self.hparams.use_depth and self.training and self.hparams.depth_dropout > 0:
+        if depth is not None and self.model.use_depth and self.training and self.hparams.depth_dropout > 0:
             drop = torch.rand(depth.shape[0], 1, 1, 1, device=depth.device) < self.hparams.depth_dropout
             depth = torch.where(drop, torch.full_like(depth, 0.5), depth)
         return self(batch["lr"], depth)
@@ -109,7 +72,7 @@ class DKENetModule(StageModule):
     def _evaluate(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         gt = self._require_kernel(batch)
         est = self._estimate(batch)
-        s = self.hparams.scale
+        s = self.model.scale
         lr_est = blur_downsample(batch["hr"], est, s, method="shift")
         lr_gt = blur_downsample(batch["hr"], gt, s, method="shift")
         metrics = {"kernel_l1": kernel_l1(est, gt), "resynth_psnr": psnr(lr_est, lr_gt)}
@@ -129,12 +92,12 @@ class DKENetModule(StageModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         est = self._estimate(batch)
-        return {"kernel": est, "kernel_spread": kernel_spread(est, self.hparams.kernel_size)}
+        return {"kernel": est, "kernel_spread": kernel_spread(est, self.model.kernel_size)}
 
     def _log_images(self, batch: dict[str, Any], est: Tensor) -> None:
         """LR | depth | GT kernel spread | estimated kernel spread | |error| — as the paper's Fig. 8 heatmaps."""
         n = self.fit_args.num_log_images
-        k = self.hparams.kernel_size
+        k = self.model.kernel_size
         gt_spread = kernel_spread(batch["kernel"][:n], k)
         est_spread = kernel_spread(est[:n], k)
         vmax = float(torch.maximum(gt_spread.amax(), est_spread.amax()))

@@ -16,7 +16,7 @@ from ssr_lightning.inference.checkpoints import (
     require_file,
 )
 from ssr_lightning.metrics import psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.networks.kernel_codec import code_std, load_or_fit_basis
 from ssr_lightning.networks.nbsr import KernelConditionedSR
 from ssr_lightning.visualize import Panel
@@ -29,57 +29,41 @@ KernelSource = Literal["gt", "dkenet", "none"]
 class NBSRModule(StageModule):
     """Non-blind SR stage: ``(LR, kernel field) -> SR``, the kernel field entering as a PCA code map.
 
-    ``self.model`` is a :class:`KernelConditionedSR`: NBSR plus its :class:`KernelCodec`, whose basis comes from the
-    artifact of ``ssr_lightning.networks.kernel_codec`` (fitted and saved on first use when missing) and is kept in
-    buffers, so checkpoints carry it. Trained with GT kernels (``kernel_source="gt"``) or fine-tuned on the estimates
-    of a frozen, trained DKENet (``"dkenet"``). Loss: L1 between SR and HR. Validation/test: PSNR/SSIM on Y with
-    ``scale`` px cropped.
+    ``self.model`` is the :class:`KernelConditionedSR` it is given (``net``): NBSR plus its :class:`KernelCodec`, whose
+    basis comes from the artifact of ``ssr_lightning.networks.kernel_codec`` (fitted and saved on first use when
+    missing) and is kept in buffers, so checkpoints carry it. Trained with GT kernels (``kernel_source="gt"``) or
+    fine-tuned on the estimates of a frozen, trained DKENet (``"dkenet"``). Loss: L1 between SR and HR.
+    Validation/test: PSNR/SSIM on Y with ``scale`` px cropped.
     """
 
-    stage = "nbsr"
     monitor = "val/psnr_y"
     monitor_mode = "max"
 
     def __init__(
         self,
-        channels: int = 16,
-        num_blocks: int = 2,
-        growth: int = 8,
-        code_channels: int = 12,
-        scale: int = 4,
-        kernel_size: int = 21,
-        basis_path: str | None = None,
-        basis_samples: int = 20000,
+        net: KernelConditionedSR,
         kernel_source: KernelSource = "gt",
         dkenet_ckpt: str | None = None,
         init_ckpt: str | None = None,
-        noise_condition: bool = False,
-        input_condition: bool = False,
-        sft_init: float = 0.0,
+        basis_path: str | None = None,
+        basis_samples: int = 20000,
         fit: FitConfig = FitConfig(),  # noqa: B008 (never mutated)
     ) -> None:
         """
         Args:
-            channels: RRDB trunk width (16: tiny CPU model, 64: paper size).
-            num_blocks: SFT-modulated RRDBs (2 tiny, 8 paper).
-            growth: Dense-block growth channels (8 tiny, 32 paper).
-            code_channels: Kernel code length = PCA components of the kernel basis (10-15).
-            scale: SR factor s, 2, 3 or 4 (linked to data.scale).
-            kernel_size: Kernel side k of the data's kernel fields (k² channels).
-            basis_path: Kernel-basis artifact; None: `artifacts/kernel_basis_c{code_channels}_{key}.pt` (or under
-                $SSR_ARTIFACTS). Fitted from the data's kernel distribution and saved there when missing.
-            basis_samples: Kernels the basis is fitted on when it has to be fitted.
+            net: The SR network (``KernelConditionedSR``: trunk sizes, code length, condition options, scale).
             kernel_source: "gt": condition on the batch's GT kernel field; "dkenet": on a frozen DKENet's estimate;
                 "none": never (the zeroed code): a blind RRDB of the same size and budget, the no-kernel baseline.
             dkenet_ckpt: DKENet checkpoint (`runs/dkenet/version_N/checkpoints/best.ckpt`), for "dkenet".
             init_ckpt: NBSR checkpoint whose weights (and basis) start a new fit, e.g. the GT-kernel model that
                 a "dkenet" fine-tune starts from. Loaded in `setup("fit")`, so `--ckpt_path` resuming still wins.
-            noise_condition: Add a noise-level channel to the condition, estimated from the LR pixels.
-            input_condition: Also concatenate the condition map to the LR image at the input (SRMD-style).
-            sft_init: Std of the SFT heads' last layers at initialisation (0: identity SFTs).
+            basis_path: Kernel-basis artifact; None: `artifacts/kernel_basis_c{code_channels}_{key}.pt` (or under
+                $SSR_ARTIFACTS). Fitted from the data's kernel distribution and saved there when missing.
+            basis_samples: Kernels the basis is fitted on when it has to be fitted.
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, KernelConditionedSR)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
         if kernel_source not in ("gt", "dkenet", "none"):
             raise ValueError(f"model.init_args.kernel_source must be 'gt', 'dkenet' or 'none', got {kernel_source!r}")
@@ -92,10 +76,7 @@ class NBSRModule(StageModule):
                     "--model.init_args.dkenet_ckpt runs/dkenet/version_0/checkpoints/best.ckpt"
                 )
             require_file(dkenet_ckpt, "dkenet")
-        self.model = KernelConditionedSR(code_channels=code_channels, channels=channels, num_blocks=num_blocks,
-                                         growth=growth, scale=scale, kernel_size=kernel_size,
-                                         noise_condition=noise_condition, input_condition=input_condition,
-                                         sft_init=sft_init)
+        self.model = net
         self._basis_checked = False
         # A plain list keeps the frozen DKENet out of this module's parameters, state_dict and train()/eval().
         self._dkenet: list[Any] = []
@@ -108,7 +89,7 @@ class NBSRModule(StageModule):
         kernel = getattr(deg, "kernel", None)
         if isinstance(kernel, KernelConfig):
             return kernel
-        return KernelConfig(size=self.hparams.kernel_size)
+        return KernelConfig(size=self.model.config.kernel_size)
 
     def _ensure_basis(self) -> None:
         """Fill the codec from the artifact (fit + save it when missing) unless a checkpoint already did."""
@@ -117,10 +98,11 @@ class NBSRModule(StageModule):
         codec = self.model.codec
         if not bool(codec.ready):
             cfg = self._kernel_config()
-            if cfg.size != self.hparams.kernel_size:
-                raise ValueError(f"data kernels are {cfg.size}x{cfg.size}; model.init_args.kernel_size is "
-                                 f"{self.hparams.kernel_size}: make them agree")
-            basis = load_or_fit_basis(self.hparams.basis_path, cfg, self.hparams.code_channels,
+            k = self.model.config.kernel_size
+            if cfg.size != k:
+                raise ValueError(f"data kernels are {cfg.size}x{cfg.size}; model.init_args.net.init_args.kernel_size "
+                                 f"is {k}: make them agree")
+            basis = load_or_fit_basis(self.hparams.basis_path, cfg, self.model.config.code_channels,
                                       n_samples=self.hparams.basis_samples, log=rank_zero_info)
             codec.set_basis(basis, code_std(basis, cfg))
         self._basis_checked = True
@@ -175,7 +157,7 @@ class NBSRModule(StageModule):
 
     def _evaluate(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
         sr = self._sr(batch)
-        hr, s = batch["hr"], self.hparams.scale
+        hr, s = batch["hr"], self.model.config.scale
         metrics = {
             "psnr_y": psnr_y(sr, hr, crop_border=s),
             "ssim_y": ssim_y(sr, hr, crop_border=s),
@@ -205,6 +187,7 @@ class NBSRModule(StageModule):
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         # setup runs before Lightning restores --ckpt_path, so a resumed fine-tune keeps its own weights.
         if stage == "fit" and self.hparams.init_ckpt is not None:
             ckpt = read_checkpoint(self.hparams.init_ckpt, "nbsr")

@@ -112,7 +112,6 @@ class SVKRModule(StageModule):
     evaluate an SVKR built in code (the checkpoints are then not read).
     """
 
-    stage = "svkr"
     monitor = "test/svkr_psnr_y"
     monitor_mode = "max"
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
 from ssr_lightning.metrics import color_shift, psnr, psnr_y, ssim_y
-from ssr_lightning.modules.base import FitConfig, StageModule
+from ssr_lightning.modules.base import FitConfig, StageModule, as_network
 from ssr_lightning.visualize import Panel
 
 __all__ = ["VAEModule"]
@@ -34,18 +34,12 @@ class VAEModule(StageModule):
     Validation/test: reconstruction (posterior mean → decode) PSNR on RGB and Y, SSIM-Y, on HR val/test crops.
     """
 
-    stage = "vae"
     monitor = "val/psnr"
     monitor_mode = "max"
 
     def __init__(
         self,
-        block_out_channels: tuple[int, ...] = (32, 64, 64),
-        layers_per_block: int = 1,
-        latent_channels: int = 4,
-        mid_attention: bool = False,
-        pretrained_path: str | None = None,
-        norm_num_groups: int | None = None,
+        net: VAELatents,
         kl_weight: float = 1e-6,
         color_augment: bool = False,
         lowfreq_weight: float = 0.0,
@@ -54,13 +48,8 @@ class VAEModule(StageModule):
     ) -> None:
         """
         Args:
-            block_out_channels: Encoder/decoder widths; the latent is ``2**(len-1)`` times smaller than the image.
-            layers_per_block: ResNets per VAE block.
-            latent_channels: Latent channels (4 as in SD).
-            mid_attention: Self-attention in the VAE mid blocks (off: pure conv, cheaper, tile-invariant).
-            pretrained_path: Local diffusers folder with ``vae/``; replaces the tiny VAE (then ``fit`` fine-tunes).
-            norm_num_groups: GroupNorm groups of the tiny VAE (None: min(32, smallest width), i.e. instance norm on
-                the 32-channel levels, which cannot keep an image's mean colour).
+            net: The latent space (``VAELatents``: a tiny ``AutoencoderKL``'s sizes, or a local pretrained VAE's
+                folder, which ``fit`` then fine-tunes).
             kl_weight: Weight of the KL term, per image pixel (SD: 1e-6).
             color_augment: Random channel permutation + saturation (0.5-1.5) of each training patch.
             lowfreq_weight: Weight of the L1 term between 8×8 average-pooled reconstruction and input (0 = off).
@@ -68,10 +57,9 @@ class VAEModule(StageModule):
             fit: Optimiser, schedule, checkpoint interval and logged images.
         """
         super().__init__()
+        net = as_network(net, VAELatents)  # a class_path/init_args block (load_from_checkpoint) is built
         self.save_stage_hparams()
-        self.model = VAELatents(block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
-                                latent_channels=latent_channels, mid_attention=mid_attention,
-                                pretrained_path=pretrained_path, norm_num_groups=norm_num_groups)
+        self.model = net
         self._std_sum: list[Tensor] = []
 
     @property
@@ -141,7 +129,7 @@ class VAEModule(StageModule):
 
     def on_validation_epoch_end(self) -> None:
         # The latent std over the whole val split; only a trained (not pretrained) VAE records its own scale.
-        if self._std_sum and self.hparams.pretrained_path is None and not self.trainer.sanity_checking:
+        if self._std_sum and self.model.config.pretrained_path is None and not self.trainer.sanity_checking:
             sq, s, n = torch.stack([t.cpu() for t in self._std_sum]).sum(0)
             std = float((sq / n - (s / n) ** 2).clamp_min(1e-12).sqrt())
             # float32 first: the scale is 1 / (the std as stored), as the previous format computed it

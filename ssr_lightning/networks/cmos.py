@@ -36,6 +36,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
+from ssr_lightning.registry import register_stage
+
 from .nbsr import NBSR
 
 __all__ = ["CMOS", "GIA", "SIGMA_CENTER", "SIGMA_RANGE", "CMOSNet", "SigmaConditionedSR", "labels_to_onehot"]
@@ -327,6 +329,7 @@ class SigmaConditionedSR(ModelMixin, ConfigMixin):
         return self.net(lr, self.condition(sigma.to(lr.dtype), semantics))
 
 
+@register_stage("cmos", label="CMOS (blur map + semantics)", config="configs/cmos.yaml", module="CMOSModule")
 class CMOS(ModelMixin, ConfigMixin):
     """The CMOS row as one blind SR model: ``forward(lr) = sr(lr, *estimator(lr))``.
 
@@ -337,6 +340,17 @@ class CMOS(ModelMixin, ConfigMixin):
     def __init__(self, num_classes: int = 8, use_semantics: bool = True,
                  estimator_widths: Sequence[int] = (16, 32, 64), gia_groups: int = 4, sr_channels: int = 16,
                  sr_blocks: int = 2, sr_growth: int = 8, scale: int = 4) -> None:
+        """
+        Args:
+            num_classes: Semantic classes C (0 background, 1 ground, 2+ objects/layers; larger labels fold into C − 1).
+            use_semantics: Feed the one-hot semantic map to the SR network besides σ (False: σ only).
+            estimator_widths: CMOSNet widths at scales 1, 1/2, 1/4 of the LR grid (multiples of gia_groups).
+            gia_groups: Channel groups of every GIA module.
+            sr_channels: RRDB trunk width of the SR network (16 tiny, 64 paper).
+            sr_blocks: SFT-modulated RRDBs of the SR network (2 tiny, 8 paper).
+            sr_growth: Dense-block growth channels of the SR network (8 tiny, 32 paper).
+            scale: SR factor s, 2, 3 or 4 (set from data.scale by ``ssr``).
+        """
         super().__init__()
         self.estimator = CMOSNet(num_classes=num_classes, widths=tuple(estimator_widths), groups=gia_groups)
         self.sr = SigmaConditionedSR(num_classes=num_classes, use_semantics=use_semantics, channels=sr_channels,

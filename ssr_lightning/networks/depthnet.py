@@ -30,6 +30,8 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
+from ssr_lightning.registry import register_stage
+
 __all__ = ["DepthNet"]
 
 
@@ -92,6 +94,7 @@ class _Up(nn.Module):
         return self.stage(torch.cat([x, skip], dim=1))
 
 
+@register_stage("depth", label="depth network (DE)", config="configs/depth.yaml", module="DepthModule")
 class DepthNet(ModelMixin, ConfigMixin):
     """Compact U-Net monocular depth estimator: image -> relative depth (0 nearest), any input size."""
 

@@ -23,6 +23,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from ssr_lightning.degradation.kernels import anisotropic_covariance, gaussian_log_field
+from ssr_lightning.registry import register_stage
 
 from .blocks import DABlock
 from .depth_maps import normalize_depth_map
@@ -80,6 +81,7 @@ class _DepthEncoder(nn.Module):
         return d1, d2, d3
 
 
+@register_stage("dkenet", label="DKENet (KE)", config="configs/dkenet.yaml", module="DKENetModule")
 class DKENet(ModelMixin, ConfigMixin):
     """Depth-Informed Kernel Estimate Network: LR image (+ depth) -> per-pixel blur kernel field."""
 
@@ -100,6 +102,27 @@ class DKENet(ModelMixin, ConfigMixin):
         focal_plane: bool = False,
         thin_lens: bool = False,
     ) -> None:
+        """
+        Args:
+            in_channels: Image channels (3, RGB).
+            depth_channels: Depth channels (1).
+            channels: Feature width of both branches (16: tiny CPU model, 64: paper size).
+            kernel_size: Kernel side k; the field has k² channels.
+            scale: SR factor s (set from data.scale by ``ssr``).
+            use_depth: False removes the depth branch: the MANet-like "no DI-Kernel" baseline.
+            blocks_per_stage: DABlocks per U stage (1 tiny, 2 paper).
+            global_context: Add an image-level (pooled) context vector at the bottleneck, so each pixel's kernel can
+                draw on the image's overall blur level.
+            global_kernel: Add image-level kernel logits (from pooled feature statistics) to every pixel's logits: a
+                direct path for the per-image blur that spatially invariant samples are made of.
+            normalize_depth: Read depth normalised per image (robust min/max, as every depth estimator's output is
+                at test time) instead of the data's absolute [0, 1] depth, in training and evaluation.
+            depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock) or "input" (the depth
+                channels concatenated to the LR at the first conv).
+            focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
+            thin_lens: Add a thin-lens prior to the kernel logits: per-image lens parameters read from the pixels
+                make a per-pixel Gaussian whose defocus part follows depth (CoC ∝ |z − z_f|/z).
+        """
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")

@@ -20,6 +20,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 
 from ssr_lightning.degradation.noise import estimate_noise
+from ssr_lightning.registry import register_stage
 
 from .blocks import SFT
 from .kernel_codec import KernelCodec
@@ -103,16 +104,21 @@ def _upsampler(channels: int, scale: int) -> nn.Sequential:
 
 
 class NBSR(ModelMixin, ConfigMixin):
-    """Kernel-conditioned RRDB super-resolver: ``(lr, code) -> sr``."""
+    """Kernel-conditioned RRDB super-resolver: ``(lr, code) -> sr``.
+
+    The trunk's sizes have no defaults here: they are declared once by the network that owns the trunk
+    (:class:`KernelConditionedSR`, the NBSR stage; ``SigmaConditionedSR``, CMOS's SR) or by a preset (:meth:`tiny`,
+    :meth:`paper`)."""
 
     @register_to_config
     def __init__(
         self,
         in_channels: int = 3,
         code_channels: int = 12,
-        channels: int = 64,
-        num_blocks: int = 8,
-        growth: int = 32,
+        *,
+        channels: int,
+        num_blocks: int,
+        growth: int,
         scale: int = 4,
         cond_channels: int | None = None,
         input_condition: bool = False,
@@ -122,9 +128,9 @@ class NBSR(ModelMixin, ConfigMixin):
         Args:
             in_channels: Image channels (3, RGB).
             code_channels: Length of the per-pixel condition (PCA kernel code, plus a noise channel if any).
-            channels: Trunk feature width.
-            num_blocks: Number of SFT-modulated RRDBs.
-            growth: Dense-block growth channels.
+            channels: Trunk feature width (>= 1).
+            num_blocks: Number of SFT-modulated RRDBs (>= 1).
+            growth: Dense-block growth channels (>= 1).
             scale: SR factor (2, 3 or 4).
             cond_channels: Width of the condition features fed to every SFT (default ``max(channels // 2, 8)``).
             input_condition: Also concatenate the code map to the LR image at the input (SRMD's stretched
@@ -133,8 +139,11 @@ class NBSR(ModelMixin, ConfigMixin):
                 identity; > 0: the condition acts from the first step instead of waiting for a gradient path).
         """
         super().__init__()
-        if min(in_channels, code_channels, channels, num_blocks, growth) < 1:
-            raise ValueError("NBSR channel and block counts must be positive")
+        sizes = {"in_channels": in_channels, "code_channels": code_channels, "channels": channels,
+                 "num_blocks": num_blocks, "growth": growth}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:  # the one check of these sizes, whichever network or config set them
+            raise ValueError(f"NBSR: {', '.join(f'{k} {v}' for k, v in bad.items())}: must be >= 1")
         # Half width by default: the code is a smooth, low-dimensional map; the trunk's full width is not needed.
         cond_channels = max(channels // 2, 8) if cond_channels is None else cond_channels
         self.in_channels, self.code_channels, self.scale = in_channels, code_channels, scale
@@ -206,6 +215,7 @@ class NBSR(ModelMixin, ConfigMixin):
         return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))
 
 
+@register_stage("nbsr", label="NBSR", config="configs/nbsr.yaml", module="NBSRModule")
 class KernelConditionedSR(ModelMixin, ConfigMixin):
     """NBSR on kernel *fields*: ``(lr, kernel (B, k², h, w) | None) -> sr``; the field is encoded by a :class:`KernelCodec`.
 
@@ -221,6 +231,18 @@ class KernelConditionedSR(ModelMixin, ConfigMixin):
         self, code_channels: int = 12, channels: int = 16, num_blocks: int = 2, growth: int = 8, scale: int = 4,
         kernel_size: int = 21, noise_condition: bool = False, input_condition: bool = False, sft_init: float = 0.0,
     ) -> None:
+        """
+        Args:
+            code_channels: Kernel code length = PCA components of the kernel basis (10-15).
+            channels: RRDB trunk width (16: tiny CPU model, 64: paper size).
+            num_blocks: SFT-modulated RRDBs (2 tiny, 8 paper).
+            growth: Dense-block growth channels (8 tiny, 32 paper).
+            scale: SR factor s, 2, 3 or 4 (set from data.scale by ``ssr``).
+            kernel_size: Kernel side k of the kernel fields it is conditioned on (k² channels).
+            noise_condition: Add a noise-level channel to the condition, estimated from the LR pixels.
+            input_condition: Also concatenate the condition map to the LR image at the input (SRMD-style).
+            sft_init: Std of the SFT heads' last layers at initialisation (0: identity SFTs).
+        """
         super().__init__()
         self.noise_condition = noise_condition
         self.net = NBSR(code_channels=code_channels + int(noise_condition), channels=channels, num_blocks=num_blocks,
