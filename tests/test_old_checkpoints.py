@@ -45,11 +45,11 @@ def _close(got: torch.Tensor, key: str) -> None:
 
 @pytest.fixture(scope="module")
 def svkr_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ssr_svkr.ckpt with its recorded SVKR checkpoints pointing at the asset files (nothing else changed)."""
-    ckpt = torch.load(OLD / "ssr_svkr.ckpt", weights_only=True)
-    ckpt["ssr"]["svkr"].update(dkenet_ckpt=str(OLD / "dkenet.ckpt"), nbsr_ckpt=str(OLD / "nbsr.ckpt"),
-                               depth_ckpt=str(OLD / "depth.ckpt"))
-    path = tmp_path_factory.mktemp("old") / "ssr_svkr.ckpt"
+    """ssr_svkr.pt with its recorded SVKR checkpoints pointing at the asset files (nothing else changed)."""
+    ckpt = torch.load(OLD / "ssr_svkr.pt", weights_only=True)
+    ckpt["ssr"]["svkr"].update(dkenet_ckpt=str(OLD / "dkenet.pt"), nbsr_ckpt=str(OLD / "nbsr.pt"),
+                               depth_ckpt=str(OLD / "depth.pt"))
+    path = tmp_path_factory.mktemp("old") / "ssr_svkr.pt"
     torch.save(ckpt, path)
     return path
 
@@ -59,15 +59,15 @@ def test_every_old_network_loads_and_computes_what_it_did() -> None:
     lr, depth = torch.rand(1, 3, 12, 20, generator=g), torch.rand(1, 1, 12, 20, generator=g)
     kernel = torch.softmax(torch.randn(1, 441, 12, 20, generator=g), 1)
     with torch.no_grad():
-        _close(load_model(OLD / "dkenet.ckpt", "dkenet")(lr, depth)[:, 200:241], "dkenet")
-        _close(load_model(OLD / "nbsr.ckpt", "nbsr")(lr, kernel), "nbsr")
-        _close(load_model(OLD / "depth.ckpt", "depth")(lr), "depth")
-        _close(load_model(OLD / "vae.ckpt", "vae")(torch.rand(1, 3, 16, 16, generator=g)), "vae")
+        _close(load_model(OLD / "dkenet.pt", "dkenet")(lr, depth)[:, 200:241], "dkenet")
+        _close(load_model(OLD / "nbsr.pt", "nbsr")(lr, kernel), "nbsr")
+        _close(load_model(OLD / "depth.pt", "depth")(lr), "depth")
+        _close(load_model(OLD / "vae.pt", "vae")(torch.rand(1, 3, 16, 16, generator=g)), "vae")
         lr16, d16 = torch.rand(1, 3, 16, 16, generator=g), torch.rand(1, 1, 16, 16, generator=g)
         k16 = torch.softmax(torch.randn(1, 441, 16, 16, generator=g), 1)
         front = torch.rand(1, 3, 64, 64, generator=g)
-        data = read_checkpoint(OLD / "ssrdiffusion.ckpt", "ssrdiffusion")
-        model = load_model(OLD / "ssrdiffusion.ckpt", "ssrdiffusion")
+        data = read_checkpoint(OLD / "ssrdiffusion.pt", "ssrdiffusion")
+        model = load_model(OLD / "ssrdiffusion.pt", "ssrdiffusion")
         # the sampling its config held (steps 3, start at I_T ("frontend") at 0.3, wavelet colour fix)
         sampling = model_sampling(data)
         assert (sampling.steps, sampling.start, sampling.strength, sampling.color_fix) == (3, "frontend", 0.3,
@@ -77,7 +77,7 @@ def test_every_old_network_loads_and_computes_what_it_did() -> None:
 
 
 def test_old_options_and_values_are_upgraded() -> None:
-    data = read_checkpoint(OLD / "ssrdiffusion.ckpt", "ssrdiffusion")
+    data = read_checkpoint(OLD / "ssrdiffusion.pt", "ssrdiffusion")
     hp, meta = data["hyper_parameters"], data["ssr"]
     assert meta["format"] == 3 and meta["upgraded_from_format"] == 2
     # the network: its complete config, the value `svkr` of the image condition renamed
@@ -88,21 +88,21 @@ def test_old_options_and_values_are_upgraded() -> None:
                               "color_fix": "wavelet", "tile": 0}
     assert meta["sampling"] == {**hp["sampling"], "tile": 32, "overlap": 8, "seed": 0}
     assert hp["num_val_samples"] == 2 and "backbone" not in hp and "modalities" not in hp
-    svkr = read_checkpoint(OLD / "ssr_svkr.ckpt", "ssrdiffusion")
+    svkr = read_checkpoint(OLD / "ssr_svkr.pt", "ssrdiffusion")
     assert svkr["ssr"]["sampling"]["start"] == "bicubic", "start `lr` is `bicubic` now"
     assert svkr["hyper_parameters"]["sampling"]["seed"] == 7 and svkr["ssr"]["sampling"]["guidance"] == 0.5
     assert svkr["hyper_parameters"]["vae_ckpt"].endswith("vae/version_0/checkpoints/last.ckpt")
     # a stage whose module re-declared its network's arguments: they move under `net`
-    dke = read_checkpoint(OLD / "dkenet.ckpt", "dkenet")["hyper_parameters"]
+    dke = read_checkpoint(OLD / "dkenet.pt", "dkenet")["hyper_parameters"]
     assert dke["net"]["init_args"]["channels"] == 4 and dke["depth_dropout"] == 0.25 and "channels" not in dke
     # every old module's hyper-parameters build the current module (what `ssr test --ckpt_path OLD` does)
     import ssr_lightning.modules as modules
 
     for stage, cls in (("dkenet", modules.DKENetModule), ("nbsr", modules.NBSRModule), ("depth", modules.DepthModule),
                        ("vae", modules.VAEModule)):
-        hp = read_checkpoint(OLD / f"{stage}.ckpt", stage)["hyper_parameters"]
+        hp = read_checkpoint(OLD / f"{stage}.pt", stage)["hyper_parameters"]
         built = cls(**{k: v for k, v in hp.items() if not k.startswith("_")})
-        assert dict(built.model.config) == dict(load_model(OLD / f"{stage}.ckpt", stage).config), stage
+        assert dict(built.model.config) == dict(load_model(OLD / f"{stage}.pt", stage).config), stage
     # the same upgrade for a run's config.yaml (compared on resume)
     old = yaml.safe_load((OLD / "dkenet_config.yaml").read_text())["model"]["init_args"]
     new = upgrade_options("dkenet", old)
@@ -191,11 +191,11 @@ def test_ssr_sr_sampling_flags_are_generated_from_the_dataclass() -> None:
 
 def test_ssr_test_of_an_old_checkpoint_with_one_sampling_override(tmp_path: Path) -> None:
     cfg = ["--config", str(REPO / "configs/ssr.yaml"), *TINY, "--root", str(tmp_path / "runs"),
-           "--model.init_args.conditions.nbsr_ckpt", str(OLD / "nbsr.ckpt")]
-    ssr_main(["test", *cfg, "--ckpt_path", str(OLD / "ssrdiffusion.ckpt"), "--model.init_args.sampling.steps", "2"])
+           "--model.init_args.conditions.nbsr_ckpt", str(OLD / "nbsr.pt")]
+    ssr_main(["test", *cfg, "--ckpt_path", str(OLD / "ssrdiffusion.pt"), "--model.init_args.sampling.steps", "2"])
     run = next((tmp_path / "runs" / "ssrdiffusion_test").glob("version_*"))
     used = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
-    old = read_checkpoint(OLD / "ssrdiffusion.ckpt", "ssrdiffusion")["hyper_parameters"]
+    old = read_checkpoint(OLD / "ssrdiffusion.pt", "ssrdiffusion")["hyper_parameters"]
     assert used["sampling"] == {**old["sampling"], "steps": 2}, "the override replaces steps only"
     assert used["net"]["init_args"]["unet_config"]["block_out_channels"] == [8, 16], "the checkpoint's network"
     report = json.loads((run / "test_metrics.json").read_text())
@@ -206,7 +206,7 @@ def test_an_old_run_resumes_with_its_options_and_refuses_others(tmp_path: Path, 
     version = tmp_path / "runs/dkenet/version_0"
     (version / "checkpoints").mkdir(parents=True)
     shutil.copy(OLD / "dkenet_config.yaml", version / "config.yaml")
-    shutil.copy(OLD / "dkenet.ckpt", version / "checkpoints/last.ckpt")
+    shutil.copy(OLD / "dkenet.pt", version / "checkpoints/last.ckpt")
     args = ["fit", "--config", str(REPO / "configs/dkenet.yaml"), *TINY, "--root", str(tmp_path / "runs"),
             "--ckpt_path", "last", "--model.init_args.net.init_args.channels", "4"]
     with pytest.raises(SystemExit) as exc:
