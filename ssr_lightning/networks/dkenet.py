@@ -34,6 +34,8 @@ __all__ = ["DKENet"]
 # mid-range of the training kernels (σ in [0.6, 5]), so training starts from a plausible blur rather than
 # from the uniform 1/441 box a zero-initialised head would give.
 _INIT_SIGMA = 2.0
+# Soft depth bins of the thin-lens head's depth-binned pooling (centres at 0, 1/3, 2/3, 1 of the depth range).
+_LENS_BINS = 4
 # Scale on the final conv's default weights: keeps the initial field close to that Gaussian but not constant.
 _INIT_WEIGHT_GAIN = 0.1
 
@@ -191,7 +193,10 @@ class DKENet(ModelMixin, ConfigMixin):
         # R diag(σx², σy²) Rᵀ + σ_def² I, σ_def = softplus(g·|d − d_f|/(d + c) − t): the thin-lens CoC
         # m·A·|z − z_f|/z with z affine in d (docs/DESIGN.md §2), added to the per-pixel logits. Depth then sets
         # where the blur is, and the only way to get its level right is to read the lens from the pixels.
-        self.lens_head = (nn.Sequential(nn.Linear(2 * channels, 2 * channels), nn.ReLU(inplace=True),
+        # With depth, the head also reads the last features pooled in soft depth bins: the lens is told by how
+        # sharpness changes with depth, which a plain mean/std over the image averages away.
+        lens_in = (2 + (_LENS_BINS if use_depth else 0)) * channels
+        self.lens_head = (nn.Sequential(nn.Linear(lens_in, 2 * channels), nn.ReLU(inplace=True),
                                         nn.Linear(2 * channels, 6)) if thin_lens else None)
         # c = z_near / (z_far - z_near), learned; softplus⁻¹(1/3) starts it at the default z_range (1, 4)
         self.lens_offset = nn.Parameter(torch.tensor(math.log(math.expm1(1 / 3)))) if thin_lens and use_depth else None
@@ -252,6 +257,14 @@ class DKENet(ModelMixin, ConfigMixin):
         assert self.focus_score is not None
         weights = torch.softmax(self.focus_score(lr).flatten(2), dim=-1).view_as(depth[:, :1])
         return (weights * depth[:, :1]).sum(dim=(2, 3), keepdim=True)
+
+    @staticmethod
+    def _depth_binned(feat: Tensor, depth: Tensor) -> Tensor:
+        """``feat (B, C, h, w)`` averaged in soft depth bins (triangular weights over [0, 1]) -> ``(B, bins·C)``."""
+        centres = torch.linspace(0.0, 1.0, _LENS_BINS, device=feat.device, dtype=feat.dtype).view(1, -1, 1, 1)
+        w = (1.0 - (depth[:, :1].to(feat.dtype).clamp(0, 1) - centres).abs() * (_LENS_BINS - 1)).clamp_min(0.0)
+        num = torch.einsum("bkhw,bchw->bkc", w, feat)
+        return (num / (w.sum(dim=(2, 3))[..., None] + 1e-6)).flatten(1)
 
     def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int],
                     focal: Tensor | None = None) -> Tensor:
@@ -331,7 +344,8 @@ class DKENet(ModelMixin, ConfigMixin):
         if self.kernel_head is not None:
             logits = logits + self.kernel_head(pooled)[..., None, None]
         if self.lens_head is not None:
-            prior = self._lens_prior(self.lens_head(pooled), lens_depth, size, focal)
+            lens_in = pooled if lens_depth is None else torch.cat([pooled, self._depth_binned(f3, lens_depth)], 1)
+            prior = self._lens_prior(self.lens_head(lens_in), lens_depth, size, focal)
             logits = logits + prior.to(logits.dtype)
         field = torch.softmax(logits, dim=1)
         return self.upscale_field(field) if upscale else field
