@@ -36,6 +36,7 @@ __all__ = ["DKENet"]
 _INIT_SIGMA = 2.0
 # Soft depth bins of the thin-lens head's depth-binned pooling (centres at 0, 1/3, 2/3, 1 of the depth range).
 _LENS_BINS = 4
+_LENS_FLOOR = -6.0
 # Scale on the final conv's default weights: keeps the initial field close to that Gaussian but not constant.
 _INIT_WEIGHT_GAIN = 0.1
 
@@ -283,7 +284,9 @@ class DKENet(ModelMixin, ConfigMixin):
             coc = F.softplus(p[:, 1]).view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
             sigma = F.softplus(coc - p[:, 2].view(b, 1, 1))
             cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=p.device, dtype=p.dtype)
-        return gaussian_log_field(cov, self.kernel_size)
+        # Floored at e^-6 of the centre tap: a wrong lens (too sharp, e.g. a depth-driven blur on a spatially
+        # invariant image) must not saturate the softmax, or the per-pixel logits could never correct it.
+        return torch.logaddexp(gaussian_log_field(cov, self.kernel_size), torch.tensor(_LENS_FLOOR, device=p.device))
 
     # ---------------------------------------------------------------------------------------------- forward
     def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
