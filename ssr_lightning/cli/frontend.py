@@ -110,7 +110,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
     p.add_argument("--jobs", type=int, default=1,
                    help="stage trainings run at once (each gets cores/jobs threads; 2 on a 2-core machine)")
-    p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (and runs/)")
+    p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (frontend_val.* with --split val) and runs/")
     return p
 
 
@@ -214,6 +214,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
+    # the validation ladder (choices) and the test ladder (scored once) share the trained stages of one --out
+    stem = "frontend" if args.split == "test" else "frontend_val"
     overrides = {"dataset": args.dataset} if args.dataset else None
     test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
             "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides,
@@ -227,7 +229,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         ladders = [_evaluate(args, {**first, **per_seed[s]} if s != args.seeds[0] else first, batches, scale,
                              invariant) for s in args.seeds]
         for seed, lad in zip(args.seeds, ladders, strict=True):
-            atomic_write_json(out / f"frontend_seed{seed}.json", summarize(lad))
+            atomic_write_json(out / f"{stem}_seed{seed}.json", summarize(lad))
         ladder, seeds = merge_seeds(ladders)
         if len(ladders) > 1:  # single-seed rows are the first seed's: merge_seeds keeps rows every seed has
             for name, row in ladders[0].rows.items():
@@ -243,10 +245,10 @@ def run(argv: list[str]) -> dict[str, Any]:
                        "split": args.split}
     md = format_markdown(summary)
     print(md)
-    atomic_write_json(out / "frontend.json", summary)
-    atomic_write_text(out / "frontend.md", md)
-    fig = ladder_figure(summary, out / "frontend.png")
-    print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}, {fig}")
+    atomic_write_json(out / f"{stem}.json", summary)
+    atomic_write_text(out / f"{stem}.md", md)
+    fig = ladder_figure(summary, out / f"{stem}.png")
+    print(f"-> {out / f'{stem}.json'}, {out / f'{stem}.md'}, {fig}")
     return summary
 
 
