@@ -59,6 +59,9 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     "nbsr": ("nbsr", []),
     "blind": ("nbsr", ["--model.init_args.kernel_source", "none"]),
     "depth": ("depth", []),
+    # DE at other working sizes: the SVKR premise (does depth from a sharper image get better?), issue 21
+    "depth_ws128": ("depth", ["--model.init_args.net.init_args.working_size", "128"]),
+    "depth_native": ("depth", ["--model.init_args.net.init_args.working_size", "0"]),
     "cmos": ("cmos", []),
 }
 
@@ -104,7 +107,10 @@ def build_parser() -> ArgumentParser:
                    help="also score KE on the test images with every kernel spatially invariant")
     p.add_argument("--train", action="store_true", help="train the stages first (ssr fit), per seed, resumable")
     p.add_argument("--seeds", type=list[int], default=[0], help="training seeds of the headline stages")
-    p.add_argument("--stages", type=list[str], default=list(STAGE_RUNS), help="stages --train trains")
+    p.add_argument("--stages", type=list[str], default=["dkenet", "dkenet_nodepth", "nbsr", "blind", "depth", "cmos"],
+                   help=f"stages --train trains (of {', '.join(STAGE_RUNS)})")
+    p.add_argument("--depth-run", type=str, default="depth",
+                   help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
@@ -189,8 +195,11 @@ def _warn_stale(done: Path, stage: str, seed: int) -> None:
 
 def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: list[dict[str, Any]],
               scale: int, invariant_batches: list[dict[str, Any]] | None = None) -> Ladder:
+    depth_ckpt = stage_ckpts.get(args.depth_run if args.train else "depth")
+    if args.train and depth_ckpt is None:
+        raise ValueError(f"--depth-run {args.depth_run}: no trained run of that name; add it to --stages")
     svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=stage_ckpts.get("dkenet"), nbsr_ckpt=stage_ckpts.get("nbsr"),
-                                       depth=args.depth, depth_ckpt=stage_ckpts.get("depth"), iterations=args.T,
+                                       depth=args.depth, depth_ckpt=depth_ckpt, iterations=args.T,
                                        gamma=args.gamma))
 
     def optional(key: str, stage: str) -> Any:
@@ -215,7 +224,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     torch.manual_seed(0)
     out = Path(args.out)
     # the validation ladder (choices) and the test ladder (scored once) share the trained stages of one --out
-    stem = "frontend" if args.split == "test" else "frontend_val"
+    stem = ("frontend" + ("" if args.split == "test" else "_val")
+            + ("" if args.depth_run == "depth" else f"_{args.depth_run}"))
     overrides = {"dataset": args.dataset} if args.dataset else None
     test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
             "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides,
@@ -242,7 +252,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     summary["seeds"] = args.seeds if args.train else None
     summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
                        "jpeg": not args.no_jpeg, "test_size": args.test_size, "degradation": args.degradation,
-                       "split": args.split}
+                       "split": args.split, "depth_run": args.depth_run}
     md = format_markdown(summary)
     print(md)
     atomic_write_json(out / f"{stem}.json", summary)
