@@ -49,6 +49,9 @@ class KernelConfig:
     anisotropic part swamps the defocus and the median within-scene spread range falls from ~0.8 px to ~0.15 px)."""
     aniso_prob: float = 1.0
     """Probability that the camera/optics anisotropic Gaussian component is present in a sample."""
+    isotropic: bool = False
+    """Make that Gaussian component isotropic (σ_y = σ_x), for the "isotropic" row of Table 3; the draws per sample
+    are unchanged, so the other parameters of a seed stay the same."""
     multiplicative_noise: float = 0.0
     """Per-tap multiplicative kernel noise U(1-m, 1+m), m <= 0.25, followed by renormalisation; 0 disables it."""
     invariant_prob: float = 0.25
@@ -162,6 +165,8 @@ def _sample_params(cfg: KernelConfig, generator: torch.Generator) -> dict[str, T
     # invariant samples are the plain anisotropic family; variant ones compose defocus with milder optics blur
     sig_range = cfg.sigma_range if (invariant or not cfg.defocus) else cfg.optics_sigma_range
     sx, sy = _uniform(u[2], sig_range), _uniform(u[3], sig_range)
+    if cfg.isotropic:
+        sy = sx
     if not has_aniso:
         sx, sy = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     focus_norm = _uniform(u[5], cfg.focus_range)
