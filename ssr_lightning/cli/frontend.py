@@ -13,6 +13,11 @@ or train every stage the ladder needs and evaluate it over training seeds (the f
 what a kill interrupted; the headline stages (DKENet, NBSR, DepthNet) run for every seed, the others
 (``--single-seed-stages``) for the first seed only. Checkpoints left out default to the newest ``runs/<stage>`` run.
 Rows and summaries: ``ssr_lightning.frontend.ladder``.
+
+``<out>`` is a record folder (results/README.md): ``frontend.{json,md,png}``, ``frontend_seed<s>.json``,
+``per_image.json`` (every row's per-image values, ``(seeds, images)``) and ``RECORD.json`` (this command, the code
+that ran it and the provenance of every stage training); the trainings themselves stay in ``<out>/runs/`` (ignored by
+git).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from ssr_lightning.ablate.provenance import cpu_children, stale, training
+from ssr_lightning.ablate.provenance import cpu_children, relative_command, stale, training, write_manifest
 from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.frontend.ladder import (
@@ -209,6 +214,30 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     return ladder
 
 
+def per_image(ladder: Ladder, seeds: list[int] | None) -> dict[str, Any]:
+    """Every row's per-image values as ``(seeds, images)`` lists (one row of values without seeds), the premise's
+    and invariant-KE's alike, with the image names, sources and invariant flags: what the summary is computed from."""
+    def part(name: str, key: str, metric: str = "") -> list[list[float]]:
+        return ladder.values(name, key, metric).tolist()
+
+    return {"names": ladder.names, "sources": ladder.sources, "invariant": ladder.invariant, "seeds": seeds,
+            "rows": {row: {m: part("rows", row, m) for m in metrics} for row, metrics in ladder.rows.items()},
+            "premise": {k: part("premise", k) for k in ladder.premise},
+            "invariant_ke": {k: part("invariant_ke", k) for k in ladder.invariant_ke}}
+
+
+def _stage_provenance(out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """``{seed: {stage: DONE record}}`` of the trainings under ``<out>/runs`` (what the ladder was scored on)."""
+    found: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        for done in sorted((out / "runs" / f"seed_{seed}").glob("*/DONE")):
+            try:
+                found.setdefault(str(seed), {})[done.parent.name] = json.loads(done.read_text())
+            except ValueError:
+                found.setdefault(str(seed), {})[done.parent.name] = {"note": "a DONE record without provenance"}
+    return found
+
+
 def run(argv: list[str]) -> dict[str, Any]:
     """Parse ``argv``, (train,) evaluate, print the Markdown ladder and write frontend.{json,md,png}."""
     args = build_parser().parse_args(argv)
@@ -243,6 +272,9 @@ def run(argv: list[str]) -> dict[str, Any]:
                        "split": args.split}
     md = format_markdown(summary)
     print(md)
+    atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
+    write_manifest(out, relative_command("ssr-frontend", argv), "blind-SR front-end ladder (frontend.md)",
+                   stages=_stage_provenance(out, args.seeds) if args.train else None)
     atomic_write_json(out / "frontend.json", summary)
     atomic_write_text(out / "frontend.md", md)
     fig = ladder_figure(summary, out / "frontend.png")
