@@ -115,3 +115,19 @@ def test_every_formatter_named_in_the_docs_is_registered() -> None:
     used = {render_docs.parse_spec(m.group("spec"))[1] for p in render_docs.docs()
             for m in render_docs.REGION.finditer(p.read_text(encoding="utf-8"))}
     assert used - {None} <= set(FORMATTERS)
+
+
+def test_the_version_the_docs_name_is_the_package_version() -> None:
+    """pyproject's version, ``ssr_lightning.__version__`` and the newest release the README names ("renamed in 0.4",
+    "... (0.4)") agree."""
+    import re
+
+    import ssr_lightning
+
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert ssr_lightning.__version__ == version, "pyproject.toml and ssr_lightning/__init__.py name other versions"
+    readme = (REPO / "README.md").read_text()
+    named = {tuple(map(int, v.split("."))) for v in re.findall(r"(?:renamed in|added in|\()(\d+\.\d+)\b", readme)}
+    assert named, "the README no longer names the release of its option changes"
+    assert max(named) == tuple(map(int, version.split(".")[:2])), \
+        f"README's newest release {max(named)} is not the package's {version}: bump the version or the docs"

@@ -7,7 +7,7 @@ Evaluate checkpoints you trained::
 
 or train every stage the ladder needs and evaluate it over training seeds (the front-end study)::
 
-    ssr-frontend --train --seeds 0 1 2 --out results/frontend
+    ssr-frontend --train --seeds "[0, 1, 2]" --out results/frontend_default
 
 ``--train`` runs ``ssr fit`` for each stage (``--stages``) and seed into ``<out>/runs/seed_<s>/<stage>``, resuming
 what a kill interrupted; the headline stages (DKENet, NBSR, DepthNet) run for every seed, the others
