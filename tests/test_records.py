@@ -167,3 +167,29 @@ def test_timed_writes_a_record_with_its_own_command(tmp_path: Path, monkeypatch)
     assert record["summary"]["exit_status"] == 0 and record["summary"]["wall_seconds"] >= 0
     with pytest.raises(SystemExit):
         timed.main([str(tmp_path / "abs.json"), "--", "true"])
+
+
+def test_the_frontend_record_keeps_every_rows_per_image_values_and_the_trainings(tmp_path: Path) -> None:
+    import ssr_lightning.cli.frontend as cli
+    from ssr_lightning.frontend.ladder import Ladder, merge_seeds
+
+    def ladder(shift: float) -> Ladder:
+        return Ladder(names=["a", "b", "c"], invariant=[False, True, False], sources=["a", "b", "c"],
+                      rows={"NBSR, kernel zeroed": {"psnr_y": [20 + shift, 21.0, 22.0]},
+                            "NBSR + GT kernel": {"psnr_y": [21.0, 22.0 + shift, 23.0]}},
+                      premise={"HR": [0.3, 0.4, 0.5]})
+
+    merged, _ = merge_seeds([ladder(0.0), ladder(1.0)])
+    merged.rows.setdefault("blind RRDB", {"psnr_y": [20.5, 21.5, 22.5]})  # a single-seed row, as run() adds them
+    values = json.loads(json.dumps(cli.per_image(merged, [0, 1])))
+    assert values["names"] == ["a", "b", "c"] and values["seeds"] == [0, 1]
+    assert values["rows"]["NBSR, kernel zeroed"]["psnr_y"] == [[20.0, 21.0, 22.0], [21.0, 21.0, 22.0]]
+    assert values["rows"]["blind RRDB"]["psnr_y"] == [[20.5, 21.5, 22.5]], "(seeds, images), one seed"
+    assert values["premise"]["HR"] == [[0.3, 0.4, 0.5], [0.3, 0.4, 0.5]]
+    done = tmp_path / "runs" / "seed_1" / "nbsr" / "DONE"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"stage": "nbsr", "seed": 1, "provenance": {"code": {"commit": "abc"}}}))
+    (tmp_path / "runs" / "seed_0" / "depth").mkdir(parents=True)
+    (tmp_path / "runs" / "seed_0" / "depth" / "DONE").write_text("312.0 s\n")  # an old DONE: no provenance
+    stages = cli._stage_provenance(tmp_path, [0, 1])
+    assert stages["1"]["nbsr"]["provenance"]["code"]["commit"] == "abc" and "note" in stages["0"]["depth"]
