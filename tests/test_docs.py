@@ -131,3 +131,28 @@ def test_the_version_the_docs_name_is_the_package_version() -> None:
     assert named, "the README no longer names the release of its option changes"
     assert max(named) == tuple(map(int, version.split(".")[:2])), \
         f"README's newest release {max(named)} is not the package's {version}: bump the version or the docs"
+
+
+def test_every_file_the_docs_and_configs_name_exists() -> None:
+    """Paths of the repository named in the docs, the studies and the configs' comments (`configs/...`, `tools/...`,
+    ``docs/...``; a `*.py` in backticks, read from the repository root or from ssr_lightning/) exist. Records under
+    results/ are left out: a doc may name one that is to be regenerated."""
+    import glob
+    import re
+
+    files = ["README.md", "ablations/README.md", "results/README.md", *glob.glob("docs/*.md", root_dir=REPO),
+             *glob.glob("configs/**/*.yaml", root_dir=REPO, recursive=True), *glob.glob("ablations/*.yaml", root_dir=REPO)]
+    named = re.compile(r"(?<![\w/.-])((?:configs|ablations|tools|benchmarks|docs|tests|ssr_lightning)/[\w./-]+)")
+    module = re.compile(r"`([\w/]+\.py)`")
+    missing = []
+    for f in files:
+        text = (REPO / f).read_text(encoding="utf-8")
+        for m in named.finditer(text):
+            path = m.group(1).rstrip(".,:;)")
+            if not path.startswith("ablations/results") and not (REPO / path).exists():
+                missing.append(f"{f}: {path}")
+        for m in module.finditer(text):
+            path = m.group(1)
+            if not any((REPO / base / path).exists() for base in ("", "ssr_lightning")):
+                missing.append(f"{f}: `{path}`")
+    assert not missing, "named but not in the repository:\n" + "\n".join(missing)
