@@ -156,3 +156,26 @@ def test_every_file_the_docs_and_configs_name_exists() -> None:
             if not any((REPO / base / path).exists() for base in ("", "ssr_lightning")):
                 missing.append(f"{f}: `{path}`")
     assert not missing, "named but not in the repository:\n" + "\n".join(missing)
+
+
+def test_the_formatters_read_what_the_tools_write(tmp_path: Path) -> None:
+    """`ladder` on a real `ssr-frontend` summary, `timing` on a `tools/timed.py` record."""
+    from record_formats import ladder, timing
+
+    from ssr_lightning.frontend.ladder import Ladder, merge_seeds, summarize
+
+    def one(shift: float) -> Ladder:
+        return Ladder(names=[f"s{i}" for i in range(6)], invariant=[False] * 6, sources=[f"s{i}" for i in range(6)],
+                      rows={"NBSR, kernel zeroed": {"psnr_y": [20.0 + i % 3 + shift for i in range(6)]},
+                            "NBSR + GT kernel": {"psnr_y": [20.5 + i % 3 + shift for i in range(6)],
+                                                 "kernel_l1": [0.0] * 6}})
+
+    merged, seeds = merge_seeds([one(0.0), one(0.1)])
+    summary = json.loads(json.dumps(summarize(merged, seeds), default=float))
+    table = ladder(summary, tmp_path / "frontend.json").splitlines()
+    assert table[0].startswith("| method | PSNR-Y (dB) |") and len(table) == 4
+    assert table[3].startswith("| NBSR + GT kernel | 21.") and "+0.50 [+0.50, +0.50] *" in table[3]
+    assert "100 %" not in table[2] and table[2].split(" | ")[2] == "–", "the zeroed row is the Δ reference"
+    record = {"summary": {"exit_status": 0, "wall_seconds": 1038.4, "cpu_seconds": 59.0,
+                          "load_average_before": [0.25, 0.1, 0.0]}}
+    assert timing(record, tmp_path / "t.json") == "17 min 18 s wall, 59 s CPU (exit status 0, load average 0.2 before)"
