@@ -6,4 +6,4 @@ import logging
 # pyiqa pulls in bitsandbytes, which warns on import about an optional CPU kernel nobody here uses.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
-__version__ = "0.2.0"
+__version__ = "0.4.0"

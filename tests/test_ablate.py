@@ -385,7 +385,7 @@ def test_real_tiny_study_over_the_ssr_cli(tmp_path: Path) -> None:
     for rec in cells.values():
         assert rec["status"] == "ok", rec["error"]
         assert 0.0 <= rec["metrics"]["kernel_l1"] <= 2.0 and rec["metrics"]["resynth_psnr"] > 0
-        assert Path(rec["stages"]["dkenet"]["ckpt"]).is_file()
+        assert (out / rec["stages"]["dkenet"]["ckpt"]).is_file(), "relative to the results folder"
     md = (out / "report/dkenet_depth.md").read_text()
     body = md.split("| Method", 1)[1]
     assert "Kernel L1 ↓" in body and body.count("**") == 4, "one bold best per column"

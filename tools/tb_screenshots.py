@@ -1,8 +1,8 @@
 """Draw what TensorBoard shows from its event files, as PNGs (no browser needed): the README's dashboard images.
 
-    python tools/tb_screenshots.py grid ablations/results/table2/artifacts/dkenet-*/runs/dkenet__*/version_0 \
+    python tools/tb_screenshots.py grid results/table2/artifacts/dkenet-*/runs/dkenet__*/version_0 \
         "val/lr|depth|gt_spread|est_spread|abs_err" -o docs/img/tb_dkenet_grid.png
-    python tools/tb_screenshots.py hparams ablations/results/table2/tensorboard -o docs/img/tb_hparams.png
+    python tools/tb_screenshots.py hparams results/table2/tensorboard -o docs/img/tb_hparams.png
 
 `grid` takes the newest image of a tag exactly as logged (the IMAGES tab shows these pixels) under a header with
 the run, tag and step. `hparams` reads the experiment (columns and their types) and every session (a cell's

@@ -7,6 +7,7 @@ Output folder layout::
     <out>/artifacts/<stage>-<key12>/train.log                     the stage's console output
     <out>/cells/<cell_id>.json                                    the cell's result (status ok|failed)
     <out>/cells/<cell_id>/{eval/,samples/,predict_metrics.json,eval.log}
+    <out>/cells.prev/                                             finished cells set aside by `--redo` (set_aside)
 
 Reliability: a cell whose JSON says ok with the same key is skipped; a stage with DONE.json is reused; a stage
 without it is (re)run with `--ckpt_path last`, so a killed training resumes; an exception in one cell is recorded
@@ -23,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -143,6 +145,23 @@ class Layout:
     def failed_marker(self, run: StageRun) -> Path:
         """`FAILED.json` of a stage whose training failed in a cluster job (cell jobs then fail fast)."""
         return self.artifact(run) / "FAILED.json"
+
+    def set_aside(self, cells: list[Cell]) -> list[str]:
+        """Move the JSON and folder of every given cell into ``<out>/cells.prev/`` (replacing what an earlier
+        ``--redo`` left there), so that each is evaluated again; returns the cell ids moved."""
+        prev, moved = self.out / "cells.prev", []
+        for cell in cells:
+            for path in (self.cell_json(cell), self.cell_dir(cell)):
+                if not path.exists():
+                    continue
+                target = prev / path.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                prev.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                if path.suffix == ".json":
+                    moved.append(cell.cell_id)
+        return moved
 
     def cell_status(self, cell: Cell) -> str:
         """"ok", "failed", "stale" (a result of an older version of the cell), "unreadable" or "todo"."""
@@ -307,6 +326,7 @@ class Executor:
                 record["stages"][run.stage] = {k: info.get(k) for k in (
                     "key", "artifact", "run_name", "ckpt", "seconds", "reused", "config_digests", "finished_at",
                     "provenance")}
+                record["stages"][run.stage]["ckpt"] = self._inside(info.get("ckpt"))
             current = "evaluate"
             cell_dir = self.layout.cell_dir(cell)
             ckpt = self._resolve([cell.evaluate.ckpt], cell.stage_names, done)[0] if cell.evaluate.ckpt else None
@@ -335,6 +355,16 @@ class Executor:
         record["samples"] = str(samples.relative_to(self.layout.out)) if samples.is_dir() else None
         atomic_write_json(self.layout.cell_json(cell), record)
         return record
+
+    def _inside(self, path: str | None) -> str | None:
+        """``path`` relative to the results folder when it lies inside it (a cell JSON is a committed record:
+        results/README.md), else as it is."""
+        if not path:
+            return path
+        try:
+            return Path(path).resolve().relative_to(self.layout.out).as_posix()
+        except ValueError:
+            return path
 
     def run(self, cells: list[Cell], retry_failed: bool = True) -> list[dict[str, Any]]:
         """Run every cell that is not already finished (ok with the same key); returns the records it wrote."""

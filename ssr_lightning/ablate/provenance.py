@@ -5,23 +5,31 @@ code and settings that produced each of its numbers, and the report lists the co
 stage training records the same in its DONE record, with the sha256 of the package's source files and its wall and
 CPU time; :func:`stale` says when a record comes from other code than the running one (stage keys leave the code
 out, so `ssr-ablate` warns before it reuses such a training, or retrains it with `--retrain-stale`).
+A results folder under `results/` is a record (results/README.md): :func:`write_manifest` writes its `RECORD.json`,
+the one command that regenerates it (:func:`relative_command`: paths relative to the repository root) and the code.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import hashlib
 import os
 import platform
 import resource
+import shlex
 import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["code_version", "config_digests", "cpu_children", "environment", "machine", "short", "source_digest",
-           "stale", "summarize", "training", "versions"]
+from ssr_lightning.files import atomic_write_json
+
+__all__ = ["MANIFEST", "code_version", "config_digests", "cpu_children", "environment", "machine", "relative_command",
+           "short", "source_digest", "stale", "summarize", "training", "versions", "write_manifest"]
+
+MANIFEST = "RECORD.json"  # a record folder's manifest (results/README.md)
 
 _PACKAGES = ("ssr_lightning", "torch", "lightning", "diffusers", "pyiqa", "torchvision", "numpy", "submitit")
 _PACKAGE = Path(__file__).resolve().parents[1]  # ssr_lightning/
@@ -167,3 +175,29 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"commits": sorted(commits), "versions": sorted(libs), "machines": sorted(hosts),
             "training_commits": sorted(trained),
             "cells_without_provenance": sum(1 for r in records if not r.get("provenance"))}
+
+
+def _relative(arg: str, root: Path) -> str:
+    """``arg`` with an absolute path inside ``root`` (alone or after ``--option=``) made relative to it."""
+    head, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    if not value.startswith(os.sep):
+        return arg
+    try:
+        rel = Path(value).resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return arg  # outside the checkout: kept, and a record's test names it
+    return f"{head}{sep}{rel or '.'}"
+
+
+def relative_command(prog: str, argv: list[str], root: Path | None = None) -> str:
+    """``prog argv...`` as one shell line, absolute paths inside ``root`` (default: the working folder) relative."""
+    root = Path.cwd() if root is None else root
+    return shlex.join([prog, *(_relative(str(a), root) for a in argv)])
+
+
+def write_manifest(folder: Path, command: str, what: str, **extra: Any) -> Path:
+    """Write ``folder/RECORD.json``: the command that regenerates the folder, what it holds, when, and the code,
+    library versions and machine that ran it (``extra`` keys are added as they are)."""
+    record = {"command": command, "what": what, **extra,
+              "written_at": _dt.datetime.now().isoformat(timespec="seconds"), "provenance": environment()}
+    return atomic_write_json(folder / MANIFEST, record)

@@ -5,6 +5,7 @@
     ssr-ablate ablations/table2.yaml --profile paper      # paper-size settings (GPU, DIV2K)
     ssr-ablate ablations/table1.yaml --shard 0/3          # this machine's third of the cells (0-based)
     ssr-ablate ablations/table2.yaml --report-only        # tables/figures from the cell JSONs written so far
+    ssr-ablate ablations/table2.yaml --out results/table2 --redo   # regenerate a committed record (results/README.md)
     ssr-ablate ablations/table1.yaml --profile paper --executor slurm --slurm.partition gpu --slurm.time 600
                                                           # job arrays on a SLURM cluster (submitit)
 """
@@ -29,7 +30,7 @@ from ssr_lightning.ablate.cluster import (
 )
 from ssr_lightning.ablate.execute import Executor, Layout
 from ssr_lightning.ablate.plan import Plan, expand, shard_cells
-from ssr_lightning.ablate.provenance import stale
+from ssr_lightning.ablate.provenance import relative_command, stale, write_manifest
 from ssr_lightning.ablate.runner import CLIRunner
 from ssr_lightning.ablate.study import StudyError, load_study
 from ssr_lightning.files import YAMLFileError, load_yaml
@@ -145,6 +146,10 @@ def build_parser() -> ArgumentParser:
                    help="train again every stage trained at other code (another source digest or commit) instead of "
                         "reusing it with a warning, and redo the finished cells evaluated at other code or over such "
                         "stages (the old trainings are kept beside, as <artifact>.stale-<commit>)")
+    p.add_argument("--redo", action="store_true",
+                   help="evaluate every cell again: the finished cell records are moved to <out>/cells.prev/ first "
+                        "(stage trainings with a DONE record are reused); regenerates a committed record, whose "
+                        "RECORD.json names this command (a killed --redo run resumes without --redo)")
     p.add_argument("--timeout", type=float | None, default=None, help="seconds allowed per ssr command (default: none)")
     p.add_argument("--workdir", type=str, default=".", help="folder where config paths resolve and ssr runs (default: .)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -212,16 +217,40 @@ def main(argv: list[str] | None = None) -> int:
             check_slurm()
         except SlurmUnavailable as err:
             problem = f"--executor slurm: {err}"
+    if args.redo and args.report_only:
+        problem = "--redo evaluates every cell again and --report-only evaluates none: give one of them"
     problem = problem or check_out(layout.out, "--out" if args.out else f"the results folder (`out` of {args.study})")
     if problem:
         print(f"ssr-ablate: {problem}", file=sys.stderr)
         return 2
+    args.record = {"command": canonical_command(args, out), "what": study.description or study.name,
+                   "study": study.name, "report": f"report/{study.name}.md"}
+    if args.redo:
+        moved = layout.set_aside(plan.cells)
+        print(f"ssr-ablate: --redo: {len(moved)} finished cell record(s) moved to {layout.out / 'cells.prev'}; "
+              "every cell is evaluated again", file=sys.stderr)
     try:
         return _work(plan, layout, workdir, args)
     except OSError as err:  # e.g. a read-only or full results folder found mid-way: one line, not a traceback
         print(f"ssr-ablate: cannot write {err.filename or layout.out}: {err.strerror or err}; results written so far "
               f"are kept in {layout.out}", file=sys.stderr)
         return 1
+
+
+def canonical_command(args: Any, out: Path) -> str:
+    """The one command that regenerates the results folder ``out`` (its RECORD.json): the study, profile, variables
+    and folder of this run, with ``--redo``; paths relative to the working folder (the repository root)."""
+    argv = [args.study, *(["--profile", args.profile] if args.profile else []),
+            *[x for v in args.var for x in ("--var", v)], *([] if args.workdir == "." else ["--workdir", args.workdir]),
+            "--out", str(out.resolve()) if out.is_absolute() else str(out), "--redo"]
+    return relative_command("ssr-ablate", argv)
+
+
+def _manifest(layout: Layout, args: Any, evaluated: bool) -> None:
+    """RECORD.json of the results folder, (re)written when cells were evaluated (a run that evaluates nothing leaves
+    the folder as it was)."""
+    if evaluated:
+        write_manifest(layout.out, **args.record)
 
 
 def _work(plan: Plan, layout: Layout, workdir: Path, args: Any) -> int:
@@ -241,10 +270,12 @@ def _work(plan: Plan, layout: Layout, workdir: Path, args: Any) -> int:
         print("\n".join(f"report: {p}" for p in paths))
         return 0
     if args.executor == "slurm":
+        _manifest(layout, args, True)
         return _submit(plan, layout, workdir, args)
     executor = Executor(plan, layout.out, CLIRunner(cwd=workdir, timeout=args.timeout), progress=not args.no_progress,
                         retrain_stale=args.retrain_stale)
     records = executor.run(shard_cells(plan.cells, args.shard), retry_failed=not args.skip_failed)
+    _manifest(layout, args, bool(records))
     failed = [r for r in records if r["status"] != "ok"]
     for r in failed:
         print(f"FAILED {r['cell_id']} at {r['error']['stage']}: {r['error']['message']}\n{r['error']['tail'][-1500:]}",

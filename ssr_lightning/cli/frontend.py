@@ -7,12 +7,17 @@ Evaluate checkpoints you trained::
 
 or train every stage the ladder needs and evaluate it over training seeds (the front-end study)::
 
-    ssr-frontend --train --seeds 0 1 2 --out results/frontend
+    ssr-frontend --train --seeds "[0, 1, 2]" --out results/frontend_default
 
 ``--train`` runs ``ssr fit`` for each stage (``--stages``) and seed into ``<out>/runs/seed_<s>/<stage>``, resuming
 what a kill interrupted; the headline stages (DKENet, NBSR, DepthNet) run for every seed, the others
 (``--single-seed-stages``) for the first seed only. Checkpoints left out default to the newest ``runs/<stage>`` run.
 Rows and summaries: ``ssr_lightning.frontend.ladder``.
+
+``<out>`` is a record folder (results/README.md): ``frontend.{json,md,png}``, ``frontend_seed<s>.json``,
+``per_image.json`` (every row's per-image values, ``(seeds, images)``) and ``RECORD.json`` (this command, the code
+that ran it and the provenance of every stage training); the trainings themselves stay in ``<out>/runs/`` (ignored by
+git).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from ssr_lightning.ablate.provenance import cpu_children, stale, training
+from ssr_lightning.ablate.provenance import cpu_children, relative_command, stale, training, write_manifest
 from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.frontend.ladder import (
@@ -109,6 +114,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seeds", type=list[int], default=[0], help="training seeds of the headline stages")
     p.add_argument("--stages", type=list[str], default=["dkenet", "dkenet_nodepth", "nbsr", "blind", "depth", "cmos"],
                    help=f"stages --train trains (of {', '.join(STAGE_RUNS)})")
+    p.add_argument("--runs", type=str | None, default=None,
+                   help="folder of the stage trainings (default: <out>/runs); give the same one to several ladders")
     p.add_argument("--depth-run", type=str, default="depth",
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
@@ -118,6 +125,12 @@ def build_parser() -> ArgumentParser:
                    help="stage trainings run at once (each gets cores/jobs threads; 2 on a 2-core machine)")
     p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (frontend_val.* with --split val) and runs/")
     return p
+
+
+def runs_dir(args: Any, out: Path) -> Path:
+    """Where ``--train`` keeps the stage trainings: ``--runs``, else ``<out>/runs`` (so a validation ladder and the
+    test ladder, written to two record folders, share one set of trainings)."""
+    return Path(args.runs) if args.runs else out / "runs"
 
 
 def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
@@ -145,7 +158,7 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
             todo.append((seed, stage))
 
     def fit(seed: int, stage: str) -> None:
-        root = out / "runs" / f"seed_{seed}"
+        root = runs_dir(args, out) / f"seed_{seed}"
         done = root / stage / "DONE"
         if done.is_file():
             _warn_stale(done, stage, seed)
@@ -174,7 +187,7 @@ def _train(args: Any, out: Path) -> dict[int, dict[str, Path]]:
             future.result()
     ckpts: dict[int, dict[str, Path]] = {seed: {} for seed in args.seeds}
     for seed, stage in todo:
-        found = find_checkpoint(stage, out / "runs" / f"seed_{seed}", "best")
+        found = find_checkpoint(stage, runs_dir(args, out) / f"seed_{seed}", "best")
         if found is not None:
             ckpts[seed][stage] = found
     return ckpts
@@ -218,14 +231,35 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     return ladder
 
 
+def per_image(ladder: Ladder, seeds: list[int] | None) -> dict[str, Any]:
+    """Every row's per-image values as ``(seeds, images)`` lists (one row of values without seeds), the premise's
+    and invariant-KE's alike, with the image names, sources and invariant flags: what the summary is computed from."""
+    def part(name: str, key: str, metric: str = "") -> list[list[float]]:
+        return ladder.values(name, key, metric).tolist()
+
+    return {"names": ladder.names, "sources": ladder.sources, "invariant": ladder.invariant, "seeds": seeds,
+            "rows": {row: {m: part("rows", row, m) for m in metrics} for row, metrics in ladder.rows.items()},
+            "premise": {k: part("premise", k) for k in ladder.premise},
+            "invariant_ke": {k: part("invariant_ke", k) for k in ladder.invariant_ke}}
+
+
+def _stage_provenance(args: Any, out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """``{seed: {stage: DONE record}}`` of the trainings under ``<out>/runs`` (what the ladder was scored on)."""
+    found: dict[str, dict[str, Any]] = {}
+    for seed in seeds:
+        for done in sorted((runs_dir(args, out) / f"seed_{seed}").glob("*/DONE")):
+            try:
+                found.setdefault(str(seed), {})[done.parent.name] = json.loads(done.read_text())
+            except ValueError:
+                found.setdefault(str(seed), {})[done.parent.name] = {"note": "a DONE record without provenance"}
+    return found
+
+
 def run(argv: list[str]) -> dict[str, Any]:
     """Parse ``argv``, (train,) evaluate, print the Markdown ladder and write frontend.{json,md,png}."""
     args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
-    # the validation ladder (choices) and the test ladder (scored once) share the trained stages of one --out
-    stem = ("frontend" + ("" if args.split == "test" else "_val")
-            + ("" if args.depth_run == "depth" else f"_{args.depth_run}"))
     overrides = {"dataset": args.dataset} if args.dataset else None
     test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
             "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides,
@@ -239,7 +273,7 @@ def run(argv: list[str]) -> dict[str, Any]:
         ladders = [_evaluate(args, {**first, **per_seed[s]} if s != args.seeds[0] else first, batches, scale,
                              invariant) for s in args.seeds]
         for seed, lad in zip(args.seeds, ladders, strict=True):
-            atomic_write_json(out / f"{stem}_seed{seed}.json", summarize(lad))
+            atomic_write_json(out / f"frontend_seed{seed}.json", summarize(lad))
         ladder, seeds = merge_seeds(ladders)
         if len(ladders) > 1:  # single-seed rows are the first seed's: merge_seeds keeps rows every seed has
             for name, row in ladders[0].rows.items():
@@ -255,10 +289,13 @@ def run(argv: list[str]) -> dict[str, Any]:
                        "split": args.split, "depth_run": args.depth_run}
     md = format_markdown(summary)
     print(md)
-    atomic_write_json(out / f"{stem}.json", summary)
-    atomic_write_text(out / f"{stem}.md", md)
-    fig = ladder_figure(summary, out / f"{stem}.png")
-    print(f"-> {out / f'{stem}.json'}, {out / f'{stem}.md'}, {fig}")
+    atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
+    write_manifest(out, relative_command("ssr-frontend", argv), "blind-SR front-end ladder (frontend.md)",
+                   stages=_stage_provenance(args, out, args.seeds) if args.train else None)
+    atomic_write_json(out / "frontend.json", summary)
+    atomic_write_text(out / "frontend.md", md)
+    fig = ladder_figure(summary, out / "frontend.png")
+    print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}, {fig}")
     return summary
 
 

@@ -64,7 +64,7 @@ class KernelConfig:
     """Range of the focal plane's normalised depth (sampled uniformly, then mapped through z_range). The default
     focuses on the foreground, as most photographs do, so blur grows with distance behind the subject; with
     (0, 1) the focal plane is as often behind the scene as in it and depth says little about the blur
-    (measured in docs/EXPERIMENTS.md)."""
+    (measured in docs/history/EXPERIMENTS_issues_2-13.md, issue 2)."""
     aperture_range: tuple[float, float] = (0.5, 1.5)
     """Range of the (relative) aperture A in the circle-of-confusion formula CoC = m*A*|z - z_f|/z."""
     magnification: float = 12.0

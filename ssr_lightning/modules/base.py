@@ -103,7 +103,7 @@ def network_config(net: Any) -> dict[str, Any]:
 
 class FitTiming(Callback):
     """Writes ``fit_timing.json`` (wall seconds, process CPU seconds over all threads, steps, threads) into the
-    run folder when a fit ends: the budget figures of docs/EXPERIMENTS.md, comparable across machine loads (CPU
+    run folder when a fit ends: the budget figures of the records (results/README.md), comparable across machine loads (CPU
     seconds barely change when other jobs share the cores; wall seconds do)."""
 
     def on_fit_start(self, trainer: Any, pl_module: LightningModule) -> None:

@@ -17,7 +17,7 @@ fully convolutional: the same weights run on LR-size and on SR/HR-size images.
 ``working_size`` (MiDaS runs at 384 px whatever the input) resizes every input so that its shorter side has that
 many pixels, predicts there and resizes the depth back: LR and SR/HR inputs of one scene are then seen at the
 same scale and the receptive field covers the same share of the view, which a monocular depth cue such as the
-horizon or an object's size needs (docs/EXPERIMENTS.md, "Depth from the embedded scenes").
+horizon or an object's size needs (docs/history/EXPERIMENTS_issues_2-13.md, "Depth from the embedded scenes").
 """
 
 from __future__ import annotations

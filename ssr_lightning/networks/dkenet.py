@@ -120,8 +120,9 @@ class DKENet(ModelMixin, ConfigMixin):
                 direct path for the per-image blur that spatially invariant samples are made of.
             normalize_depth: Read depth normalised per image (robust min/max, as every depth estimator's output is
                 at test time) instead of the data's absolute [0, 1] depth, in training and evaluation.
-            depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock) or "input" (the depth
-                channels concatenated to the LR at the first conv).
+            depth_fusion: Where depth enters: "sft" (a depth branch modulating every DABlock), "input" (the depth
+                channels concatenated to the LR at the first conv) or "none" (only the thin-lens prior reads depth:
+                needs thin_lens).
             focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
             thin_lens: Add a thin-lens prior to the kernel logits: per-image lens parameters read from the pixels
                 make a per-pixel Gaussian whose defocus part follows depth (CoC ∝ |z − z_f|/z).
@@ -168,7 +169,8 @@ class DKENet(ModelMixin, ConfigMixin):
         self.down = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
         self.stage2 = nn.ModuleList([DABlock(channels, cond_ch) for _ in range(blocks_per_stage)])
         # Image-level context at the bottleneck: most of the kernel error is the per-image blur level (focus,
-        # aperture, optics), which a purely local receptive field cannot pool; see docs/EXPERIMENTS.md.
+        # aperture, optics), which a purely local receptive field cannot pool (issue 2 in
+        # docs/history/EXPERIMENTS_issues_2-13.md).
         self.context = (
             nn.Sequential(nn.Linear(channels, channels), nn.ReLU(inplace=True), nn.Linear(channels, channels))
             if global_context
