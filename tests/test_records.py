@@ -191,5 +191,5 @@ def test_the_frontend_record_keeps_every_rows_per_image_values_and_the_trainings
     done.write_text(json.dumps({"stage": "nbsr", "seed": 1, "provenance": {"code": {"commit": "abc"}}}))
     (tmp_path / "runs" / "seed_0" / "depth").mkdir(parents=True)
     (tmp_path / "runs" / "seed_0" / "depth" / "DONE").write_text("312.0 s\n")  # an old DONE: no provenance
-    stages = cli._stage_provenance(tmp_path, [0, 1])
+    stages = cli._stage_provenance(tmp_path / "runs", [0, 1])
     assert stages["1"]["nbsr"]["provenance"]["code"]["commit"] == "abc" and "note" in stages["0"]["depth"]

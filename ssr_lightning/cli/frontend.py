@@ -243,11 +243,11 @@ def per_image(ladder: Ladder, seeds: list[int] | None) -> dict[str, Any]:
             "invariant_ke": {k: part("invariant_ke", k) for k in ladder.invariant_ke}}
 
 
-def _stage_provenance(args: Any, out: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
-    """``{seed: {stage: DONE record}}`` of the trainings under ``<out>/runs`` (what the ladder was scored on)."""
+def _stage_provenance(runs: Path, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """``{seed: {stage: DONE record}}`` of the trainings under ``runs`` (what the ladder was scored on)."""
     found: dict[str, dict[str, Any]] = {}
     for seed in seeds:
-        for done in sorted((runs_dir(args, out) / f"seed_{seed}").glob("*/DONE")):
+        for done in sorted((runs / f"seed_{seed}").glob("*/DONE")):
             try:
                 found.setdefault(str(seed), {})[done.parent.name] = json.loads(done.read_text())
             except ValueError:
@@ -291,7 +291,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     print(md)
     atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
     write_manifest(out, relative_command("ssr-frontend", argv), "blind-SR front-end ladder (frontend.md)",
-                   stages=_stage_provenance(args, out, args.seeds) if args.train else None)
+                   stages=_stage_provenance(runs_dir(args, out), args.seeds) if args.train else None)
     atomic_write_json(out / "frontend.json", summary)
     atomic_write_text(out / "frontend.md", md)
     fig = ladder_figure(summary, out / "frontend.png")
