@@ -109,13 +109,32 @@ def run(name: str, family: str = "default", steps: int = 1600, seed: int = 0, pa
             "command": f"python tools/ke_depth_study.py '{json.dumps(spec)}'", "provenance": environment()}
 
 
+def _short(row: dict[str, object]) -> str:
+    return json.dumps({"name": row["name"], "family": row["family"], "seed": row["seed"], "train_s": row["train_s"],
+                       **{f"{s}/{k}": round(row[s][k]["mean"], 4) for s in ("val", "test")  # type: ignore[index]
+                          for k in ("ke", "mean_kernel", "per_image_mean")}})
+
+
+def main(argv: list[str]) -> None:
+    """``SPEC_JSON [OUT.jsonl]`` runs one variant; ``--specs FILE.jsonl OUT.jsonl`` runs every spec of a file that
+    OUT does not hold yet (resumable), one after the other."""
+    if argv and argv[0] == "--specs":
+        specs = [json.loads(line) for line in Path(argv[1]).read_text().splitlines() if line.strip()]
+        out = Path(argv[2])
+        done = set()
+        if out.is_file():
+            done = {(r["name"], r["family"], r["seed"]) for r in map(json.loads, out.read_text().splitlines())}
+    else:
+        specs, out, done = [json.loads(argv[0])], Path(argv[1] if len(argv) > 1 else "ke_depth_study.jsonl"), set()
+    for spec in specs:
+        if (spec["name"], spec.get("family", "default"), spec.get("seed", 0)) in done:
+            continue
+        row = run(**spec)
+        print(_short(row), flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 if __name__ == "__main__":
-    spec = json.loads(sys.argv[1])
-    results = Path(sys.argv[2] if len(sys.argv) > 2 else "ke_depth_study.jsonl")
-    row = run(**spec)
-    print(json.dumps({"name": row["name"], "family": row["family"], "seed": row["seed"], "train_s": row["train_s"],
-                      **{f"{s}/{k}": round(row[s][k]["mean"], 4) for s in ("val", "test")
-                         for k in ("ke", "mean_kernel", "per_image_mean")}}), flush=True)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with results.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    main(sys.argv[1:])
