@@ -256,14 +256,29 @@ class KernelConditionedSR(ModelMixin, ConfigMixin):
     def condition(self, lr: Tensor, kernel: Tensor | None) -> Tensor | None:
         """The condition map: the kernel code (zeros for ``kernel=None``) and, if enabled, the noise channel."""
         code = None if kernel is None else self.codec.encode(kernel).to(lr.dtype)
+        return self.code_condition(lr, code)
+
+    def noise_level(self, lr: Tensor) -> Tensor | None:
+        """The noise channel's value per image ``(B,)`` (σ̂ in 8-bit levels mapped to about [-1, 1] over the training
+        range, 1-30 levels), read from the whole LR; None without ``noise_condition``."""
+        if not self.noise_condition:
+            return None
+        return estimate_noise(lr) * 255.0 / 15.0 - 1.0
+
+    def code_condition(self, lr: Tensor, code: Tensor | None, level: Tensor | None = None) -> Tensor | None:
+        """The condition map of a whitened code map ``code (B, M, h, w)`` (None: zeros) for ``lr``; ``level`` is
+        :meth:`noise_level` of the whole image when ``lr`` is a tile of it (default: measured on ``lr``)."""
         if not self.noise_condition:
             return code
         b, _, h, w = lr.shape
         if code is None:
             code = lr.new_zeros(b, self.codec.n_components, h, w)
-        # σ̂ in 8-bit levels mapped to about [-1, 1] over the training range (1-30 levels)
-        level = (estimate_noise(lr) * 255.0 / 15.0 - 1.0).to(lr.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
-        return torch.cat([code, level], dim=1)
+        level = self.noise_level(lr) if level is None else level
+        return torch.cat([code.to(lr.dtype), level.to(lr.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)], dim=1)
+
+    def forward_code(self, lr: Tensor, code: Tensor | None, level: Tensor | None = None) -> Tensor:
+        """NBSR on a code map instead of a field (the codec is linear: SVKR's iterates stay in code space)."""
+        return self.net(lr, self.code_condition(lr, code, level))
 
     def forward(self, lr: Tensor, kernel: Tensor | None = None) -> Tensor:
         return self.net(lr, self.condition(lr, kernel))
