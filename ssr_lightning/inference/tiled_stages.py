@@ -9,7 +9,7 @@ field radius of every path through the network, plus a margin).
 
 DKENet also reads image-level statistics, which a tile cannot see: the focal depth (``focal_plane``: a softmax over
 all pixels of a sharpness score), the bottleneck mean (``global_context``) and the mean and std of the last features
-(``global_kernel`` / ``thin_lens`` heads). :class:`TiledKE` measures them over the whole image first, in one pass per
+(``global_kernel`` / ``thin_lens`` heads; the lens head also their means in soft depth bins). :class:`TiledKE` measures them over the whole image first, in one pass per
 statistic over the tiles (a running log-sum-exp for the softmax, float64 sums for the means and variances), so each
 tile's kernels are those of the whole-image run up to float round-off. The depth normalisation (``normalize_depth``)
 runs on the whole one-channel depth map (cheap). NBSR's noise level is likewise measured on the whole LR image.
@@ -133,7 +133,7 @@ class TiledKE:
     def _statistics(self) -> dict[str, Tensor | None]:
         """focal depth, bottleneck mean and pooled last features of the whole image (the ones the net uses)."""
         net, one = self.net, len(self.windows) == 1
-        stats: dict[str, Tensor | None] = {"focal": None, "context": None, "pooled": None}
+        stats: dict[str, Tensor | None] = {"focal": None, "context": None, "pooled": None, "binned": None}
         if net.focus_score is not None and self.depth is not None:
             if one:
                 stats["focal"] = self._run(net.focal_depth, self.lr, self.depth)
@@ -161,17 +161,22 @@ class TiledKE:
                 count += (half[0].stop - half[0].start) * (half[1].stop - half[1].start)
             stats["context"] = (acc / count).float()
         if net.pools_features and not one:
-            s1 = s2 = None
+            sums: list[Tensor] | None = None
             n = 0
             for win in self.windows:
                 lr, depth, core = self._tile(win, self.halo)
                 f3 = self._run(net.features, lr, depth, stats["focal"], stats["context"])[(..., *core)].double()
-                a, b = f3.sum(dim=(2, 3)), f3.pow(2).sum(dim=(2, 3))
-                s1, s2 = (a, b) if s1 is None else (s1 + a, s2 + b)
+                part = [f3.sum(dim=(2, 3)), f3.pow(2).sum(dim=(2, 3))]
+                if net.bins_features and depth is not None:  # the thin-lens head's soft depth bins
+                    part += list(net.depth_bin_sums(f3, depth[(..., *core)].double()))
+                sums = part if sums is None else [a + b for a, b in zip(sums, part, strict=True)]
                 n += f3.shape[-2] * f3.shape[-1]
-            mean = s1 / n
-            std = (s2 / n - mean * mean).clamp_min(0).sqrt()
+            assert sums is not None
+            mean = sums[0] / n
+            std = (sums[1] / n - mean * mean).clamp_min(0).sqrt()
             stats["pooled"] = torch.cat([mean, std], dim=1).float()
+            if len(sums) == 4:
+                stats["binned"] = net.binned_mean(sums[2], sums[3]).float()
         return stats
 
     def field(self, win: Window) -> Tensor:
@@ -179,7 +184,7 @@ class TiledKE:
         lr, depth, core = self._tile(win, self.halo)
         st = self.stats
         f3 = self._run(self.net.features, lr, depth, st["focal"], st["context"])
-        field = self._run(self.net.kernels, f3, depth, st["focal"], st["pooled"])
+        field = self._run(self.net.kernels, f3, depth, st["focal"], st["pooled"], st["binned"])
         return field[(..., *core)]
 
     def __iter__(self) -> Iterator[tuple[Window, Tensor]]:
