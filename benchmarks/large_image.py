@@ -99,24 +99,40 @@ def photo(width: int, height: int) -> Any:
 
 # --- the child: one ssr sr run with phase timers ---------------------------------------------------------------------
 class _Timers:
-    """Wall and process-CPU seconds spent inside each phase's functions (a nested call of the same phase counts once)."""
+    """Wall and process-CPU seconds spent inside each phase's functions, exclusive: a phase called inside another
+    (SVKR inside writing, for the strip path) is charged to itself only; a nested call of the same phase counts once."""
 
     def __init__(self) -> None:
         self.wall: dict[str, float] = {k: 0.0 for k in PHASES}
         self.cpu: dict[str, float] = {k: 0.0 for k in PHASES}
-        self.depth: dict[str, int] = {k: 0 for k in PHASES}
+        self.stack: list[list[Any]] = []  # [phase, wall at (re)start, cpu at (re)start, depth]
+
+    def _charge(self) -> None:
+        if self.stack:
+            top = self.stack[-1]
+            w, c = time.perf_counter(), time.process_time()
+            self.wall[top[0]] += w - top[1]
+            self.cpu[top[0]] += c - top[2]
+            top[1], top[2] = w, c
 
     def wrap(self, phase: str, fn: Any) -> Any:
         def timed(*args: Any, **kw: Any) -> Any:
-            self.depth[phase] += 1
-            w0, c0 = time.perf_counter(), time.process_time()
+            same = bool(self.stack) and self.stack[-1][0] == phase
+            if same:
+                self.stack[-1][3] += 1
+            else:
+                self._charge()
+                self.stack.append([phase, time.perf_counter(), time.process_time(), 1])
             try:
                 return fn(*args, **kw)
             finally:
-                self.depth[phase] -= 1
-                if self.depth[phase] == 0:
-                    self.wall[phase] += time.perf_counter() - w0
-                    self.cpu[phase] += time.process_time() - c0
+                top = self.stack[-1]
+                top[3] -= 1
+                if top[3] == 0:
+                    self._charge()
+                    self.stack.pop()
+                    if self.stack:  # the outer phase resumes now
+                        self.stack[-1][1], self.stack[-1][2] = time.perf_counter(), time.process_time()
 
         return timed
 

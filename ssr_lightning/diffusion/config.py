@@ -214,7 +214,7 @@ class ComputeConfig:
     CPU); the scheduler, kernel normalisation and accumulators stay float32."""
     feature_cache_mb: int = 512
     """Per-tile condition features kept across denoising steps, in MB (the rest are recomputed at every step)."""
-    frontend_tile: int = 256
+    frontend_tile: int = 512
     """Tile side (LR px) of the front end's KE and NBSR passes, each with a halo of its receptive field (0: the
     whole image in one tile)."""
 

@@ -34,6 +34,7 @@ __all__ = ["TiledKE", "Window", "autocast", "core_windows", "dkenet_halo", "nbsr
 
 Window = tuple[int, int, int, int]  # (y0, y1, x0, x1) on the LR grid, end exclusive
 _MARGIN = 2  # LR px beyond the computed receptive field radius
+CHUNK_PX = 16384  # LR px per chunk of the per-pixel heads (KE's 441-channel field, NBSR's HR upsampler)
 
 
 def _even(n: int) -> int:
@@ -120,6 +121,7 @@ class TiledKE:
         self.windows = core_windows(h, w, tile, max(2, align))
         self.halo = dkenet_halo(net)
         self.depth = net.prepare_depth(lr, depth)
+        self.f3: Tensor | None = None  # the whole image's last features, when a statistics pass computed them
         self.stats = stats if stats is not None else self._statistics()
 
     def _tile(self, win: Window, halo: int) -> tuple[Tensor, Tensor | None, tuple[slice, slice]]:
@@ -165,7 +167,11 @@ class TiledKE:
             n = 0
             for win in self.windows:
                 lr, depth, core = self._tile(win, self.halo)
-                f3 = self._run(net.features, lr, depth, stats["focal"], stats["context"])[(..., *core)].double()
+                f3 = self._run(net.features, lr, depth, stats["focal"], stats["context"])[(..., *core)]
+                if self.f3 is None:  # kept for the kernel pass: the trunk runs once more per tile, not twice
+                    self.f3 = torch.empty(f3.shape[0], f3.shape[1], *self.size, device=f3.device)
+                self.f3[..., win[0] : win[1], win[2] : win[3]] = f3
+                f3 = f3.double()
                 part = [f3.sum(dim=(2, 3)), f3.pow(2).sum(dim=(2, 3))]
                 if net.bins_features and depth is not None:  # the thin-lens head's soft depth bins
                     part += list(net.depth_bin_sums(f3, depth[(..., *core)].double()))
@@ -179,30 +185,63 @@ class TiledKE:
                 stats["binned"] = net.binned_mean(sums[2], sums[3]).float()
         return stats
 
+    def _last_features(self, win: Window) -> tuple[Tensor, Tensor | None, Window]:
+        """``f3`` and the depth on a window containing ``win`` grown by at least 1 px (where the image allows), and
+        that window: from the kept map, or the trunk on ``win`` grown by the halo (exact within halo − 1 px of it)."""
+        if self.f3 is not None:
+            g, _ = grown(win, 1, *self.size)
+            return crop(self.f3, g), None if self.depth is None else crop(self.depth, g), g
+        g, _ = grown(win, self.halo, *self.size, align=2)
+        lr, depth = crop(self.lr, g), None if self.depth is None else crop(self.depth, g)
+        return self._run(self.net.features, lr, depth, self.stats["focal"], self.stats["context"]), depth, g
+
+    def _kernels(self, f3: Tensor, depth: Tensor | None, at: Window, win: Window) -> Tensor:
+        """The field on ``win`` from ``f3``/``depth`` covering the window ``at`` (``win`` ± 1 px inside it)."""
+        y0, y1, x0, x1 = win
+        g, _ = grown(win, 1, *self.size)
+        sub = (..., slice(g[0] - at[0], g[1] - at[0]), slice(g[2] - at[2], g[3] - at[2]))
+        st = self.stats
+        field = self._run(self.net.kernels, f3[sub], None if depth is None else depth[sub], st["focal"], st["pooled"],
+                          st["binned"])
+        return field[..., y0 - g[0] : y1 - g[0], x0 - g[2] : x1 - g[2]]
+
     def field(self, win: Window) -> Tensor:
         """The kernel field ``(B, k², y1 − y0, x1 − x0)`` of one window (any window inside the image)."""
-        lr, depth, core = self._tile(win, self.halo)
-        st = self.stats
-        f3 = self._run(self.net.features, lr, depth, st["focal"], st["context"])
-        field = self._run(self.net.kernels, f3, depth, st["focal"], st["pooled"], st["binned"])
-        return field[(..., *core)]
+        return self._kernels(*self._last_features(win), win)
 
     def __iter__(self) -> Iterator[tuple[Window, Tensor]]:
-        """``(window, field)`` for every core window, in raster order."""
+        """``(window, field)`` over every core window in raster order, in row chunks of about ``CHUNK_PX`` pixels
+        (the 441-channel field exists for one chunk at a time)."""
         for win in self.windows:
-            yield win, self.field(win)
+            f3, depth, at = self._last_features(win)
+            y0, y1, x0, x1 = win
+            rows = max(1, CHUNK_PX // (x1 - x0))
+            for a in range(y0, y1, rows):
+                part = (a, min(y1, a + rows), x0, x1)
+                yield part, self._kernels(f3, depth, at, part)
 
 
 def tiled_sr(net: KernelConditionedSR, lr: Tensor, code: Tensor | None, tile: int, align: int = 2,
              dtype: torch.dtype | None = None, level: Tensor | None = None) -> Iterator[tuple[Window, Tensor]]:
-    """``(window, NBSR tile)`` over core windows: ``NBSR(LR, code)`` on the window grown by :func:`nbsr_halo`, its
-    core ``(B, 3, s·(y1 − y0), s·(x1 − x0))``, not clamped. ``level``: the whole image's noise level (default:
+    """``(window, NBSR tile)`` over core windows in raster order, each in row chunks: ``NBSR(LR, code)`` on the
+    window grown by :func:`nbsr_halo` (the upsampler on rows of its trunk features), the chunk's
+    ``(B, 3, s·(y1 − y0), s·(x1 − x0))``, not clamped. ``level``: the whole image's noise level (default:
     measured on ``lr``)."""
     h, w = lr.shape[-2:]
     halo, s = nbsr_halo(net), int(net.net.scale)
     level = net.noise_level(lr) if level is None else level
     for win in core_windows(h, w, tile, align):
         g, (cy, cx) = grown(win, halo, h, w)
+        lr_g = crop(lr, g)
         with autocast(lr.device, dtype):
-            out = net.forward_code(crop(lr, g), None if code is None else crop(code, g), level).float()
-        yield win, out[..., cy.start * s : cy.stop * s, cx.start * s : cx.stop * s]
+            cond = net.code_condition(lr_g, None if code is None else crop(code, g), level)
+            if cond is None:
+                cond = lr_g.new_zeros(lr_g.shape[0], net.net.code_channels, *lr_g.shape[-2:])
+            feat = net.net.trunk(lr_g, cond)
+        rows = max(1, CHUNK_PX // (g[3] - g[2]))
+        for a in range(cy.start, cy.stop, rows):  # the upsampler and HR convs in row chunks (2 px reach)
+            b = min(cy.stop, a + rows)
+            ea, eb = max(0, a - 2), min(lr_g.shape[-2], b + 2)
+            with autocast(lr.device, dtype):
+                out = net.net.tail(feat[..., ea:eb, :], lr_g[..., ea:eb, :]).float()
+            yield (g[0] + a, g[0] + b, win[2], win[3]), out[..., (a - ea) * s : (b - ea) * s, cx.start * s : cx.stop * s]

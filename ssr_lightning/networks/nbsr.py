@@ -200,13 +200,22 @@ class NBSR(ModelMixin, ConfigMixin):
                 f"code must be (B, {self.code_channels}, h, w) = {(b, self.code_channels, h, w)} on the LR grid, "
                 f"got {tuple(code.shape)}"
             )
+        return self.tail(self.trunk(lr, code), lr)
+
+    def trunk(self, lr: Tensor, code: Tensor) -> Tensor:
+        """LR-grid features before the upsampler (``code`` as :meth:`forward` checked it)."""
         code = code.to(lr.dtype)
         cond = self.cond_net(code)
         feat = self.conv_first(torch.cat([lr, code], dim=1) if self.input_condition else lr)
         trunk = feat
         for block in self.blocks:
             trunk = block(trunk, cond)
-        feat = feat + self.conv_body(trunk)
+        return feat + self.conv_body(trunk)
+
+    def tail(self, feat: Tensor, lr: Tensor) -> Tensor:
+        """Upsampler and HR convolutions of the trunk features, plus the bicubic residual of ``lr`` (same grid):
+        within 2 LR px of each output pixel, so it can run on row chunks of the trunk with a 2 px halo."""
+        h, w = lr.shape[-2:]
         out = self.conv_last(self.act(self.conv_hr(self.upsample(feat))))
         base = F.interpolate(lr, size=(self.scale * h, self.scale * w), mode="bicubic", align_corners=False)
         return base + out
