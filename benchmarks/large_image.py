@@ -68,12 +68,14 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", default=None, help="an earlier record drawn beside this one in the figure")
     p.add_argument("--sr-args", nargs="*", default=[], help="extra ssr sr flags (default: none, its defaults)")
     p.add_argument("--device", default="cpu", help="cpu: the ssr sr benchmark; cuda: the GPU mode")
+    p.add_argument("--gpu-mode", action="store_true", help="the GPU mode on --device (cpu: a dry run)")
     p.add_argument("--gpu-steps", type=int, nargs="+", default=[20, 4])
-    p.add_argument("--sd-size", choices=["sd15", "tiny", "none"], default="sd15", help="GPU mode: the SD-sized row")
+    p.add_argument("--sd-size", choices=["sd15", "tiny", "none"], default="sd15",
+                   help="GPU mode: the SD-sized row (tiny: its structure at a few channels)")
     p.add_argument("--gpu-output", type=int, default=768, help="GPU mode: output side (LR = side / 4)")
     p.add_argument("--tile-batch", type=int, default=32, help="GPU mode: tiles per UNet call")
     p.add_argument("--autocast", default="auto", help="GPU mode: none, bf16, fp16 or auto")
-    p.add_argument("--gpu-tile", type=int, default=32, help="GPU mode: diffusion tile (LR px; 0: whole image)")
+    p.add_argument("--gpu-tile", type=int, default=32, help="GPU mode: the tiny model's tile (LR px; 0: whole image)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # JSON of one ssr sr run to do
     return p.parse_args(argv)
@@ -256,7 +258,8 @@ def _command(argv: list[str]) -> str:
             continue
         if a in ("--runs", "--code", "--out", "--baseline") and i + 1 < len(argv):
             role = {"--runs": "<tiny ssr fit runs>", "--code": f"<checkout at {_commit(Path(argv[i + 1]))}>"}
-            out += [a, role.get(a, Path(argv[i + 1]).name if a != "--out" else os.path.relpath(argv[i + 1], ROOT))]
+            rel = os.path.relpath(Path(argv[i + 1]).resolve(), ROOT)
+            out += [a, role.get(a, rel if a == "--out" and not rel.startswith("..") else Path(argv[i + 1]).name)]
             skip = True
         else:
             out.append(a)
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.child is not None:
         child(json.loads(args.child))
         return {}
-    if args.device.startswith("cuda") or args.device == "gpu-dry-run":
+    if args.device.startswith("cuda") or args.gpu_mode:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from large_image_gpu import gpu_benchmark
 
