@@ -130,7 +130,7 @@ class TileDenoiser:
         with self._bar() as bar:
             for batches in self.rows:
                 self._blend(out, 0, z_t, t, batches, bar)
-        return out
+        return out.to(z_t.dtype)  # blended in float32, stepped in the latent's dtype
 
     # --- banded DDIM ----------------------------------------------------------------------------------------------
     def sample(self, sched: Any, timesteps: Tensor, z: Tensor,
