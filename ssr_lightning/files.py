@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 __all__ = [
-    "NAME_PATTERN", "YAMLFileError", "atomic_write", "atomic_write_json", "atomic_write_text", "check_name",
+    "NAME_PATTERN", "YAMLFileError", "atomic_path", "atomic_write", "atomic_write_json", "atomic_write_text", "check_name",
     "check_yaml_size", "file_lock", "load_yaml", "slugify", "unwritable",
 ]
 
@@ -70,6 +70,20 @@ def _keep_as(path: Path, previous: Path) -> None:
     except OSError:
         link.unlink(missing_ok=True)
         os.replace(path, previous)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """:func:`atomic_write` as a context: yields the temporary file beside ``path`` (write it while the block runs,
+    e.g. in pieces); a clean exit renames it onto ``path``, an exception removes it and leaves ``path`` as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

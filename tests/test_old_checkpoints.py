@@ -39,8 +39,8 @@ def _slice(t: torch.Tensor) -> list[float]:
     return [float(x) for x in t[:: max(1, t.numel() // 12)][:12]]
 
 
-def _close(got: torch.Tensor, key: str) -> None:
-    torch.testing.assert_close(torch.tensor(_slice(got)), torch.tensor(REFERENCE[key]), rtol=0, atol=1e-6)
+def _close(got: torch.Tensor, key: str, atol: float = 1e-6) -> None:
+    torch.testing.assert_close(torch.tensor(_slice(got)), torch.tensor(REFERENCE[key]), rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_ssr_sr_uses_the_models_svkr_settings(svkr_ckpt: Path) -> None:
     lr16 = torch.rand(1, 3, 16, 16, generator=g)
     result = pipe(lr16)
     _close(result.sr, "ssr_svkr_pipeline")  # T = 2, γ = 0.5: what the old `ssr sr` (T = 3, γ = 0.9) did not do
-    _close(result.depth, "ssr_svkr_depth")
+    _close(result.depth, "ssr_svkr_depth", atol=1e-5)  # DE gathers the SR image from tiles (issue 20): round-off
     # a field given replaces that field only
     one = SSRPipeline.from_checkpoint(svkr_ckpt, svkr={"iterations": 1, "gamma": None})
     assert (one.svkr.iterations, one.svkr.gamma) == (1, 0.5)
@@ -148,9 +148,9 @@ def _sr_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ckpt: Path, *f
 
     call = SSRPipeline.__call__
 
-    def spy_call(self: SSRPipeline, lr: torch.Tensor, sampling: Any = None) -> Any:
+    def spy_call(self: SSRPipeline, lr: torch.Tensor, sampling: Any = None, out: Any = None) -> Any:
         seen["sampling"] = sampling or self.sampling
-        return call(self, lr, sampling)
+        return call(self, lr, sampling, out)
 
     monkeypatch.setattr(SVKR, "from_config", classmethod(spy_svkr))
     monkeypatch.setattr(SSRPipeline, "__call__", spy_call)

@@ -357,20 +357,39 @@ def test_svkr_shows_progress_per_stage(tmp_path: Path, ckpts, capsys) -> None:
 
 
 # --- 12: Ctrl-C ----------------------------------------------------------------------------------------------------
+def _small_bands(call):
+    """The pipeline's output in bands of 8 rows (so an image's file is written in several pieces)."""
+
+    def banded(self, lr, sampling=None, out=None):
+        if out is None:
+            return call(self, lr, sampling)
+        pending = []
+        result = call(self, lr, sampling, out=lambda a, band: pending.append((a, band)))
+        for a, band in pending:
+            for k in range(0, band.shape[-2], 8):
+                out(a + k, band[..., k : k + 8, :])
+        return result
+
+    return banded
+
+
 def test_ctrl_c_stops_in_one_line_keeping_finished_outputs(tmp_path: Path, ckpts, capsys, monkeypatch) -> None:
     for i in range(3):
         _png(tmp_path / "in" / f"im{i}.png", seed=i)
     before = _digest(tmp_path / "in")
-    real, calls = sr_cli.save_image, []
+    real, calls = sr_cli.PNGStream.write, []
 
-    def interrupted_mid_write(path, img) -> None:
-        calls.append(path)
-        if len(calls) == 2:  # the second image: Ctrl-C while its file is half written
-            sr_cli.atomic_write(path, lambda tmp: (tmp.write_bytes(b"\x89PNG half"), (_ for _ in ()).throw(
-                KeyboardInterrupt())))
-        real(path, img)
+    def interrupted_mid_write(self, rows) -> None:  # the SR file is written band by band into a temporary file
+        real(self, rows)
+        self.fh.flush()
+        calls.append(self.fh.name)
+        if len(calls) == 2 and self.rows < self.height:
+            raise KeyboardInterrupt  # Ctrl-C while the second image's file is half written
+        if self.rows < self.height:
+            calls.pop()
 
-    monkeypatch.setattr(sr_cli, "save_image", interrupted_mid_write)
+    monkeypatch.setattr(sr_cli.PNGStream, "write", interrupted_mid_write)
+    monkeypatch.setattr(SSRPipeline, "__call__", _small_bands(SSRPipeline.__call__))
     code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST], capsys)
     assert code == 130 and "Traceback" not in err
     assert [ln for ln in err.splitlines() if "interrupted" in ln] == [

@@ -77,8 +77,9 @@ from ssr_lightning.data.image_io import (
     load_image,
     save_image,
 )
-from ssr_lightning.diffusion.config import SamplingConfig, SamplingError
-from ssr_lightning.files import atomic_write
+from ssr_lightning.data.png_stream import PNGStream
+from ssr_lightning.diffusion.config import ComputeConfig, SamplingConfig, SamplingError
+from ssr_lightning.files import atomic_path, atomic_write
 from ssr_lightning.inference.svkr import SVKRConfig
 
 __all__ = ["build_parser", "main"]
@@ -99,6 +100,7 @@ def build_parser() -> ArgumentParser:
     # one flag per field of the front end's and the sampler's settings; None keeps the model's value
     dataclass_flags(p, SVKRConfig, "left out: the model's SVKR setting")
     dataclass_flags(p, SamplingConfig, "left out: the model's sampling")
+    dataclass_flags(p, ComputeConfig, "left out: the default")
     p.add_argument("--save-maps", action="store_true", help="also write depth and kernel-variance maps")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
@@ -143,10 +145,22 @@ def _svkr(args: Any, base: SVKRConfig) -> tuple[SVKRConfig | None, str | None]:
         return None, f"{' / '.join(f'{flag(k)} {v}' for k, v in given.items())}: {err}"
 
 
+def _compute(args: Any) -> tuple[ComputeConfig | None, str | None]:
+    """``ComputeConfig`` with the layout flags given, or a problem naming them."""
+    given = flag_values(args, ComputeConfig)
+    try:
+        return ComputeConfig().replace(**given), None
+    except ValueError as err:
+        return None, f"{' / '.join(f'{flag(k)} {v}' for k, v in given.items())}: {err}"
+
+
 def _check_options(args: Any) -> str | None:
     """The flags alone (before any checkpoint is read): each checked by the dataclass that declares it."""
     if args.max_pixels < 1:
         return f"--max-pixels {args.max_pixels}: must be >= 1"
+    problem = _compute(args)[1]
+    if problem:
+        return problem
     if args.depth == "gt":
         return "--depth gt: a user's image has no ground-truth depth; use learned, midas or dpt"
     return _sampling(args, None)[1] or _svkr(args, SVKRConfig())[1]
@@ -235,6 +249,23 @@ def _save_maps(dst: Path, depth: torch.Tensor | None, kvar: torch.Tensor | None)
         save_image(map_path(dst, "_kernel_var.png"), heatmap(kvar)[0].permute(1, 2, 0).numpy())
     if arrays:
         atomic_write(map_path(dst, "_maps.npz"), lambda tmp: np.savez_compressed(tmp, **arrays))
+
+
+def _to_uint8(band: torch.Tensor) -> np.ndarray:
+    """``(1, 3, n, W)`` float in [0, 1] → ``(n, W, 3)`` uint8, rounded as ``save_image`` rounds."""
+    return (np.clip(band[0].permute(1, 2, 0).numpy().astype(np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def _write_output(pipe: Any, lr: torch.Tensor, dst: Path, save_maps: bool) -> None:
+    """Super-resolve ``lr`` straight into ``dst`` (a PNG written band by band into a temporary file); the maps are
+    written before the SR file is renamed into place, so an SR output exists only once its input is complete."""
+    s, (h, w) = pipe.scale, lr.shape[-2:]
+    with atomic_path(dst) as tmp, open(tmp, "wb") as fh:
+        png = PNGStream(fh, s * w, s * h)
+        result = pipe(lr, out=lambda _row, band: png.write(_to_uint8(band)))
+        png.close()
+        if save_maps:
+            _save_maps(dst, result.depth, result.kernel_var)
 
 
 def _read(src: Path, max_pixels: int) -> np.ndarray:
@@ -338,7 +369,7 @@ def _run(args: Any, progress: _Progress) -> int:
 
         # the model's SVKR and sampling settings, each flag replacing only its own field
         pipe = SSRPipeline.from_checkpoint(data, svkr=flag_values(args, SVKRConfig), sampling=sampling,
-                                           device=device, progress=True) if todo else None
+                                           device=device, progress=True, compute=_compute(args)[0]) if todo else None
     except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as err:
         if not existed:
             _remove_if_empty(folder)
@@ -351,12 +382,8 @@ def _run(args: Any, progress: _Progress) -> int:
     with tqdm(todo, desc="ssr sr", unit="img", disable=len(todo) < 2) as bar:
         for src in bar:
             try:
-                lr = torch.from_numpy(_read(src, args.max_pixels)).permute(2, 0, 1)[None].float()
-                result = pipe(lr)
-                dst = plan[src]
-                if args.save_maps:  # maps first: an SR output exists only once its input is complete
-                    _save_maps(dst, result.depth, result.kernel_var)
-                save_image(dst, result.sr[0].permute(1, 2, 0).numpy())
+                lr = torch.from_numpy(_read(src, args.max_pixels)).permute(2, 0, 1)[None]
+                _write_output(pipe, lr, plan[src], args.save_maps)
                 progress.done += 1
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the others
                 tqdm.write(f"ssr sr: FAILED {src}: {err}", file=sys.stderr)

@@ -11,6 +11,9 @@
   (backbone sizes, the Table 2 modality switches, AMF), so ``--model.init_args.net.init_args.unet_config.use_kernel
   false`` reads as what it does.
 - :class:`LossConfig`: the stage module's ``loss`` group.
+- :class:`ComputeConfig`: how the work of one image is laid out (tiles per network call, autocast, the per-tile
+  condition-feature cache, the front end's tile side): never what is computed, so it is not recorded with a model;
+  ``ssr sr`` generates its flags from it as from ``SamplingConfig``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any, Literal, get_args
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.networks.amf import AMFMode
 
-__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "LossConfig", "SampleStart", "Sampler", "SamplingConfig", "SamplingError",
+__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "Autocast", "ComputeConfig", "LossConfig", "SampleStart", "Sampler", "SamplingConfig", "SamplingError",
            "UNetConfig", "renamed"]
 
 Sampler = Literal["ddim", "ddpm"]
+Autocast = Literal["auto", "none", "bf16", "fp16"]
 SampleStart = Literal["noise", "bicubic", "frontend"]
 
 # Names and values of the sampling options before they became call arguments (model config keys, the stage's
@@ -196,3 +200,44 @@ class LossConfig:
     def weights(self) -> dict[str, float]:
         """λ per modality name, as GaussianDiffusion.loss takes them."""
         return {"kernel": self.lambda_kernel, "depth": self.lambda_depth, "lr": self.lambda_lr}
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """How one image's work is laid out in memory and on the device. Results equal the defaults' up to float
+    round-off (tiles batched or not, cached or recomputed features), except ``autocast`` bf16/fp16."""
+
+    tile_batch: int = 8
+    """Diffusion tiles per UNet call (the same result batched or not; 8 is the fastest on a CPU, more on a GPU)."""
+    autocast: Autocast = "auto"
+    """Reduced precision for the UNet, the condition encoders, KE and NBSR on a GPU (auto: bf16 on CUDA, none on a
+    CPU); the scheduler, kernel normalisation and accumulators stay float32."""
+    feature_cache_mb: int = 512
+    """Per-tile condition features kept across denoising steps, in MB (the rest are recomputed at every step)."""
+    frontend_tile: int = 512
+    """Tile side (LR px) of the front end's KE and NBSR passes, each with a halo of its receptive field (0: the
+    whole image in one tile)."""
+
+    def __post_init__(self) -> None:
+        if self.tile_batch < 1:
+            raise ValueError(f"compute tile_batch {self.tile_batch}: must be >= 1")
+        if self.autocast not in get_args(Autocast):
+            raise ValueError(f"compute autocast {self.autocast}: must be one of {', '.join(get_args(Autocast))}")
+        if self.feature_cache_mb < 0 or self.frontend_tile < 0:
+            raise ValueError(f"compute feature_cache_mb {self.feature_cache_mb} / frontend_tile {self.frontend_tile}: "
+                             "must be >= 0")
+
+    def dtype(self, device: Any) -> Any:
+        """The autocast dtype on ``device`` (None: full precision)."""
+        import torch
+
+        kind = getattr(device, "type", str(device).split(":")[0])
+        choice = self.autocast
+        if choice == "auto":
+            choice = "bf16" if kind == "cuda" else "none"
+        return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+    def replace(self, **changes: Any) -> ComputeConfig:
+        """A copy with ``changes`` (None values are left out), validated again."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **given) if given else self

@@ -21,6 +21,7 @@ reflect padding instead of its neighbour, weigh little.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,7 +44,8 @@ class KernelGuidance:
     Args:
         decode: Latent → image in [0, 1] (``latents.decode``; differentiable).
         lr: The LR image ``(B, 3, h, w)`` the sample must be consistent with.
-        kernel: Kernel field ``(B, k², h, w)`` on the LR grid (SVKR's K_T).
+        kernel: Kernel field ``(B, k², h, w)`` on the LR grid (SVKR's K_T), or a function of a ``Tile`` giving the
+            field on that tile (K_T rebuilt on demand: ``SVKR.coded``'s ``kernel``).
         scale: SR factor s.
         step: η, the fraction of the line-search step (0 = off).
         grid: Tiling of the LR image (None: the whole image at once).
@@ -51,8 +53,8 @@ class KernelGuidance:
         offset: ``(z_c, scale)`` when the process diffuses a residual: x̂0 is decoded as ``x̂0 / scale + z_c``.
     """
 
-    def __init__(self, decode: Callable[[Tensor], Tensor], lr: Tensor, kernel: Tensor, scale: int, step: float,
-                 grid: TileGrid | None = None, latent_factor: float = 1.0,
+    def __init__(self, decode: Callable[[Tensor], Tensor], lr: Tensor, kernel: Tensor | Callable[[Any], Tensor],
+                 scale: int, step: float, grid: TileGrid | None = None, latent_factor: float = 1.0,
                  offset: tuple[Tensor, float] | None = None) -> None:
         if step < 0:
             raise ValueError(f"guidance step must be >= 0 (0 = off), got {step}")
@@ -67,7 +69,7 @@ class KernelGuidance:
         # clone: under torch.inference_mode (Lightning's test/predict) the field is an inference tensor, which
         # autograd may not save for backward
         tile = self.grid.tiles[i]
-        kernel = self.kernel[tile.window(1)].clone()
+        kernel = self.kernel[tile.window(1)].clone() if isinstance(self.kernel, Tensor) else self.kernel(tile)
         if self.offset is not None:
             z_c, scale = self.offset
             xt = xt / scale + z_c[tile.window(self.f)].clone()

@@ -38,13 +38,15 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
+from ssr_lightning.diffusion.banded import TileDenoiser, TileInputs, row_bands
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
-from ssr_lightning.diffusion.config import SamplingConfig, UNetConfig, renamed
+from ssr_lightning.diffusion.config import ComputeConfig, SamplingConfig, UNetConfig, renamed
 from ssr_lightning.diffusion.guidance import KernelGuidance
 from ssr_lightning.diffusion.process import GaussianDiffusion, PredictionType, StepHook
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
-from ssr_lightning.diffusion.tiling import FusedDenoiser, TileGrid
+from ssr_lightning.diffusion.decode import SRJob, decode_bands
+from ssr_lightning.diffusion.tiling import TileGrid
 from ssr_lightning.networks.ssr_unet import SSRUNet
 from ssr_lightning.registry import register_stage
 
@@ -233,7 +235,8 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
         generator: torch.Generator | None = None, *, sampling: SamplingConfig | None = None,
         frontend: Tensor | None = None, guidance_kernel: Tensor | None = None, noise: Tensor | None = None,
-        hooks: Sequence[StepHook] = (), progress: bool = False, **overrides: Any,
+        hooks: Sequence[StepHook] = (), progress: bool = False, compute: ComputeConfig | None = None,
+        kernel_projected: bool = False, **overrides: Any,
     ) -> Tensor:
         """SR ``(B, 3, s·h, s·w)`` in [0, 1] of ``lr (B, 3, h, w)`` given D_T / K_T on the LR grid.
 
@@ -242,56 +245,132 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         ``image_condition="frontend"`` and ``start="frontend"``); ``guidance_kernel`` the kernel field of the guidance
         (default: ``kernel``). The initial noise is ``noise`` (latent-shaped) or drawn from ``generator`` (a CPU
         generator, default seeded with ``sampling.seed``: the same noise on every device). ``sampling.tile`` > 0
-        switches on step-fused tiling for images larger than a tile.
+        switches on step-fused tiling for images larger than a tile; ``compute`` lays the work out (tiles per UNet
+        call, the feature cache, autocast) without changing the result beyond float round-off. ``kernel_projected``:
+        ``kernel`` is the kernel encoder's projection of K_T (``unet.kernel_projection()``), e.g. kept by
+        ``SVKR.coded``; ``guidance_kernel`` may then be a function of a ``Tile`` giving K_T on it.
         """
+        job = self.prepare(lr, depth, kernel, sampling=sampling, frontend=frontend, guidance_kernel=guidance_kernel,
+                           kernel_projected=kernel_projected, **overrides)
+        z = self.sample_latent(job, generator, noise=noise, hooks=hooks, progress=progress, compute=compute)
+        return torch.cat([band for _, band in decode_bands(self, job, z)], dim=-2)
+
+    def prepare(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None, *,
+                sampling: SamplingConfig | None = None, frontend: Tensor | None = None,
+                guidance_kernel: Any = None, kernel_projected: bool = False, **overrides: Any) -> SRJob:
+        """What sampling ``lr`` reads, from whole-image tensors (the arguments of :meth:`super_resolve`)."""
         cfg = self.config
         sampling = (sampling or self.default_sampling).replace(**overrides)
-        if generator is None:
-            generator = torch.Generator().manual_seed(sampling.seed)
-        s, (h, w), q, r = self.scale, lr.shape[-2:], self.lr_multiple, self.latent_factor
-        gk = guidance_kernel if guidance_kernel is not None else kernel
+        s, q = self.scale, self.lr_multiple
+        gk = guidance_kernel if guidance_kernel is not None else None if kernel_projected else kernel
         if sampling.guidance > 0 and gk is None:
             raise ValueError("kernel-aware guidance (sampling guidance > 0) needs a kernel field (guidance_kernel=)")
         if frontend is not None or self.needs(sampling)["frontend"]:
             frontend = pad_reflect(self._check_frontend(lr, frontend, f"start {sampling.start!r} / image_condition "
                                                         f"{cfg.image_condition!r}"), q * s)[0]
         lr_p, _ = pad_reflect(lr, q)
-        depth = pad_reflect(depth, q)[0] if depth is not None else None
-        kernel = pad_reflect(kernel, q)[0] if kernel is not None else None
         grid = TileGrid(lr_p.shape[-2], lr_p.shape[-1], sampling.tile, sampling.overlap, q)
         cond = self.condition_image(lr_p, frontend)
         z_c = self.encode_image(cond, grid)
-        feats, z_tiles = [], []
-        for t in grid:
-            zt = z_c[t.window(r)]
-            feats.append(self.unet.encode((zt.shape[-2], zt.shape[-1]), zt,
-                                          depth[t.window(1)] if depth is not None else None,
-                                          kernel[t.window(1)] if kernel is not None else None))
-            z_tiles.append(zt)
-        if noise is None:
-            noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
-        init = None
+        start = None
         if sampling.strength < 1.0:
             if sampling.start == "frontend":
-                init = z_c if cfg.image_condition == "frontend" else self.encode_image(frontend, grid)
+                start = z_c if cfg.image_condition == "frontend" else self.encode_image(frontend, grid)
             else:
-                init = z_c if cfg.image_condition == "bicubic" else self.encode_image(
+                start = z_c if cfg.image_condition == "bicubic" else self.encode_image(
                     F.interpolate(lr_p, scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1), grid)
-            init = self.to_process(init, z_c)
+            start = self.to_process(start, z_c)
+        inputs = TileInputs(z_c, pad_reflect(depth, q)[0] if depth is not None else None,
+                            pad_reflect(kernel, q)[0] if kernel is not None else None, kernel_projected)
+        if sampling.guidance > 0 and isinstance(gk, Tensor):
+            gk = pad_reflect(gk, q)[0]
+        return SRJob(sampling, lr_p, (lr.shape[-2], lr.shape[-1]), grid, inputs, start=start, condition=cond,
+                     guidance_kernel=gk if sampling.guidance > 0 else None)
+
+    def banded_job(self, lr: Tensor, size: tuple[int, int], sampling: SamplingConfig, frontend: Tensor | None,
+                   depth: Tensor | None, kernel: Tensor | None, kernel_projected: bool = True) -> SRJob:
+        """A job for a pointwise latent that holds no HR-sized image: ``lr`` padded, ``frontend`` the latent of I_T
+        (written tile by tile by ``SVKR.coded``), D_T and the kernel condition on the LR grid. The bicubic image
+        (condition, start or colour reference) is made row band by row band from the LR (a 2 px halo: exact)."""
+        cfg, s, f = self.config, self.scale, self.latents.factor
+        grid = TileGrid(lr.shape[-2], lr.shape[-1], sampling.tile, sampling.overlap, self.lr_multiple)
+
+        def bicubic(a: int, b: int) -> Tensor:  # HR rows [a, b) of bicubic↑LR
+            la, lb = max(0, a // s - 2), min(lr.shape[-2], -(-b // s) + 2)
+            up = F.interpolate(lr[..., la:lb, :], scale_factor=s, mode="bicubic", align_corners=False).clamp(0, 1)
+            return up[..., a - la * s : b - la * s, :]
+
+        def bicubic_latent(a: int, b: int) -> Tensor:
+            return self.latents.encode(bicubic(a * f, b * f))
+
+        if cfg.image_condition == "frontend":
+            if frontend is None:
+                raise ValueError("image_condition 'frontend' needs the latent of I_T (frontend=)")
+            z_c = frontend
+        else:
+            z_c = torch.empty(frontend.shape if frontend is not None else (lr.shape[0], self.latents.channels,
+                              round(lr.shape[-2] * self.latent_factor), round(lr.shape[-1] * self.latent_factor)),
+                              device=lr.device)
+            for a, b in row_bands(z_c.shape[-2], 64):
+                z_c[..., a:b, :] = bicubic_latent(a, b)
+        start = None
+        if sampling.strength < 1.0:
+            own = (sampling.start == "frontend") == (cfg.image_condition == "frontend")
+            if sampling.start == "frontend" and frontend is None:
+                raise ValueError("start 'frontend' needs the latent of I_T (frontend=)")
+
+            def start(a: int, b: int) -> Tensor:
+                z_s = z_c[..., a:b, :] if own else frontend[..., a:b, :] if sampling.start == "frontend" \
+                    else bicubic_latent(a, b)
+                return self.to_process(z_s, z_c[..., a:b, :])
+
+        def condition(a: int, b: int) -> Tensor:  # HR rows of the condition image (the colour fix's reference)
+            if cfg.image_condition == "bicubic":
+                return bicubic(a, b)
+            la, lb = a // f, -(-b // f)
+            return self.latents.decode(z_c[..., la:lb, :]).clamp(0, 1)[..., a - la * f : b - la * f, :]
+
+        return SRJob(sampling, lr, size, grid, TileInputs(z_c, depth, kernel, kernel_projected), start=start,
+                     condition=condition)
+
+    def banded(self, sampling: SamplingConfig, hooks: Sequence[StepHook] = ()) -> bool:
+        """Whether a call samples band by band (an elementwise step on a pointwise latent, no hook that reads the
+        whole latent), holding one latent-sized prediction band instead of whole-latent step buffers."""
+        return sampling.sampler == "ddim" and sampling.guidance == 0 and not hooks and self.latents.pointwise
+
+    @torch.no_grad()
+    def sample_latent(self, job: SRJob, generator: torch.Generator | None = None, *, noise: Tensor | None = None,
+                      hooks: Sequence[StepHook] = (), progress: bool = False,
+                      compute: ComputeConfig | None = None) -> Tensor:
+        """The final latent (in the process's space: decode with :func:`decode_bands`) of a prepared job."""
+        sampling, z_c = job.sampling, job.inputs.z_c
+        compute = compute or ComputeConfig()
+        if generator is None:
+            generator = torch.Generator().manual_seed(sampling.seed)
+        own = noise is None
+        if own:
+            noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
+        denoiser = TileDenoiser(self.unet, job.grid, self.latent_factor, job.inputs, compute.tile_batch,
+                                compute.feature_cache_mb * 2**20, compute.dtype(z_c.device), progress)
         all_hooks = list(hooks)
         if sampling.guidance > 0:
-            gk_p = pad_reflect(gk, q)[0]
             offset = (z_c, self.config.residual_scale) if self.config.residual else None
-            all_hooks.insert(0, KernelGuidance(self.latents.decode, lr_p, gk_p, s, sampling.guidance, grid, r,
-                                               offset=offset))
-        denoiser = FusedDenoiser(grid, r, lambda z_t, t, i: self.unet.denoise(z_t, t, feats[i], z_tiles[i]),
-                                 progress=progress)
-        z = self.process.sample(denoiser, noise.to(z_c), sampling, start_latent=init, generator=generator,
-                                hooks=all_hooks)
-        sr = self.decode_latent(self.from_process(z, z_c), grid).clamp(0, 1)[..., : s * h, : s * w]
-        if sampling.color_fix != "none":
-            sr = apply_color_fix(sr, cond[..., : s * h, : s * w], sampling.color_fix).clamp(0, 1)
-        return sr
+            all_hooks.insert(0, KernelGuidance(self.latents.decode, job.lr, job.guidance_kernel, self.scale,
+                                               sampling.guidance, job.grid, self.latent_factor, offset=offset))
+        if not self.banded(sampling, all_hooks):
+            start = job.start_latent()
+            return self.process.sample(denoiser, noise.to(z_c), sampling, start_latent=start, generator=generator,
+                                       hooks=all_hooks)
+        z = noise.to(z_c) if own else noise.to(z_c, copy=True)  # stepped in place
+        del noise
+        sched, timesteps = self.process.schedule(sampling, z.device)
+        if sampling.strength < 1.0:
+            t0 = timesteps[:1].repeat(z.shape[0])
+            for a, b in row_bands(z.shape[-2], 64):
+                z[..., a:b, :] = sched.add_noise(job.start_rows(a, b), z[..., a:b, :], t0)
+        else:
+            z.mul_(sched.init_noise_sigma)
+        return denoiser.sample(sched, timesteps, z)
 
     def forward(self, lr: Tensor, depth: Tensor | None = None, kernel: Tensor | None = None,
                 generator: torch.Generator | None = None) -> Tensor:

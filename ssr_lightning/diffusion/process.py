@@ -135,6 +135,16 @@ class GaussianDiffusion:
             return DDPMScheduler.from_config(self.scheduler.config)
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
 
+    def schedule(self, sampling: SamplingConfig, device: torch.device | str = "cpu") -> tuple[Any, Tensor]:
+        """A fresh sampling scheduler set to ``sampling.steps`` and the timesteps a call runs: the last
+        ``round(strength·steps)`` of them (all at strength 1)."""
+        sched = self.sampling_scheduler(sampling.sampler)
+        sched.set_timesteps(sampling.steps, device=device)
+        timesteps = sched.timesteps
+        if sampling.strength < 1.0:
+            timesteps = timesteps[sampling.steps - max(1, int(round(sampling.steps * sampling.strength))):]
+        return sched, timesteps
+
     @torch.no_grad()
     def sample(
         self, denoise: Denoiser, noise: Tensor, sampling: SamplingConfig, start_latent: Tensor | None = None,
@@ -146,14 +156,11 @@ class GaussianDiffusion:
         ``strength < 1`` needs ``start_latent``: sampling starts from it, noised to the first kept timestep (the
         high-noise steps, where the x0 estimate is least reliable, are skipped).
         """
-        num_steps, strength, sampler = sampling.steps, sampling.strength, sampling.sampler
-        sched = self.sampling_scheduler(sampler)
-        sched.set_timesteps(num_steps, device=noise.device)
-        timesteps = sched.timesteps
-        if strength < 1.0:
+        sampler = sampling.sampler
+        sched, timesteps = self.schedule(sampling, noise.device)
+        if sampling.strength < 1.0:
             if start_latent is None:
                 raise ValueError("sampling with strength < 1 starts from an image latent: pass start_latent=")
-            timesteps = timesteps[num_steps - max(1, int(round(num_steps * strength))):]
             z = sched.add_noise(start_latent, noise, timesteps[:1].repeat(start_latent.shape[0]))
         else:
             z = noise * sched.init_noise_sigma

@@ -23,8 +23,9 @@ from a checkpoint's config without building its weights, so callers can check op
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ssr_lightning.diffusion.config import SamplingConfig
+from ssr_lightning.diffusion.config import ComputeConfig, SamplingConfig
+from ssr_lightning.diffusion.decode import SRJob, decode_bands
 from ssr_lightning.diffusion.model import LatentDiffusionSR, pad_reflect
 from ssr_lightning.diffusion.tiling import blend_ramp, tile_starts, tiled_apply
 from ssr_lightning.inference.checkpoints import (
@@ -42,6 +44,7 @@ from ssr_lightning.inference.checkpoints import (
     resolve_checkpoint,
 )
 from ssr_lightning.inference.svkr import SVKR, SVKRConfig
+from ssr_lightning.inference.tiled_stages import Window
 from ssr_lightning.visualize import kernel_spread
 
 __all__ = ["ModelGeometry", "SRResult", "SSRPipeline", "blend_ramp", "checkpoint_geometry", "model_sampling",
@@ -106,12 +109,15 @@ class _StageBar:
         self.bar.close()
 
 
+BandSink = Callable[[int, Tensor], None]  # (first row, SR rows (1, 3, n, s·w)), top to bottom
+
+
 @dataclass
 class SRResult:
     """One super-resolved image ``sr (1, 3, s·h, s·w)`` and, when SVKR ran, its maps on the LR grid:
     ``depth (1, 1, h, w)`` in [0, 1] (0 = near) and ``kernel_var (1, 1, h, w)`` (per-pixel kernel variance, HR px²)."""
 
-    sr: Tensor
+    sr: Tensor | None
     depth: Tensor | None = None
     kernel_var: Tensor | None = None
 
@@ -133,11 +139,12 @@ class SSRPipeline:
 
     def __init__(
         self, model: LatentDiffusionSR, svkr: SVKR | None = None, sampling: SamplingConfig | None = None,
-        device: str | torch.device = "cpu", progress: bool = False,
+        device: str | torch.device = "cpu", progress: bool = False, compute: ComputeConfig | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.sampling = sampling or SamplingConfig()
+        self.compute = compute or ComputeConfig()
         self.progress = progress
         self.svkr = svkr.eval().to(self.device) if svkr is not None else None
         self._require_svkr(self.sampling)
@@ -157,7 +164,7 @@ class SSRPipeline:
     def from_checkpoint(
         cls, ckpt: str | os.PathLike[str] | dict[str, Any] | None = None,
         svkr: SVKRConfig | Mapping[str, Any] | None = None, sampling: SamplingConfig | Mapping[str, Any] | None = None,
-        device: str | torch.device = "cpu", progress: bool = False,
+        device: str | torch.device = "cpu", progress: bool = False, compute: ComputeConfig | None = None,
     ) -> SSRPipeline:
         """Load the diffusion checkpoint (EMA weights; default: the newest runs/ssrdiffusion best.ckpt; or a
         checkpoint already read with ``read_checkpoint``) and, if it needs maps or I_T, SVKR.
@@ -177,42 +184,92 @@ class SSRPipeline:
             cfg = svkr if isinstance(svkr, SVKRConfig) else dataclasses.replace(
                 trained, **{k: v for k, v in dict(svkr or {}).items() if v is not None})
             stage_svkr = SVKR.from_config(cfg)
-        return cls(model, stage_svkr, chosen, device=device, progress=progress)
+        return cls(model, stage_svkr, chosen, device=device, progress=progress, compute=compute)
 
     @torch.no_grad()
-    def __call__(self, lr: Tensor, sampling: SamplingConfig | None = None) -> SRResult:
+    def __call__(self, lr: Tensor, sampling: SamplingConfig | None = None, out: BandSink | None = None) -> SRResult:
         """Super-resolve ``lr (1, 3, h, w)`` in [0, 1] (any size: reflect-padded, the output cropped back) with
-        ``sampling`` (default: the pipeline's)."""
+        ``sampling`` (default: the pipeline's). ``out(first_row, band)`` takes the SR image in row bands
+        (``(1, 3, n, s·w)``, float32 on the CPU, top to bottom) instead of one tensor (``SRResult.sr`` is then
+        None): with a space-to-depth model and DDIM without guidance nothing HR-sized is held (module doc)."""
         if lr.dim() != 4 or lr.shape[:2] != (1, 3):
             raise ValueError(f"SSRPipeline expects one RGB image (1, 3, h, w), got {tuple(lr.shape)}")
         sampling = sampling or self.sampling
         needs = self._require_svkr(sampling)
         h, w = lr.shape[-2:]
-        s, m = self.scale, self.model
-        lr_p, _ = pad_reflect(lr.float(), self.multiple)
-        hp, wp = lr_p.shape[-2:]
-        f = m.latent_factor
-        gen = torch.Generator().manual_seed(sampling.seed)  # one global noise map, the same on every device
-        noise = torch.randn((1, m.latents.channels, int(hp * f), int(wp * f)), generator=gen)
-        lr_p = lr_p.to(self.device)
-        depth = kernel = frontend = None
+        lr_p = pad_reflect(lr.float(), self.multiple)[0].to(self.device)
+        if self.svkr is not None and any(needs.values()) and not isinstance(self.svkr, SVKR):
+            job, maps = self._job_fields(lr_p, sampling, needs)  # any module returning an SVKRResult
+        else:
+            job, maps = self._job(lr_p, sampling, needs)
+        z = self.model.sample_latent(job, torch.Generator().manual_seed(sampling.seed), progress=self.progress,
+                                     compute=self.compute)
+        s = self.scale  # the job is the padded image: colour-fixed as a whole, then cropped
+        bands = ((a, band[..., : s * h - a, : s * w].float().cpu()) for a, band in decode_bands(self.model, job, z)
+                 if a < s * h)
+        sr = None
+        if out is None:
+            sr = torch.cat([band for _, band in bands], dim=-2)
+        else:
+            for a, band in bands:
+                out(a, band)
+        return SRResult(sr=sr, **{k: v[..., :h, :w].float().cpu() if v is not None else None for k, v in maps.items()})
+
+    def _svkr_bar(self) -> dict[str, Any]:
+        return {"on_stage": _StageBar(self.svkr.iterations)} if self.progress and self.svkr is not None else {}
+
+    def _job(self, lr_p: Tensor, sampling: SamplingConfig,
+             needs: dict[str, bool]) -> tuple[SRJob, dict[str, Tensor | None]]:
+        """The job with SVKR in code space: I_T goes into the condition latent tile by tile, K_T reaches the kernel
+        encoder as its projection, and nothing HR-sized is held for a pointwise latent sampled band by band."""
+        m, f, dtype = self.model, self.model.latent_factor, self.compute.dtype(self.device)
+        lat = (1, m.latents.channels, round(lr_p.shape[-2] * f), round(lr_p.shape[-1] * f))
+        bounded = m.latents.pointwise and m.banded(sampling)
+        frontend_latent = bounded and needs["frontend"]
+        z_front = torch.empty(lat, device=self.device) if frontend_latent else None
+        coded = None
         if self.svkr is not None and any(needs.values()):
-            bar = _StageBar(self.svkr.iterations) if self.progress else None
-            try:  # once, on the whole image
-                depth, kernel, frontend = self.svkr(lr_p, keep_all=False, **({"on_stage": bar} if bar else {})).final
+            proj = m.unet.kernel_projection() if needs["kernel"] else None
+
+            def sink(win: Window, tile: Tensor) -> None:
+                y0, y1, x0, x1 = win
+                z_front[..., round(y0 * f) : round(y1 * f), round(x0 * f) : round(x1 * f)] = m.latents.encode(tile)
+
+            bar = self._svkr_bar()
+            try:
+                coded = self.svkr.coded(lr_p, tile=self.compute.frontend_tile, align=math.lcm(2, self.multiple),
+                                        dtype=dtype, probes={"kernel": proj} if proj is not None else None,
+                                        image_sink=sink if frontend_latent else None, **bar)
             finally:
-                if bar is not None:
-                    bar.close()
-        sr = m.super_resolve(
-            lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None, gen, sampling=sampling,
-            noise=noise.to(self.device), frontend=frontend if needs["frontend"] else None,
-            guidance_kernel=kernel if needs["guidance_kernel"] else None, progress=self.progress,
-        )
-        return SRResult(
-            sr=sr[..., : s * h, : s * w].float().cpu().clamp(0, 1),
-            depth=depth[..., :h, :w].float().cpu() if depth is not None else None,
-            kernel_var=_kernel_var(kernel[..., :h, :w]) if kernel is not None else None,
-        )
+                if bar:
+                    bar["on_stage"].close()
+        depth = coded.final_depth if coded is not None and needs["depth"] else None
+        kernel = coded.stats["kernel"] if coded is not None and needs["kernel"] else None
+        maps = {"depth": coded.final_depth if coded is not None else None,
+                "kernel_var": coded.kernel_var() if coded is not None else None}
+        guidance = None
+        if coded is not None and needs["guidance_kernel"]:
+            guidance = lambda t: coded.kernel((t.y0, t.y0 + t.h, t.x0, t.x0 + t.w))  # noqa: E731
+        if not bounded:  # a VAE, DDPM or guidance: whole-image tensors (I_T kept as one HR image)
+            frontend = coded.final_image if coded is not None and needs["frontend"] else None
+            return m.prepare(lr_p, depth, kernel, sampling=sampling, frontend=frontend, guidance_kernel=guidance,
+                             kernel_projected=kernel is not None), maps
+        return m.banded_job(lr_p, tuple(lr_p.shape[-2:]), sampling, z_front, depth, kernel), maps
+
+    def _job_fields(self, lr_p: Tensor, sampling: SamplingConfig,
+                    needs: dict[str, bool]) -> tuple[SRJob, dict[str, Tensor | None]]:
+        """The job from an SVKR module's whole fields (``forward(lr, keep_all=False)``: D_T, K_T, I_T)."""
+        bar = self._svkr_bar()
+        try:
+            depth, kernel, frontend = self.svkr(lr_p, keep_all=False, **bar).final
+        finally:
+            if bar:
+                bar["on_stage"].close()
+        job = self.model.prepare(
+            lr_p, depth if needs["depth"] else None, kernel if needs["kernel"] else None, sampling=sampling,
+            frontend=frontend if needs["frontend"] else None,
+            guidance_kernel=kernel if needs["guidance_kernel"] else None)
+        return job, {"depth": depth, "kernel_var": _kernel_var(kernel)}
 
 
 def model_sampling(data: dict[str, Any]) -> SamplingConfig:

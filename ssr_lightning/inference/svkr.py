@@ -14,6 +14,11 @@ depth (from DE on an SR image) is resampled as ``depth_lr`` is defined (``[..., 
 A convex combination of two kernel fields whose kernels each sum to 1 again sums to 1, so K^t stays a field.
 
 ``SVKR.from_config`` builds the whole chain from the stage checkpoints that ``ssr fit`` writes (no Lightning).
+
+:meth:`SVKR.coded` runs the same algorithm in kernel-code space and in tiles, for images of any size
+(``inference/svkr_codes.py``): the code and the other statistics a consumer reads are affine in the field, so their
+EMA is exact, and no 441-channel field of the whole image is ever held. :meth:`SVKR.forward` keeps every field (the
+per-iteration studies on crops).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from ssr_lightning.inference.depth import (
     build_depth_estimator,
     resize_depth,
 )
+from ssr_lightning.inference.svkr_codes import CodedSVKR, ImageSink, Probe, run_coded
 from ssr_lightning.registry import register_stage
 
 __all__ = ["SVKR", "DepthKind", "SVKRConfig", "SVKRResult", "load_depth"]
@@ -194,6 +200,27 @@ class SVKR(nn.Module):
         if not keep_all:
             out.steps = steps
         return out
+
+    def coded(
+        self, lr: Tensor, gt_depth: Tensor | None = None, iterations: int | None = None, gamma: float | None = None,
+        *, tile: int = 256, align: int = 2, dtype: torch.dtype | None = None, probes: dict[str, Probe] | None = None,
+        keep_all: bool = False, image_sink: ImageSink | None = None, on_stage: Callable[[str, int], None] | None = None,
+    ) -> CodedSVKR:
+        """Algorithm 1 in kernel-code space, KE and NBSR in ``tile``-px tiles with a halo (module doc): the same
+        depths, images and (through the codec) kernels as :meth:`forward` up to float round-off.
+
+        ``probes`` (``{name: (weight (c, k²), bias (c,) | None)}``) are extra affine statistics of K_T kept per pixel
+        (the diffusion's kernel-encoder projection); ``image_sink(window, tile)`` takes I_T tile by tile instead of one
+        HR tensor; ``keep_all`` keeps every iterate's code and image; ``dtype`` is the autocast dtype of KE and NBSR
+        (None: float32); core tiles start at multiples of ``align`` LR px; ``on_stage`` as in :meth:`forward`."""
+        with torch.set_grad_enabled(False):
+            return run_coded(
+                self.depth_estimator, self.kernel_estimator, self.sr_model, lr,
+                iterations=self.iterations if iterations is None else int(iterations),
+                gamma=self.gamma if gamma is None else float(gamma), gt_depth=gt_depth, tile=tile, align=align,
+                dtype=dtype, probes=probes, keep_all=keep_all, image_sink=image_sink, on_stage=on_stage,
+                estimate_depth=self.estimate_depth,
+            )
 
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}, gamma={self.gamma}"

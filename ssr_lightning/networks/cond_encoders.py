@@ -174,9 +174,11 @@ class MapEncoder(nn.Module):
         self.out_channels = [out_ch] * len(self.levels)
         self.translate = nn.ModuleList(nn.Conv2d(width, out_ch, 1) for _ in self.levels)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> list[Tensor]:
-        """``x (B, in_ch, h, w)`` → one ``(B, out_ch, size/stride)`` map per level; ``size`` = the latent grid."""
-        h = self.conv_in(resize_to(self.proj(x), size))
+    def forward(self, x: Tensor, size: tuple[int, int], projected: bool = False) -> list[Tensor]:
+        """``x (B, in_ch, h, w)`` → one ``(B, out_ch, size/stride)`` map per level; ``size`` = the latent grid.
+        ``projected``: ``x`` is already the output of the per-pixel linear projection ``proj[0]`` (``(B, width, h,
+        w)``, before its activation), e.g. kept by SVKR as an affine statistic of the kernel field."""
+        h = self.conv_in(resize_to(self.proj[1](x) if projected else self.proj(x), size))
         out = []
         for stage, ftb in zip(self.stages, self.translate, strict=True):
             h = stage(h)

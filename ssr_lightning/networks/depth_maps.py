@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["normalize_depth_map", "resize_depth"]
+__all__ = ["apply_depth_range", "depth_range", "normalize_depth_map", "range_samples", "resize_depth"]
 
 # torch.quantile sorts; estimate the robust range from at most this many pixels per image.
 _MAX_QUANTILE_SAMPLES = 1 << 20
@@ -40,15 +40,31 @@ def normalize_depth_map(depth: Tensor, quantile: float = 0.01) -> Tensor:
 
     A (near-)constant map becomes 0.5 everywhere: the data module's "no depth" placeholder.
     """
-    x = depth.float()
-    flat = x.reshape(x.shape[0], -1)
-    if flat.shape[1] > _MAX_QUANTILE_SAMPLES:
-        flat = flat[:, :: math.ceil(flat.shape[1] / _MAX_QUANTILE_SAMPLES)]
+    lo, hi = depth_range(depth.float(), quantile)
+    return apply_depth_range(depth, lo, hi)
+
+
+def range_samples(n: int) -> slice:
+    """The flat pixel positions ``normalize_depth_map`` reads its range from in an image of ``n`` pixels."""
+    return slice(None, None, math.ceil(n / _MAX_QUANTILE_SAMPLES)) if n > _MAX_QUANTILE_SAMPLES else slice(None)
+
+
+def depth_range(samples: Tensor, quantile: float = 0.01) -> tuple[Tensor, Tensor]:
+    """``(lo, hi)`` per image ``(B,)``: quantiles ``q``, ``1 − q`` (min/max for q = 0) of a map ``(B, ...)`` or of
+    its samples ``(B, n)`` at :func:`range_samples`."""
+    flat = samples.reshape(samples.shape[0], -1)
+    flat = flat[:, range_samples(flat.shape[1])]
     if quantile > 0:
-        q = torch.tensor([quantile, 1.0 - quantile], device=x.device, dtype=x.dtype)
+        q = torch.tensor([quantile, 1.0 - quantile], device=flat.device, dtype=flat.dtype)
         lo, hi = torch.quantile(flat, q, dim=1)
     else:
         lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    return lo, hi
+
+
+def apply_depth_range(depth: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """``depth`` mapped to [0, 1] by the per-image range ``(lo, hi)``; a (near-)empty range gives 0.5."""
+    x = depth.float()
     span = hi - lo
     flat_ok = span > 1e-8 * (1.0 + hi.abs())
     view = (-1,) + (1,) * (x.dim() - 1)

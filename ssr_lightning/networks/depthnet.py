@@ -164,12 +164,26 @@ class DepthNet(ModelMixin, ConfigMixin):
         if image.dim() != 4 or image.shape[1] != self.config["in_channels"]:
             raise ValueError(f"DepthNet expects (B, {self.config['in_channels']}, H, W), got {tuple(image.shape)}")
         size = image.shape[-2:]
+        wsize = self.working_shape(size)
+        if wsize is not None:
+            k = self.config["working_size"] / min(size)
+            image = F.interpolate(image, size=wsize, mode="bilinear", align_corners=False, antialias=k < 1)
+        y = self.logits(image)
+        if y.shape[-2:] != size:
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return self.activate(y)
+
+    def working_shape(self, size: tuple[int, int] | torch.Size) -> tuple[int, int] | None:
+        """The size an input of ``size`` is resized to before the network (None: used as it is)."""
         work = self.config.get("working_size", 0)
-        if work:
-            k = work / min(size)
-            wsize = (max(8, round(size[0] * k)), max(8, round(size[1] * k)))
-            if wsize != tuple(size):
-                image = F.interpolate(image, size=wsize, mode="bilinear", align_corners=False, antialias=k < 1)
+        if not work:
+            return None
+        k = work / min(size)
+        wsize = (max(8, round(size[0] * k)), max(8, round(size[1] * k)))
+        return None if wsize == tuple(size) else wsize
+
+    def logits(self, image: Tensor) -> Tensor:
+        """The network on an image already at its working size: ``(B, 1, h, w)`` before the output activation."""
         x = self.head(image * 2.0 - 1.0)  # centre the [0, 1] input so the first layer sees zero-mean data
         skips = []
         for i, enc in enumerate(self.encoders):
@@ -181,7 +195,8 @@ class DepthNet(ModelMixin, ConfigMixin):
             x = x + self.context(x)
         for up, skip in zip(self.ups, reversed(skips[:-1]), strict=True):
             x = up(x, skip)
-        y = self.out(x)
-        if y.shape[-2:] != size:
-            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return self.out(x)
+
+    def activate(self, y: Tensor) -> Tensor:
+        """The output activation (sigmoid or softplus), applied after the logits are resized to the input."""
         return torch.sigmoid(y) if self.config["output"] == "sigmoid" else F.softplus(y)

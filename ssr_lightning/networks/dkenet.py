@@ -262,12 +262,22 @@ class DKENet(ModelMixin, ConfigMixin):
         return (weights * depth[:, :1]).sum(dim=(2, 3), keepdim=True)
 
     @staticmethod
-    def _depth_binned(feat: Tensor, depth: Tensor) -> Tensor:
-        """``feat (B, C, h, w)`` averaged in soft depth bins (triangular weights over [0, 1]) -> ``(B, bins·C)``."""
+    def depth_bin_sums(feat: Tensor, depth: Tensor) -> tuple[Tensor, Tensor]:
+        """Sums of ``feat (B, C, h, w)`` in soft depth bins (triangular weights over [0, 1]) and of the weights:
+        ``(B, bins, C)``, ``(B, bins)``."""
         centres = torch.linspace(0.0, 1.0, _LENS_BINS, device=feat.device, dtype=feat.dtype).view(1, -1, 1, 1)
         w = (1.0 - (depth[:, :1].to(feat.dtype).clamp(0, 1) - centres).abs() * (_LENS_BINS - 1)).clamp_min(0.0)
-        num = torch.einsum("bkhw,bchw->bkc", w, feat)
-        return (num / (w.sum(dim=(2, 3))[..., None] + 1e-6)).flatten(1)
+        return torch.einsum("bkhw,bchw->bkc", w, feat), w.sum(dim=(2, 3))
+
+    @staticmethod
+    def binned_mean(num: Tensor, den: Tensor) -> Tensor:
+        """``(B, bins·C)``: the bin means of :meth:`depth_bin_sums`."""
+        return (num / (den[..., None] + 1e-6)).flatten(1)
+
+    @classmethod
+    def _depth_binned(cls, feat: Tensor, depth: Tensor) -> Tensor:
+        """``feat (B, C, h, w)`` averaged in soft depth bins -> ``(B, bins·C)``."""
+        return cls.binned_mean(*cls.depth_bin_sums(feat, depth))
 
     def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int],
                     focal: Tensor | None = None) -> Tensor:
@@ -311,25 +321,54 @@ class DKENet(ModelMixin, ConfigMixin):
         Returns:
             Softmax-normalised kernels ``(B, k*k, h, w)`` (or HR-grid), each non-negative and summing to 1.
         """
+        depth = self.prepare_depth(lr, depth)
+        focal = self.focal_depth(lr, depth) if self.focus_score is not None else None
+        f3 = self.features(lr, depth, focal)
+        field = self.kernels(f3, depth, focal)
+        return self.upscale_field(field) if upscale else field
+
+    # The stages of forward, so that a tiled caller (inference/tiled_stages.py) can give the image-level statistics
+    # (focal depth, bottleneck mean, pooled last features) measured over the whole image instead of over a tile.
+    def prepare_depth(self, lr: Tensor, depth: Tensor | None) -> Tensor | None:
+        """The depth the network reads, on the LR grid (per-image normalised with ``normalize_depth``): a whole-image
+        operation; None without ``use_depth`` (a depth given is then ignored: the MANet-like baseline)."""
         if lr.dim() != 4:
             raise ValueError(f"lr must be (B,{self.in_channels},h,w), got shape {tuple(lr.shape)}")
+        if not self.use_depth:
+            return None
+        depth = self._prepare_depth(depth, (lr.shape[-2], lr.shape[-1])).to(lr.dtype)
+        return normalize_depth_map(depth).to(lr.dtype) if self.normalize_depth else depth
+
+    def focal_depth(self, lr: Tensor, depth: Tensor) -> Tensor:
+        """``d_f (B, 1, 1, 1)``: the depth where the LR looks sharpest (softmax-weighted by a sharpness score)."""
+        return self._focal_depth(lr, depth)
+
+    def bottleneck(self, lr: Tensor, depth: Tensor | None, focal: Tensor | None = None) -> Tensor:
+        """``f2``, the half-resolution features before the global context is added (its mean is the context input)."""
+        return self._trunk(lr, depth, focal, until="f2")[0]
+
+    def features(self, lr: Tensor, depth: Tensor | None, focal: Tensor | None = None,
+                 context_mean: Tensor | None = None) -> Tensor:
+        """``f3``, the last features; ``context_mean (B, C)`` replaces the bottleneck mean (else pooled here)."""
+        return self._trunk(lr, depth, focal, until="f3", context_mean=context_mean)[0]
+
+    def _trunk(self, lr: Tensor, depth: Tensor | None, focal: Tensor | None, until: str,
+               context_mean: Tensor | None = None) -> tuple[Tensor]:
         size = (lr.shape[-2], lr.shape[-1])
-        d1 = d2 = d3 = None  # without depth, a depth given is ignored: the MANet-like baseline
+        d1 = d2 = d3 = None
         x = lr
-        lens_depth = focal = None
-        if self.use_depth:
-            depth = self._prepare_depth(depth, size).to(lr.dtype)
-            if self.normalize_depth:
-                depth = normalize_depth_map(depth).to(lr.dtype)
-            lens_depth = depth
+        if depth is not None:
             if self.focus_score is not None:
-                focal = self._focal_depth(lr, depth)
+                if focal is None:
+                    raise ValueError("DKENet(focal_plane=True) needs the focal depth (focal_depth())")
                 rel = depth - focal
                 depth = torch.cat([depth, rel, rel.abs()], dim=1)
             if self.depth_encoder is not None:
                 d1, d2, d3 = self.depth_encoder(depth)
             elif self.depth_fusion == "input":
                 x = torch.cat([lr, depth], dim=1)
+        elif self.use_depth:
+            raise ValueError("DKENet(use_depth=True) needs the depth from prepare_depth()")
 
         f1 = self.head(x)
         for block in self.stage1:
@@ -337,23 +376,45 @@ class DKENet(ModelMixin, ConfigMixin):
         f2 = self.down(f1)
         for block in self.stage2:
             f2 = block(f2, d2)
+        if until == "f2":
+            return (f2,)
         if self.context is not None:
-            f2 = f2 + self.context(f2.mean(dim=(2, 3)))[..., None, None]
+            mean = f2.mean(dim=(2, 3)) if context_mean is None else context_mean.to(f2.dtype)
+            f2 = f2 + self.context(mean)[..., None, None]
         f3 = self.up(f2, size) + f1  # U skip: keeps full-resolution detail the down/up path loses
         for block in self.stage3:
             f3 = block(f3, d3)
+        return (f3,)
 
+    @property
+    def pools_features(self) -> bool:
+        """Whether the kernel heads read the whole image's pooled last features (mean and std of ``f3``)."""
+        return self.kernel_head is not None or self.lens_head is not None
+
+    @property
+    def bins_features(self) -> bool:
+        """Whether the thin-lens head also reads the last features pooled in soft depth bins (with depth)."""
+        return self.lens_head is not None and self.use_depth
+
+    def kernels(self, f3: Tensor, depth: Tensor | None, focal: Tensor | None = None,
+                pooled: Tensor | None = None, binned: Tensor | None = None) -> Tensor:
+        """The kernel field (softmax over the k² channels) of last features ``f3``. ``pooled (B, 2C)`` (mean, std of
+        ``f3``) and ``binned (B, bins·C)`` (``f3`` averaged in soft depth bins) replace the pooling of ``f3``
+        itself (a tile's caller gives the whole image's). ``depth``/``focal``: as :meth:`features` read them."""
+        size = (f3.shape[-2], f3.shape[-1])
         logits = self.tail(f3)
-        if self.kernel_head is not None or self.lens_head is not None:
+        if self.pools_features and pooled is None:
             pooled = torch.cat([f3.mean(dim=(2, 3)), f3.std(dim=(2, 3), unbiased=False)], dim=1)
         if self.kernel_head is not None:
-            logits = logits + self.kernel_head(pooled)[..., None, None]
+            logits = logits + self.kernel_head(pooled.to(f3.dtype))[..., None, None]
         if self.lens_head is not None:
-            lens_in = pooled if lens_depth is None else torch.cat([pooled, self._depth_binned(f3, lens_depth)], 1)
-            prior = self._lens_prior(self.lens_head(lens_in), lens_depth, size, focal)
+            lens_in = pooled.to(f3.dtype)
+            if depth is not None:
+                binned = self._depth_binned(f3, depth) if binned is None else binned.to(f3.dtype)
+                lens_in = torch.cat([lens_in, binned], 1)
+            prior = self._lens_prior(self.lens_head(lens_in), depth, size, focal)
             logits = logits + prior.to(logits.dtype)
-        field = torch.softmax(logits, dim=1)
-        return self.upscale_field(field) if upscale else field
+        return torch.softmax(logits, dim=1)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))

@@ -200,13 +200,22 @@ class NBSR(ModelMixin, ConfigMixin):
                 f"code must be (B, {self.code_channels}, h, w) = {(b, self.code_channels, h, w)} on the LR grid, "
                 f"got {tuple(code.shape)}"
             )
+        return self.tail(self.trunk(lr, code), lr)
+
+    def trunk(self, lr: Tensor, code: Tensor) -> Tensor:
+        """LR-grid features before the upsampler (``code`` as :meth:`forward` checked it)."""
         code = code.to(lr.dtype)
         cond = self.cond_net(code)
         feat = self.conv_first(torch.cat([lr, code], dim=1) if self.input_condition else lr)
         trunk = feat
         for block in self.blocks:
             trunk = block(trunk, cond)
-        feat = feat + self.conv_body(trunk)
+        return feat + self.conv_body(trunk)
+
+    def tail(self, feat: Tensor, lr: Tensor) -> Tensor:
+        """Upsampler and HR convolutions of the trunk features, plus the bicubic residual of ``lr`` (same grid):
+        within 2 LR px of each output pixel, so it can run on row chunks of the trunk with a 2 px halo."""
+        h, w = lr.shape[-2:]
         out = self.conv_last(self.act(self.conv_hr(self.upsample(feat))))
         base = F.interpolate(lr, size=(self.scale * h, self.scale * w), mode="bicubic", align_corners=False)
         return base + out
@@ -256,14 +265,29 @@ class KernelConditionedSR(ModelMixin, ConfigMixin):
     def condition(self, lr: Tensor, kernel: Tensor | None) -> Tensor | None:
         """The condition map: the kernel code (zeros for ``kernel=None``) and, if enabled, the noise channel."""
         code = None if kernel is None else self.codec.encode(kernel).to(lr.dtype)
+        return self.code_condition(lr, code)
+
+    def noise_level(self, lr: Tensor) -> Tensor | None:
+        """The noise channel's value per image ``(B,)`` (σ̂ in 8-bit levels mapped to about [-1, 1] over the training
+        range, 1-30 levels), read from the whole LR; None without ``noise_condition``."""
+        if not self.noise_condition:
+            return None
+        return estimate_noise(lr) * 255.0 / 15.0 - 1.0
+
+    def code_condition(self, lr: Tensor, code: Tensor | None, level: Tensor | None = None) -> Tensor | None:
+        """The condition map of a whitened code map ``code (B, M, h, w)`` (None: zeros) for ``lr``; ``level`` is
+        :meth:`noise_level` of the whole image when ``lr`` is a tile of it (default: measured on ``lr``)."""
         if not self.noise_condition:
             return code
         b, _, h, w = lr.shape
         if code is None:
             code = lr.new_zeros(b, self.codec.n_components, h, w)
-        # σ̂ in 8-bit levels mapped to about [-1, 1] over the training range (1-30 levels)
-        level = (estimate_noise(lr) * 255.0 / 15.0 - 1.0).to(lr.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)
-        return torch.cat([code, level], dim=1)
+        level = self.noise_level(lr) if level is None else level
+        return torch.cat([code.to(lr.dtype), level.to(lr.dtype).view(b, 1, 1, 1).expand(b, 1, h, w)], dim=1)
+
+    def forward_code(self, lr: Tensor, code: Tensor | None, level: Tensor | None = None) -> Tensor:
+        """NBSR on a code map instead of a field (the codec is linear: SVKR's iterates stay in code space)."""
+        return self.net(lr, self.code_condition(lr, code, level))
 
     def forward(self, lr: Tensor, kernel: Tensor | None = None) -> Tensor:
         return self.net(lr, self.condition(lr, kernel))

@@ -214,17 +214,30 @@ class SSRUNet(ModelMixin, ConfigMixin):
     # --- forward ------------------------------------------------------------------------------------------------
     def encode(
         self, size: tuple[int, int], z_lr: Tensor | None = None, depth: Tensor | None = None,
-        kernel: Tensor | None = None,
+        kernel: Tensor | None = None, kernel_projected: bool = False,
     ) -> dict[str, list[Tensor]]:
-        """Features ``{modality: [one map per level]}`` of the enabled modalities; ``size`` is the latent grid."""
+        """Features ``{modality: [one map per level]}`` of the enabled modalities; ``size`` is the latent grid.
+        ``kernel_projected``: ``kernel`` is the kernel encoder's per-pixel projection of K_T
+        (:meth:`kernel_projection`), not the field."""
         inputs = {"kernel": kernel, "depth": depth, "lr": z_lr}
         feats: dict[str, list[Tensor]] = {}
         for name, enc in self.encoders.items():
             x = inputs[name]
             if x is None:
                 raise ValueError(f"SSRUNet was built with use_{name}=True but got no {name} condition")
-            feats[name] = enc(x) if name == "lr" else enc(x.to(self.param_dtype), size)
+            if name == "lr":
+                feats[name] = enc(x)
+            else:
+                feats[name] = enc(x.to(self.param_dtype), size, projected=name == "kernel" and kernel_projected)
         return feats
+
+    def kernel_projection(self) -> tuple[Tensor, Tensor] | None:
+        """``(weight (width, k²), bias (width,))`` of the kernel encoder's first layer, a per-pixel affine map of the
+        field: what the kernel modality reads of K_T (None without it)."""
+        if "kernel" not in self.encoders:
+            return None
+        conv = self.encoders["kernel"].proj[0]
+        return conv.weight.detach().float().flatten(1), conv.bias.detach().float()
 
     @property
     def param_dtype(self) -> torch.dtype:
