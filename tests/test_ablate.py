@@ -395,3 +395,22 @@ def test_real_tiny_study_over_the_ssr_cli(tmp_path: Path) -> None:
     before = sorted(p.stat().st_mtime for p in (out / "cells").glob("*.json"))
     assert ablate_main(args) == 0
     assert sorted(p.stat().st_mtime for p in (out / "cells").glob("*.json")) == before, "rerun skips finished cells"
+
+
+def test_run_names_are_valid_fit_names(tmp_path: Path) -> None:
+    """A training shared by several rows with long labels gets a name `ssr fit --name` accepts."""
+    from ssr_lightning.ablate.plan import expand, run_name
+    from ssr_lightning.ablate.study import parse_study
+    from ssr_lightning.files import check_name
+
+    _write_configs(tmp_path)
+    long = "a rather long row label that says what the row is, at strength 0."
+    raw = _study()
+    raw.pop("factors", None)
+    raw["rows"] = ([{"label": f"{long}{i}", "overrides": {"b": ["--x", "1"]}} for i in range(4)]
+                   + [{"label": "other row", "overrides": {"b": ["--x", "2"]}}])
+    plan = expand(parse_study(raw), tmp_path)
+    names = [run_name(plan, key) for key in plan.stages]
+    assert all(check_name(n, "--name") == n for n in names)
+    shared = next(n for n in names if n.startswith("b__a_rather"))
+    assert shared.endswith("-more__seed0") and len(shared) <= 100

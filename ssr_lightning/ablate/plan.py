@@ -250,28 +250,32 @@ def _expand(study: Study, cwd: Path) -> Plan:
     return plan
 
 
-def run_name(plan: Plan, key: str, limit: int = 96) -> str:
-    """Run name of a stage training after its stage and the cells that use it: `ssr__row-a+row-b__seed0`.
+def run_name(plan: Plan, key: str, limit: int = 100) -> str:
+    """Run name of a stage training after its stage and the cells that use it: `ssr__row-a--row-b__seed0`.
 
     TensorBoard lists runs by folder, so `tensorboard --logdir <out>` shows which rows each training serves
-    (`all-rows` when every row does; `shared` when the cells of several seeds use it).
+    (`all-rows` when every row does; `shared` when the cells of several seeds use it). The name is what `ssr fit
+    --name` accepts (`files.check_name`: letters, digits, '.', '_', '-', at most 100 characters): row slugs are
+    joined by `--`, and rows that do not fit are counted (`--3-more`).
     """
     run = plan.stages[key]
     users = [c for c in plan.cells if key in c.stages]
     rows = list(dict.fromkeys(slug(c.label) for c in users))
     # rows without any training (bicubic) cannot use a stage: "all-rows" means every row that trains something
     every = {slug(c.label) for c in plan.cells if c.stages}
-    part = "all-rows" if len(rows) > 1 and set(rows) == every else "+".join(rows) or "unused"
-    if len(part) > limit:
-        kept, n = [], 0
+    shared = "_shared" if len({c.seed for c in users}) > 1 else ""
+    head, tail = f"{run.stage}__", f"__seed{run.seed}{shared}"
+    room = limit - len(head) - len(tail)
+    part = "all-rows" if len(rows) > 1 and set(rows) == every else "--".join(rows) or "unused"
+    if len(part) > room:
+        kept: list[str] = []
         for r in rows:
-            if len("+".join([*kept, r])) > limit - 12:
+            if len("--".join([*kept, r])) > room - 12:
                 break
             kept.append(r)
-        n = len(rows) - len(kept)
-        part = "+".join(kept) + f"+{n}-more"
-    shared = "_shared" if len({c.seed for c in users}) > 1 else ""
-    return f"{run.stage}__{part}__seed{run.seed}{shared}"
+        more = f"{len(rows) - len(kept)}-more"
+        part = "--".join([*kept, more]) if kept else f"{rows[0][: room - 12]}--{len(rows) - 1}-more"
+    return f"{head}{part}{tail}"
 
 
 def _topo(keys: dict[str, str], plan: Plan) -> list[str]:

@@ -50,8 +50,9 @@ class SRDataModule(L.LightningDataModule):
         dataset: ``"embedded"`` (perspective / layered scenes of scikit-image photos with known depth and
             segmentation, no files needed),
             ``"folder"`` (HR image folders, optional depth files; LR is synthesised), ``"paired"`` (real
-            LR/HR folders such as DRealSR; no kernel or depth) or ``"photos"`` (test only: whole real photos
-            that installed packages ship and the scenes never use, ``data.photos``; use test_size 0, batch 1).
+            LR/HR folders such as DRealSR; no kernel or depth) or ``"photos"`` (evaluation only: whole real
+            photos that installed packages ship and the scenes never use, ``data.photos``; its ``test`` and
+            ``val`` photos are disjoint, see ``eval_split``; use test_size 0, batch 1).
         train_root: HR training folder (``folder``/``paired``).
         val_root: HR validation folder (``folder``/``paired``); without it there is no validation.
         test_root: HR test folder (``folder``/``paired``), also used for prediction.
@@ -71,6 +72,11 @@ class SRDataModule(L.LightningDataModule):
             ``val_batch_size=1`` for folders of mixed sizes).
         test_size: HR test/predict centre-crop side; ``None``/0 keeps whole images (cropped to a multiple of
             ``scale``).
+        eval_split: what ``ssr test`` / ``ssr predict`` score: ``"test"`` (the test split, scored once, after every
+            choice) or ``"val"`` (the validation split, where settings are chosen): ``num_val`` embedded validation
+            scenes, the ``val_root`` folder (``val_lr_root`` for paired data) or the validation photos, cropped by
+            ``test_size`` and batched by ``test_batch_size`` exactly as the test split would be. Each item keeps the
+            degradation it has in validation during training. Training and validation ignore it.
         scale: super-resolution factor ``s``; it overrides ``degradation.scale``.
         batch_size: training batch size.
         val_batch_size: validation batch size.
@@ -105,6 +111,7 @@ class SRDataModule(L.LightningDataModule):
         batch_size: int = 8,
         val_batch_size: int = 4,
         test_batch_size: int = 1,
+        eval_split: Literal["test", "val"] = "test",
         num_workers: int = 0,
         seed: int = 0,
         embedded_scene_size: int = 256,
@@ -119,6 +126,8 @@ class SRDataModule(L.LightningDataModule):
             raise DataError(f"data.dataset must be 'embedded', 'folder', 'paired' or 'photos', got {dataset!r}")
         if scale < 1:
             raise DataError(f"data.scale must be >= 1, got {scale}")
+        if eval_split not in ("test", "val"):
+            raise DataError(f"data.eval_split must be 'test' or 'val', got {eval_split!r}")
         if augment not in AUGMENT_MODES:
             raise DataError(f"data.augment must be one of {AUGMENT_MODES}, got {augment!r}")
         positive = {"patch_size": patch_size, "batch_size": batch_size, "val_batch_size": val_batch_size,
@@ -152,6 +161,7 @@ class SRDataModule(L.LightningDataModule):
         self.augment = augment
         self.scale, self.seed = scale, seed
         self.batch_sizes = {"train": batch_size, "val": val_batch_size, "test": test_batch_size}
+        self.eval_split = eval_split
         self.batch_size = batch_size  # Lightning's batch-size finder looks for this attribute
         self.num_workers = num_workers
         self.embedded = {"size": embedded_scene_size, "seed": seed, "num_train": num_train,
@@ -168,10 +178,10 @@ class SRDataModule(L.LightningDataModule):
         if self.dataset == "embedded":
             return EmbeddedScenes(split, **self.embedded)  # type: ignore[arg-type]
         if self.dataset == "photos":
-            if split != "test":
+            if split == "train":
                 raise DataError("data.dataset='photos' is an evaluation set (real photos the scenes never use): "
                                 "train with 'embedded' or 'folder', and test or predict with 'photos'")
-            return RealPhotos(self.embedded["size"], self.scale, seed=self.seed)
+            return RealPhotos(self.embedded["size"], self.scale, seed=self.seed, split=split)
         root = self.roots[split]
         if root is None:
             if split == "train":
@@ -194,9 +204,22 @@ class SRDataModule(L.LightningDataModule):
             )
         return self.datasets[split]
 
-    def _scan(self, base: Dataset | None, split: str) -> None:
+    def _make_eval(self) -> SRPatchDataset | None:
+        """The data set ``ssr test`` / ``ssr predict`` score: ``eval_split``'s items, cropped as the test split."""
+        split = self.eval_split
+        if split == "test":
+            return self._make("test")
+        key = "eval:val"  # the val items at test_size (validation during training keeps its val_size crops)
+        if key not in self.datasets:
+            base = self._base("val")
+            self._scan(base, "val", self.sizes["test"])
+            self.datasets[key] = (None if base is None else
+                                  SRPatchDataset(base, "val", self.sizes["test"], self.scale, self.seed))
+        return self.datasets[key]
+
+    def _scan(self, base: Dataset | None, split: str, size: int | None = None) -> None:
         """Decode every file of a folder data set once, before training, and report all bad files together."""
-        size = self.sizes[split]
+        size = self.sizes[split] if size is None else size
         if isinstance(base, HRFolderDataset):
             scan_images(base.files, self.scale, size, f"{split} image")
         elif isinstance(base, PairedFolderDataset):
@@ -205,13 +228,15 @@ class SRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Build the data sets a stage needs (files are listed here, decoded only per item)."""
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": (), "predict": ()}
         for split in splits.get(stage or "fit", ("train", "val", "test")):
             self._make(split)
+        if stage in ("test", "predict"):
+            self._make_eval()
 
     # ------------------------------------------------------------- data loaders
-    def _loader(self, split: str, sampler: Any = None) -> DataLoader:
-        ds = self._make(split)
+    def _loader(self, split: str, sampler: Any = None, ds: Dataset | None = None) -> DataLoader:
+        ds = ds if ds is not None else self._make(split)
         assert ds is not None
         return DataLoader(
             ds,
@@ -238,9 +263,13 @@ class SRDataModule(L.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        if self._make("test") is None:
-            raise DataError(f"data.dataset={self.dataset!r} needs data.test_root to test or predict")
-        return self._loader("test")
+        """Batches of ``eval_split`` (the test split by default), at the test crop and batch size."""
+        ds = self._make_eval()
+        if ds is None:
+            root = "data.test_root" if self.eval_split == "test" else "data.val_root"
+            raise DataError(f"data.dataset={self.dataset!r} needs {root} to test or predict "
+                            f"(data.eval_split={self.eval_split})")
+        return self._loader("test", ds=ds)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

@@ -296,7 +296,9 @@ class SRPatchDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (None, int(key))
         item = dict(self.base[i])
-        seed = sample_seed(self.seed, self.split, i, epoch)
+        # a base data set may fix an item's seed key (split salt, index): RealPhotos keeps a photo's draws across splits
+        seed_split, seed_index = item.pop("seed_key", (self.split, i))
+        seed = sample_seed(self.seed, seed_split, seed_index, epoch)
         item["seed"] = seed
         item["index"] = i
         if "lr" in item:

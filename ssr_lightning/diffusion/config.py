@@ -169,6 +169,9 @@ class UNetConfig:
     """Width of the depth / kernel encoders."""
     map_out: int = 32
     """Channels of the depth / kernel features f_1, f_2."""
+    padding_mode: Literal["zeros", "reflect"] = "zeros"
+    """Padding of the UNet's and the encoders' convolutions: zeros (diffusers') or reflect (no border signal, so no
+    edge-position behaviour to repeat at tile edges)."""
 
     @classmethod
     def of(cls, value: Any) -> UNetConfig:

@@ -263,8 +263,8 @@ def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = 
     cfg = {**_data_config(data_config), **(overrides or {})}
     cfg["test_size"] = test_size if test_size is not None else (cfg.get("test_size") or cfg.get("val_size"))
     cfg["test_batch_size"] = batch_size
-    if split == "val":
-        cfg.update(val_size=cfg["test_size"] or 0, val_batch_size=batch_size, num_val=cfg.get("num_test", 24))
+    if split == "val":  # as many validation scenes as test scenes (or the validation photos), cropped alike
+        cfg.update(eval_split="val", num_val=cfg.get("num_test", 24))
     deg = dict(cfg.get("degradation") or {})
     for fragment in degradation:
         extra = load_yaml(fragment) or {}
@@ -278,9 +278,9 @@ def make_test_batches(data_config: Path = _DATA_CONFIG, test_size: int | None = 
     cfg["degradation"] = dataclasses.replace(DegradationConfig(**deg), noise=noise and deg.get("noise", True),
                                              jpeg=jpeg and deg.get("jpeg", True))
     dm = SRDataModule(**cfg)
-    dm.setup("test" if split == "test" else "fit")
+    dm.setup("test")
     batches = []
-    for i, batch in enumerate(dm.test_dataloader() if split == "test" else dm.val_dataloader()):
+    for i, batch in enumerate(dm.test_dataloader()):
         if limit is not None and i >= limit:
             break
         batches.append(dm.degrade(batch))

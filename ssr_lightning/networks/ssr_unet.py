@@ -40,10 +40,21 @@ from torch import Tensor, nn
 from .amf import AMF, AMFMode
 from .cond_encoders import Level, LREncoder, MapEncoder
 
-__all__ = ["MODALITIES", "SSRUNet", "load_pretrained_unet"]
+__all__ = ["MODALITIES", "PADDING_MODES", "SSRUNet", "load_pretrained_unet", "set_padding_mode"]
 
 # f_1, f_2, f_3 of the paper, in that order.
 MODALITIES = ("kernel", "depth", "lr")
+PADDING_MODES = ("zeros", "reflect")
+
+
+def set_padding_mode(module: nn.Module, mode: str) -> int:
+    """Pad every padded ``Conv2d`` of ``module`` with ``mode`` (same weights, same output size); returns how many."""
+    n = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and isinstance(conv.padding, tuple) and any(conv.padding):
+            conv.padding_mode = mode
+            n += 1
+    return n
 
 
 def load_pretrained_unet(path: str) -> nn.Module:
@@ -108,6 +119,11 @@ class SSRUNet(ModelMixin, ConfigMixin):
         lr_width_mult: LR encoder width relative to the UNet's per level.
         map_width: Width of the depth and kernel encoders.
         map_out: Channels of the depth / kernel features f_1, f_2.
+        padding_mode: Padding of every padded convolution of the backbone and the encoders: ``"zeros"`` (diffusers'
+            own) or ``"reflect"``. Zero padding tells a convolution where the border of its input is, so a model
+            trained on small patches learns position-dependent output near (and a patch side away from) every edge
+            and repeats it at every tile edge of a larger image (stripes, docs/DESIGN.md §4); reflect padding gives
+            it no border signal.
     """
 
     @register_to_config
@@ -132,8 +148,11 @@ class SSRUNet(ModelMixin, ConfigMixin):
         lr_width_mult: float = 1.0,
         map_width: int = 32,
         map_out: int = 32,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
         self.latent_channels, self.concat_lr = latent_channels, concat_lr
         if pretrained_path is not None:
             self.backbone = load_pretrained_unet(pretrained_path)
@@ -175,6 +194,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
         # network (copy.deepcopy) hooks its own AMFs, which a closure over `self` would not.
         for name in self.amf:
             self._module_at(name).register_forward_hook(_amf_hook)
+        if padding_mode != "zeros":
+            set_padding_mode(self, padding_mode)
 
     # --- structure ----------------------------------------------------------------------------------------------
     def _module_at(self, level: str) -> nn.Module:
