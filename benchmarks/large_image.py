@@ -1,14 +1,16 @@
 """Large photos through ``ssr sr``: time per phase, CPU time and peak memory against the input size (issue 20).
 
-    python benchmarks/large_image.py --runs RUNS [--sizes 500x375 1000x750 2000x1500] [--threads 2]
-        [--out results/benchmarks/large_image.json] [--baseline results/benchmarks/large_image_before.json]
+    python benchmarks/large_image.py [--runs RUNS] [--sizes 500x375 1000x750 2000x1500] [--threads 2]
+        [--out results/large_images/large_image.json] [--baseline BEFORE.json]
     python benchmarks/large_image.py --device cuda [--gpu-steps 20 4] [--sd-size sd15]     # GPU mode (below)
 
 CPU mode. One packaged photo (scikit-image's ``coffee``, resized to 500 px wide and mirror-tiled to each size, so its
 texture density does not change with the size) is written as an 8-bit PNG and super-resolved by ``ssr sr`` with its
 default settings (the checkpoint's sampling and SVKR), each size in a fresh child process with ``--threads`` threads.
 ``RUNS`` holds ``ssr fit`` runs of the four stages (``RUNS/{ssrdiffusion,dkenet,nbsr,depth}``); time and memory
-do not depend on the weight values, so tiny runs trained for a few steps serve. The child reports, in wall and
+do not depend on the weight values, so runs of the default configs trained for a few steps serve: without
+``--runs`` the benchmark trains them (``configs/{dkenet,nbsr,depth,ssr}.yaml`` with the debug trainer, the default
+architectures) into ``runs/`` beside ``--out`` (ignored by git), once. The child reports, in wall and
 process CPU seconds: model load (``SSRPipeline.from_checkpoint``), SVKR, diffusion and writing (for the strip path,
 writing includes decoding and the colour fix, which the whole-image path counts as diffusion), and the parent its
 peak RSS (``os.wait4``: the child's own ``ru_maxrss``) and the tiles per denoising step. ``--code DIR`` runs another
@@ -64,7 +66,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of each child")
     p.add_argument("--code", default=str(ROOT), help="checkout whose ssr_lightning runs (default: this one)")
     p.add_argument("--label", default="after", help="name of this code in the record and the figure")
-    p.add_argument("--out", default=str(ROOT / "results/benchmarks/large_image.json"))
+    p.add_argument("--out", default=str(ROOT / "results/large_images/large_image.json"))
     p.add_argument("--baseline", default=None, help="an earlier record drawn beside this one in the figure")
     p.add_argument("--sr-args", nargs="*", default=[], help="extra ssr sr flags (default: none, its defaults)")
     p.add_argument("--device", default="cpu", help="cpu: the ssr sr benchmark; cuda: the GPU mode")
@@ -228,13 +230,32 @@ def run_size(args: argparse.Namespace, width: int, height: int, tmp: Path) -> di
     return row
 
 
+STAGES = (("dkenet", "dkenet"), ("nbsr", "nbsr"), ("depth", "depth"), ("ssr", "ssrdiffusion"))
+
+
+def train_runs(runs: Path) -> Path:
+    """The four default stages, trained a few steps (time and memory do not depend on the weights), once."""
+    ssr = Path(sys.executable).with_name("ssr")
+    tiny = ["--trainer", str(ROOT / "configs/trainer/debug.yaml"), "--data", str(ROOT / "configs/data/tiny.yaml"),
+            "--root", str(runs)]
+    for config, name in STAGES:
+        if (runs / name / "DONE").is_file():
+            continue
+        extra = ["--model.init_args.conditions.nbsr_ckpt", str(runs / "nbsr")] if config == "ssr" else []
+        print(f"large_image.py: training {name} (debug trainer) -> {runs / name}", flush=True)
+        subprocess.run([str(ssr), "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), *tiny, "--name", name,
+                        *extra], check=True, cwd=str(ROOT))
+        (runs / name / "DONE").write_text("trained by benchmarks/large_image.py\n")
+    return runs
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
 
 def cpu_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if not args.runs:
-        raise SystemExit("large_image.py: --runs RUNS (the ssr fit runs of the four stages) is needed on a CPU")
+        args.runs = str(train_runs(Path(args.out).resolve().parent / "runs"))
     rows = []
     with tempfile.TemporaryDirectory(prefix="ssr_large_") as tmp:
         for text in args.sizes:
@@ -280,13 +301,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         record = cpu_benchmark(args)
     record["command"] = _command(argv)
+    record["what"] = "time and peak memory of ssr sr on large inputs (issue 20)"
+    sys.path.insert(0, str(ROOT))
+    from ssr_lightning.ablate.provenance import environment
+
+    record["provenance"] = environment()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     if record.get("mode") == "cpu":
+        out.with_name("summary.md").write_text(summary(record))
         plot(record, json.loads(Path(args.baseline).read_text()) if args.baseline else None, out.with_suffix(".png"))
     print(f"-> {out}")
     return record
+
+
+def summary(record: dict[str, Any]) -> str:
+    """The record as the table docs/EXPERIMENTS.md renders (wall and process-CPU seconds per phase, peak RSS)."""
+    lines = [f"`{record['command']}` ({record['threads']} threads, code {record['code_commit']}; wall seconds depend on "
+             "the machine's load, recorded per row; CPU seconds are the comparable figure)", "",
+             "| LR input | output | tiles/step | load s | SVKR s (CPU) | diffusion s (CPU) | write s (CPU) | "
+             "total wall s | total CPU s | peak RSS GB | load avg |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in record["rows"]:
+        lines.append(f"| {r['lr']} | {r['output']} | {r['tiles_per_step']} | {r['load_wall_s']} | "
+                     f"{r['svkr_wall_s']} ({r['svkr_cpu_s']}) | {r['diffusion_wall_s']} ({r['diffusion_cpu_s']}) | "
+                     f"{r['write_wall_s']} ({r['write_cpu_s']}) | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | "
+                     f"{r['load_avg_before']} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(record: dict[str, Any], baseline: dict[str, Any] | None, path: Path) -> None:
