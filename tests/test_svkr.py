@@ -225,6 +225,24 @@ def test_frontend_train_schedules_seeds_and_jobs(tmp_path: Path, monkeypatch) ->
         cli._train(cli.build_parser().parse_args(["--stages", "[dkenett]"]), tmp_path)
 
 
+def test_frontend_trains_the_thin_lens_ke_and_ke_run_picks_it(tmp_path: Path, monkeypatch) -> None:
+    """dkenet_thinlens trains DKENet with the thin-lens head on absolute depth; --ke-run names a trained run."""
+    import ssr_lightning.cli.frontend as cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli.CLIRunner, "execute", lambda self, cmd, log, env: calls.append(cmd))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = cli.build_parser().parse_args(["--train", "--stages", "[dkenet_thinlens]", "--ke-run", "dkenet_thinlens",
+                                          "--out", str(tmp_path)])
+    cli._train(args, tmp_path)
+    (cmd,) = calls
+    assert cmd[cmd.index("--model.init_args.net.init_args.thin_lens") + 1] == "true"
+    assert cmd[cmd.index("--model.init_args.net.init_args.normalize_depth") + 1] == "false"
+    assert cmd[cmd.index("--name") + 1] == "dkenet_thinlens"
+    with pytest.raises(ValueError, match="--ke-run dkenet_thinlens: no trained run"):
+        cli._evaluate(args, {"depth": "x.ckpt"}, [], 4)
+
+
 def test_keeping_only_the_final_iterate_gives_the_same_result(batch: dict[str, torch.Tensor]) -> None:
     svkr = _make_svkr(iterations=3, gamma=0.8)
     full, last = svkr(batch["lr"]), svkr(batch["lr"], keep_all=False)

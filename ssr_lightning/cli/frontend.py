@@ -67,6 +67,10 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     # DE at other working sizes: the SVKR premise (does depth from a sharper image get better?), issue 21
     "depth_ws128": ("depth", ["--model.init_args.net.init_args.working_size", "128"]),
     "depth_native": ("depth", ["--model.init_args.net.init_args.working_size", "0"]),
+    # KE with the thin-lens head (absolute depth -> per-pixel Gaussian prior): the KE that uses depth on the defocus
+    # family (results/ke_depth, issue 21)
+    "dkenet_thinlens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                                   "--model.init_args.net.init_args.normalize_depth", "false"]),
     "cmos": ("cmos", []),
 }
 
@@ -118,6 +122,8 @@ def build_parser() -> ArgumentParser:
                    help="folder of the stage trainings (default: <out>/runs); give the same one to several ladders")
     p.add_argument("--depth-run", type=str, default="depth",
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
+    p.add_argument("--ke-run", type=str, default="dkenet",
+                   help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
@@ -211,7 +217,10 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     depth_ckpt = stage_ckpts.get(args.depth_run if args.train else "depth")
     if args.train and depth_ckpt is None:
         raise ValueError(f"--depth-run {args.depth_run}: no trained run of that name; add it to --stages")
-    svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=stage_ckpts.get("dkenet"), nbsr_ckpt=stage_ckpts.get("nbsr"),
+    ke_ckpt = stage_ckpts.get(args.ke_run if args.train else "dkenet")
+    if args.train and ke_ckpt is None:
+        raise ValueError(f"--ke-run {args.ke_run}: no trained run of that name; add it to --stages")
+    svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=ke_ckpt, nbsr_ckpt=stage_ckpts.get("nbsr"),
                                        depth=args.depth, depth_ckpt=depth_ckpt, iterations=args.T,
                                        gamma=args.gamma))
 
@@ -286,7 +295,7 @@ def run(argv: list[str]) -> dict[str, Any]:
     summary["seeds"] = args.seeds if args.train else None
     summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
                        "jpeg": not args.no_jpeg, "test_size": args.test_size, "degradation": args.degradation,
-                       "split": args.split, "depth_run": args.depth_run}
+                       "split": args.split, "depth_run": args.depth_run, "ke_run": args.ke_run}
     md = format_markdown(summary)
     print(md)
     atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
