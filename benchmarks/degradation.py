@@ -25,8 +25,9 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runnable without installing the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing the package
 
+from ssr_lightning.ablate.provenance import write_record
 from ssr_lightning.degradation import (
     KernelBasis,
     KernelConfig,
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{os.getloadavg()[0]:.2f}"
     )
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
+    write_record(args.out, json.loads(json.dumps(report, default=str)), "benchmarks/degradation.py", sys.argv[1:],
+                 "time of the degradation pipeline per batch and kernel family")
     print(f"saved {args.out}")
     return report
 

@@ -318,10 +318,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def summary(record: dict[str, Any]) -> str:
     """The record as the table docs/EXPERIMENTS.md renders (wall and process-CPU seconds per phase, peak RSS)."""
-    lines = [f"`{record['command']}` ({record['threads']} threads, code {record['code_commit']}; wall seconds depend on "
-             "the machine's load, recorded per row; CPU seconds are the comparable figure)", "",
-             "| LR input | output | tiles/step | load s | SVKR s (CPU) | diffusion s (CPU) | write s (CPU) | "
-             "total wall s | total CPU s | peak RSS GB | load avg |",
+    lines = [(f"`{record['command']}` ({record['threads']} threads, code {record['code_commit']}; wall seconds depend "
+              "on the machine's load, recorded per row; CPU seconds are the comparable figure)"), "",
+             ("| LR input | output | tiles/step | load s | SVKR s (CPU) | diffusion s (CPU) | write s (CPU) | "
+              "total wall s | total CPU s | peak RSS GB | load avg |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in record["rows"]:
         lines.append(f"| {r['lr']} | {r['output']} | {r['tiles_per_step']} | {r['load_wall_s']} | "

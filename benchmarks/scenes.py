@@ -6,13 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ssr_lightning.ablate.provenance import write_record
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.data.scenes import (
     _KIND_CYCLE,
@@ -70,8 +71,8 @@ def main() -> None:
     }
     for k, v in result.items():
         print(f"{k:32s} {v:.2f}" if isinstance(v, float) else f"{k:32s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_record(Path(args.out), result, "benchmarks/scenes.py", sys.argv[1:], "time to build embedded scenes and "
+                 "training batches")
     print(f"saved {args.out}")
 
 

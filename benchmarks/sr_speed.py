@@ -50,11 +50,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable without installing the package
 
-from ssr_lightning.diffusion.config import SamplingConfig  # noqa: E402
-from ssr_lightning.diffusion.model import LatentDiffusionSR  # noqa: E402
-from ssr_lightning.inference import SSRPipeline, load_model  # noqa: E402
-from ssr_lightning.inference.svkr import SVKR, SVKRConfig  # noqa: E402
-from ssr_lightning.registry import network_class  # noqa: E402
+from ssr_lightning.ablate.provenance import write_record
+from ssr_lightning.diffusion.config import SamplingConfig
+from ssr_lightning.diffusion.model import LatentDiffusionSR
+from ssr_lightning.inference import SSRPipeline, load_model
+from ssr_lightning.inference.svkr import SVKR, SVKRConfig
+from ssr_lightning.registry import network_class
 
 SCALE = 4
 
@@ -182,7 +183,7 @@ class _RSSPeak:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -260,8 +261,8 @@ def pipeline_benchmark(args: argparse.Namespace, device: torch.device) -> dict[s
                    "diffusion_total": sum(p.numel() for p in model.parameters()),
                    "svkr": sum(p.numel() for p in svkr.parameters())},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    write_record(Path(args.out), report, "benchmarks/sr_speed.py", sys.argv[1:], "seconds per image and peak memory "
+                 "of the SSR pipeline against the NBSR front end")
     print(f"-> {args.out}")
     return report
 
@@ -307,8 +308,8 @@ def sd_benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, An
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
               "torch": torch.__version__, "size": args.sd_size, "weights": "random (published SD-1.5 configs)",
               "params": count_parameters(base), "build_s": round(build_s, 1), "repeats": args.repeats, "rows": rows}
-    Path(args.sd_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.sd_out).write_text(json.dumps(report, indent=2))
+    write_record(Path(args.sd_out), report, "benchmarks/sr_speed.py", sys.argv[1:], "seconds per output of the "
+                 "SD-1.5-sized diffusion stage (random weights) per dtype and steps")
     print(f"-> {args.sd_out}")
     return report
 

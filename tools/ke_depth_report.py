@@ -29,10 +29,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ssr_lightning.ablate.provenance import environment  # noqa: E402
-from ssr_lightning.files import atomic_write_json, atomic_write_text  # noqa: E402
-from ssr_lightning.metrics.stats import bootstrap_seeds, ci_phrase, correction_note, mark_deltas, \
-    paired_difference_seeds  # noqa: E402
+from ssr_lightning.ablate.provenance import environment
+from ssr_lightning.files import atomic_write_json, atomic_write_text
+from ssr_lightning.metrics.stats import (
+    bootstrap_seeds,
+    ci_phrase,
+    correction_note,
+    mark_deltas,
+    paired_difference_seeds,
+)
 
 FAMILIES = ("defocus", "default")
 OUT = REPO / "results" / "ke_depth"
@@ -106,11 +111,11 @@ def markdown(tables: list[dict[str, Any]]) -> str:
     for t in tables:
         seeds = max(len(r["seeds"]) for r in t["rows"].values())
         n = next(iter(t["rows"].values()))["test"]["n"]
-        lines += [f"**{t['family']} family** (kernel L1 × 100 of the per-pixel 21×21 kernel, lower is better; "
-                  f"95 % CI: {ci_phrase(seeds, n)}; chosen on the validation split: "
-                  f"{LABELS[t['chosen_on_val']]})", "",
+        lines += [(f"**{t['family']} family** (kernel L1 × 100 of the per-pixel 21×21 kernel, lower is better; "
+                   f"95 % CI: {ci_phrase(seeds, n)}; chosen on the validation split: "
+                   f"{LABELS[t['chosen_on_val']]})"), "",
                   "| KE | seeds | val | test | Δ test vs w/o depth | mark |", "| --- | --- | --- | --- | --- | --- |"]
-        for name, r in t["rows"].items():
+        for r in t["rows"].values():
             d = r.get("test_delta")
             lines.append(f"| {r['label']} | {len(r['seeds'])} | {_ci(r['val'])} | {_ci(r['test'])} | "
                          f"{_ci(d, True) if d else '—'} | {d['mark'] if d else ''} |")

@@ -27,7 +27,7 @@ from typing import Any
 from ssr_lightning.files import atomic_write_json
 
 __all__ = ["MANIFEST", "code_version", "config_digests", "cpu_children", "environment", "machine", "relative_command",
-           "short", "source_digest", "stale", "summarize", "training", "versions", "write_manifest"]
+           "short", "source_digest", "stale", "summarize", "training", "versions", "write_manifest", "write_record"]
 
 MANIFEST = "RECORD.json"  # a record folder's manifest (results/README.md)
 
@@ -193,6 +193,16 @@ def relative_command(prog: str, argv: list[str], root: Path | None = None) -> st
     """``prog argv...`` as one shell line, absolute paths inside ``root`` (default: the working folder) relative."""
     root = Path.cwd() if root is None else root
     return shlex.join([prog, *(_relative(str(a), root) for a in argv)])
+
+
+def write_record(path: Path, record: dict[str, Any], script: str, argv: list[str], what: str,
+                 root: Path | None = None) -> Path:
+    """Write a script's JSON record (results/README.md): ``record`` with the command that regenerates it (``python
+    script argv...``, paths relative to ``root``), what it holds and the provenance of this process; atomic."""
+    full = {"command": relative_command("python", [script, *argv], root), "what": what, **record,
+            "provenance": environment()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(path, full)
 
 
 def write_manifest(folder: Path, command: str, what: str, **extra: Any) -> Path:
