@@ -140,9 +140,12 @@ def _duration(seconds: float) -> str:
 @formatter("timing")
 def timing(data: Any, path: Path) -> str:
     s = lookup(_json(data, path, "timing"), "summary")
-    load = s.get("load_average_before")
+    before, after = s.get("load_average_before"), s.get("load_average_after")
+    threads = (s.get("threads") or {}).get("OMP_NUM_THREADS")
+    load = (f", load average {num(before[0], '.1f')} before, {num(after[0], '.1f')} after" if before and after
+            else f", load average {num(before[0], '.1f')} before" if before else "")
     return (f"{_duration(s['wall_seconds'])} wall, {_duration(s['cpu_seconds'])} CPU (exit status {s['exit_status']}"
-            + (f", load average {num(load[0], '.1f')} before" if load else "") + ")")
+            + load + (f", OMP_NUM_THREADS={threads}" if threads else "") + ")")
 
 
 @formatter("bicubic_rows")
