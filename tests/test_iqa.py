@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ssr_lightning.metrics import psnr_y, ssim_y
+from ssr_lightning.metrics import iqa
 from ssr_lightning.metrics.iqa import (
     HIGHER_IS_BETTER,
     LABELS,
@@ -77,6 +78,7 @@ def test_fidelity_metrics_match_the_basicsr_functions(tmp_path: Path, monkeypatc
 def test_missing_weights_read_na_and_nothing_is_downloaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            no_network: list[object]) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(iqa, "REPO_HUB", tmp_path / "no_repo_copy")  # as in an installed wheel
     suite = MetricSuite(["psnr_y", "lpips", "musiq", "clipiqa", "niqe"], crop_border=4)
     avail = suite.available()
     assert avail["psnr_y"] is True
@@ -91,6 +93,19 @@ def test_missing_weights_read_na_and_nothing_is_downloaded(tmp_path: Path, monke
         assert out[name] == avail[name], "never a number without the weights"
     assert no_network == []
     assert not any(tmp_path.rglob("*.pth")), "no file was fetched"
+
+
+def test_niqe_falls_back_to_the_repositorys_copy_when_the_hub_lacks_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                       no_network: list[object]) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub
+    assert (iqa.REPO_HUB / "pyiqa/niqe_modelparameters.mat").is_file()
+    suite = MetricSuite(["niqe", "lpips"])
+    assert suite.available()["niqe"] is True and suite.available()["lpips"].startswith("n/a")
+    hr = _astronaut()[..., :128, :128]
+    value = suite(hr, hr)["niqe"]
+    assert isinstance(value, torch.Tensor) and torch.isfinite(value).all() and no_network == []
+    explicit = MetricSuite(["niqe"], weights_root=tmp_path)  # a root the caller names is the only place looked at
+    assert explicit.available()["niqe"].startswith("n/a")
 
 
 def test_weight_free_metrics_give_numbers_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

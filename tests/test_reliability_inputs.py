@@ -266,8 +266,8 @@ def test_a_png_declaring_100_mpx_is_refused_before_any_model_loads(tmp_path: Pat
     code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(tmp_path / "none.ckpt")],
                     capsys)
     assert code == 1 and "0/2 images" in err and "cannot load" not in err
-    assert "huge.png: 10000x10000 = 100,000,000 LR pixels is above --max-pixels 4,000,000" in err
-    assert "bomb.png: 20000x20000 = 400,000,000 LR pixels" in err and "about 601.2 GB of memory" in err
+    assert "huge.png: 10000x10000 = 100,000,000 LR pixels is above --max-pixels 12,000,000" in err
+    assert "bomb.png: 20000x20000 = 400,000,000 LR pixels" in err and "about 241.8 GB of memory" in err
     assert "convert it to PNG" not in err and _digest(tmp_path / "in") == before
     with pytest.raises(ImageTooLargeError, match="declares 10000x10000"):
         load_image(tmp_path / "in" / "huge.png")
@@ -275,13 +275,13 @@ def test_a_png_declaring_100_mpx_is_refused_before_any_model_loads(tmp_path: Pat
 
 def test_max_pixels_is_documented_and_the_memory_estimate_printed(tmp_path: Path, ckpts, capsys) -> None:
     text = build_parser().format_help()
-    assert "--max-pixels" in text and "4,000,000" in text and "1.2 GB + 6 kB per LR pixel" in " ".join(text.split())
+    assert "--max-pixels" in text and "12,000,000" in text and "1.3 GB + 0.6 kB per LR pixel" in " ".join(text.split())
     _png(tmp_path / "in" / "a.png", 40, 30)
     code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST,
                      "--max-pixels", "1000"], capsys)
     assert code == 1 and "30x40 = 1,200 LR pixels is above --max-pixels 1,000" in err
     code, err = _sr([str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--ckpt", str(ckpts["lr_only"]), *FAST], capsys)
-    assert code == 0 and "memory: about 1.2 GB for the largest input, a.png (30x40 LR px" in err
+    assert code == 0 and "memory: about 1.3 GB for the largest input, a.png (30x40 LR px" in err
 
 
 def test_permission_denied_says_so(tmp_path: Path, ckpts, capsys, monkeypatch) -> None:

@@ -61,6 +61,7 @@ from ssr_lightning.cli.sr_inputs import (
     InputError,
     check_inputs,
     collect_inputs,
+    estimate_memory,
     memory_note,
 )
 from ssr_lightning.cli.sr_outputs import (
@@ -106,8 +107,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never the inputs)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help=f"refuse inputs with more LR pixels than this, read from the file header before any model "
-                        f"loads (default {MAX_PIXELS:,} = 2000x2000). Peak memory with SVKR is estimated as "
-                        f"{MEMORY_FORMULA} (fitted to docs/EXPERIMENTS.md issue 12; ~25 GB at the default)")
+                        f"loads (default {MAX_PIXELS:,} = 4000x3000). Peak memory is estimated as "
+                        f"{MEMORY_FORMULA} (fitted to the record results/large_images; about "
+                        f"{estimate_memory(4000, 3000) / 1e9:.0f} GB at the default)")
     return p
 
 

@@ -1,10 +1,12 @@
 """What ``ssr sr`` reads: the input files, every folder entry it does not take (with the reason), and the checks made
 from file headers alone, before any model loads: readable, at least ``MIN_SIDE`` px, at most ``--max-pixels``.
 
-Memory: the peak host memory of one image with SVKR is estimated as ``MEMORY_BASE + MEMORY_PER_LR_PIXEL`` × LR
-pixels (1.2 GB + 6 kB per LR pixel), fitted to the measurement in docs/EXPERIMENTS.md (issue 12: a 2000×1500 LR
-input, 18.6 GB with 1.1 GB of models; per LR pixel about three of SVKR's 1.8 kB kernel fields, plus DE/NBSR's
-HR-size maps and the output).
+Memory: the peak host memory of one image is estimated as ``MEMORY_BASE + MEMORY_PER_LR_PIXEL`` × LR pixels plus
+the diffusion's cache of per-tile condition features (``FEATURE_BYTES_PER_LR_PIXEL`` × LR pixels, at most
+``ComputeConfig.feature_cache_mb``), fitted to the large-image record (results/large_images: 500×375, 1000×750 and
+2000×1500 LR through the default settings). What grows with the picture is SVKR's per-pixel state in code space (the
+codes, kernel moments, probes and depths of each iterate), the latent and the condition latent; the output is
+written in bands.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ __all__ = ["MAX_PIXELS", "MEMORY_FORMULA", "MIN_SIDE", "InputError", "check_inpu
            "estimate_memory", "memory_note"]
 
 MIN_SIDE = 8  # LR pixels: below this the depth and diffusion networks have no spatial extent left
-MAX_PIXELS = 4_000_000  # LR pixels (2000×2000): about 25 GB by the estimate below
-MEMORY_BASE = 1.2e9
-MEMORY_PER_LR_PIXEL = 6_000
-MEMORY_FORMULA = "1.2 GB + 6 kB per LR pixel"
+MAX_PIXELS = 12_000_000  # LR pixels (4000×3000): about 9 GB by the estimate below
+MEMORY_BASE = 1.3e9
+MEMORY_PER_LR_PIXEL = 600
+FEATURE_BYTES_PER_LR_PIXEL = 760
+FEATURE_CACHE_BYTES = 512 * 2**20  # ComputeConfig.feature_cache_mb's default
+MEMORY_FORMULA = "1.3 GB + 0.6 kB per LR pixel + cached tile features (0.76 kB per LR pixel, at most 512 MB)"
 
 
 class InputError(ValueError):
@@ -30,7 +34,8 @@ class InputError(ValueError):
 
 def estimate_memory(width: int, height: int) -> float:
     """Estimated peak bytes of ``ssr sr`` (with SVKR) for one ``width × height`` LR image."""
-    return MEMORY_BASE + MEMORY_PER_LR_PIXEL * width * height
+    pixels = width * height
+    return MEMORY_BASE + MEMORY_PER_LR_PIXEL * pixels + min(FEATURE_BYTES_PER_LR_PIXEL * pixels, FEATURE_CACHE_BYTES)
 
 
 def _gb(n: float) -> str:
@@ -120,5 +125,5 @@ def memory_note(sizes: dict[Path, tuple[int, int]]) -> str:
     f, (w, h) = max(sizes.items(), key=lambda item: item[1][0] * item[1][1])
     need, ram = estimate_memory(w, h), _physical_memory()
     over = f"; more than this machine's {_gb(ram)}" if ram and need > ram else ""
-    return (f"memory: about {_gb(need)} for the largest input, {f.name} ({w}x{h} LR px; estimate with SVKR: "
+    return (f"memory: about {_gb(need)} for the largest input, {f.name} ({w}x{h} LR px; estimate: "
             f"{MEMORY_FORMULA}){over}")

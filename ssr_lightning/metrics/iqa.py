@@ -98,6 +98,11 @@ _MIN_SIDE = {"niqe": 96, "ms_ssim": 176, "vif": 36}
 _NAMES = {"ms_ssim": "MS-SSIM"}
 
 
+# The weight files the repository itself ships (NIQE's parameters, docs/METRICS.md), used when the torch hub lacks
+# them: a checkout scores NIQE without any setup; an installed wheel has no such folder and keeps the hub only.
+REPO_HUB = Path(__file__).resolve().parents[2] / "tests" / "assets" / "torch_hub" / "hub"
+
+
 class WeightsMissing(RuntimeError):
     """Raised instead of a download: a weight file is not on disk."""
 
@@ -211,11 +216,14 @@ class MetricSuite:
         self.root = Path(weights_root) if weights_root is not None else hub_dir()
         self._status: dict[str, bool | str] = {}
         self._nets: dict[str, torch.nn.Module] = {}
+        self._roots: dict[str, Path] = {}
         for name in self.names:
             if name in _FIDELITY:
                 self._status[name] = True
                 continue
             missing = missing_weights(name, self.root)
+            if missing and weights_root is None and WEIGHT_FILES.get(name) and not missing_weights(name, REPO_HUB):
+                self._roots[name], missing = REPO_HUB, []  # the repository's own copy
             # the hub-relative path, which is what docs/METRICS.md tells the user to put under $TORCH_HOME/hub
             self._status[name] = f"n/a (weights missing: {missing[0].relative_to(self.root)})" if missing else True
 
@@ -225,7 +233,7 @@ class MetricSuite:
 
     def _net(self, name: str) -> torch.nn.Module:
         if name not in self._nets:
-            self._nets[name] = _create_pyiqa(name, self.root, self.device)
+            self._nets[name] = _create_pyiqa(name, self._roots.get(name, self.root), self.device)
         return self._nets[name]
 
     @torch.no_grad()
