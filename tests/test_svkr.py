@@ -243,6 +243,16 @@ def test_frontend_trains_the_thin_lens_ke_and_ke_run_picks_it(tmp_path: Path, mo
         cli._evaluate(args, {"depth": "x.ckpt"}, [], 4)
 
 
+def test_frontend_refuses_to_replace_a_ladder_without_overwrite(tmp_path: Path) -> None:
+    """A finished ladder in --out is a record: another run there (a --split val run, say) needs --overwrite."""
+    import ssr_lightning.cli.frontend as cli
+
+    (tmp_path / "frontend.json").write_text("{}")
+    with pytest.raises(ValueError, match="already holds a ladder .* --overwrite"):
+        cli.run(["--split", "val", "--out", str(tmp_path)])
+    assert (tmp_path / "frontend.json").read_text() == "{}", "nothing replaced"
+
+
 def test_keeping_only_the_final_iterate_gives_the_same_result(batch: dict[str, torch.Tensor]) -> None:
     svkr = _make_svkr(iterations=3, gamma=0.8)
     full, last = svkr(batch["lr"]), svkr(batch["lr"], keep_all=False)

@@ -129,7 +129,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
     p.add_argument("--jobs", type=int, default=1,
                    help="stage trainings run at once (each gets cores/jobs threads; 2 on a 2-core machine)")
-    p.add_argument("--out", type=str, default="results/frontend", help="folder for frontend.{json,md,png} (frontend_val.* with --split val) and runs/")
+    p.add_argument("--out", type=str, default="results/frontend",
+                   help="folder for frontend.{json,md,png} and runs/ (a --split val ladder needs its own --out; share "
+                        "the trainings with --runs)")
+    p.add_argument("--overwrite", action="store_true", help="replace a ladder already in --out (its record)")
     return p
 
 
@@ -269,6 +272,9 @@ def run(argv: list[str]) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
+    if (out / "frontend.json").is_file() and not args.overwrite:  # checked before any training or evaluation
+        raise ValueError(f"--out {out} already holds a ladder (frontend.json): pass --overwrite to replace it, or "
+                         "give another --out (share the trainings with --runs)")
     overrides = {"dataset": args.dataset} if args.dataset else None
     test = {"test_size": args.test_size, "batch_size": args.batch_size, "limit": args.limit_batches,
             "noise": not args.no_noise, "jpeg": not args.no_jpeg, "overrides": overrides,
@@ -299,7 +305,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     md = format_markdown(summary)
     print(md)
     atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
-    write_manifest(out, relative_command("ssr-frontend", argv), "blind-SR front-end ladder (frontend.md)",
+    again = argv if "--overwrite" in argv else [*argv, "--overwrite"]  # the command that regenerates this record
+    write_manifest(out, relative_command("ssr-frontend", again), "blind-SR front-end ladder (frontend.md)",
                    stages=_stage_provenance(runs_dir(args, out), args.seeds) if args.train else None)
     atomic_write_json(out / "frontend.json", summary)
     atomic_write_text(out / "frontend.md", md)
