@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import randomise_zero_layers
 
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.depth import LearnedDepth
@@ -19,21 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 K = 9
 
 
-def _randomise(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() > 0 and float(p.abs().max()) == 0.0:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return net.eval()
-
-
 def _svkr(iterations: int = 3, gamma: float = 0.7) -> SVKR:
     torch.manual_seed(0)
     de = DepthNet(channels=8, levels=3, working_size=24)
     with torch.no_grad():
         de.out.weight.mul_(30.0)  # depth with a spread: the iterates differ
-    ke = _randomise(DKENet(channels=8, kernel_size=K, global_kernel=True, normalize_depth=True), 1)
+    ke = randomise_zero_layers(DKENet(channels=8, kernel_size=K, global_kernel=True, normalize_depth=True), 1)
     with torch.no_grad():
         ke.tail.weight.mul_(20.0)  # kernels that follow the image
     sr = KernelConditionedSR(code_channels=6, channels=8, num_blocks=1, growth=4, kernel_size=K, noise_condition=True,
@@ -41,7 +33,7 @@ def _svkr(iterations: int = 3, gamma: float = 0.7) -> SVKR:
     g = torch.Generator().manual_seed(2)
     sr.codec.set_basis(KernelBasis.fit(torch.softmax(3 * torch.randn(256, K * K, generator=g), 1), 6),
                        torch.full((6,), 0.05))
-    return SVKR(LearnedDepth(de), ke, _randomise(sr, 3), iterations=iterations, gamma=gamma).eval()
+    return SVKR(LearnedDepth(de), ke, randomise_zero_layers(sr, 3), iterations=iterations, gamma=gamma).eval()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import randomise_zero_layers
 
 from ssr_lightning.degradation.blur import KernelBasis
 from ssr_lightning.inference.tiled_stages import (
@@ -20,16 +21,6 @@ from ssr_lightning.networks import DKENet
 from ssr_lightning.networks.nbsr import KernelConditionedSR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _randomise(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give the zero-initialised layers (SFT heads, kernel and lens heads) weights, so every path matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.dim() > 0 and float(p.abs().max()) == 0.0:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
-    return net.eval()
 
 
 def _inputs(h: int, w: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +44,7 @@ KE_CONFIGS = [
 
 @pytest.mark.parametrize("cfg", KE_CONFIGS, ids=[",".join(f"{k}={v}" for k, v in c.items()) or "base" for c in KE_CONFIGS])
 def test_tiled_ke_equals_the_whole_image(cfg: dict[str, Any]) -> None:
-    net = _randomise(DKENet(channels=8, kernel_size=9, **cfg))
+    net = randomise_zero_layers(DKENet(channels=8, kernel_size=9, **cfg))
     h, w = 3 * dkenet_halo(net) + 10, 2 * dkenet_halo(net) + 14  # a grown tile does not reach across the image
     lr, depth = _inputs(h, w)
     with torch.no_grad():
@@ -71,7 +62,7 @@ def test_tiled_ke_equals_the_whole_image(cfg: dict[str, Any]) -> None:
 def test_ke_halo_covers_the_receptive_field() -> None:
     """A change just outside the halo leaves a window's kernels as they were; one near the window does not. (The halo
     is the structural receptive field; with these weights the far end of it changes nothing a float can show.)"""
-    net = _randomise(DKENet(channels=8, kernel_size=9, global_context=False, blocks_per_stage=2))
+    net = randomise_zero_layers(DKENet(channels=8, kernel_size=9, global_context=False, blocks_per_stage=2))
     halo = dkenet_halo(net)
     lr, depth = _inputs(2 * halo + 40, 2 * halo + 40)
     win = (halo + 10, halo + 30, halo + 10, halo + 30)
@@ -92,7 +83,7 @@ def _nbsr(**kw: Any) -> KernelConditionedSR:
     g = torch.Generator().manual_seed(0)
     k = torch.softmax(torch.randn(64, 81, generator=g), 1)
     net.codec.set_basis(KernelBasis.fit(k, 6), torch.ones(6))
-    return _randomise(net)
+    return randomise_zero_layers(net)
 
 
 @pytest.mark.parametrize("kw", [{}, {"noise_condition": True, "input_condition": True, "sft_init": 0.05}])
