@@ -22,7 +22,7 @@ from ssr_lightning.cli import sr as sr_cli
 from ssr_lightning.cli.sr import build_parser
 from ssr_lightning.cli.sr import main as sr_main
 from ssr_lightning.cli.sr_inputs import collect_inputs
-from ssr_lightning.cli.sr_outputs import (
+from ssr_lightning.cli.sr_output_names import (
     check_output_name,
     check_outputs,
     outputs_of,

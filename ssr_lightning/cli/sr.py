@@ -12,7 +12,7 @@ written, stops the command with one line and exit status 2; a missing, unreadabl
 reported and the other files still complete (exit status 1 if any failed). Every file is written atomically
 (temporary file + rename); Ctrl-C stops with one line and exit status 130, keeping the finished outputs.
 
-Output names (``ssr_lightning.cli.sr_outputs``): ``OUT/<stem>.png``; inputs whose names would coincide (maps
+Output names (``ssr_lightning.cli.sr_output_names``): ``OUT/<stem>.png``; inputs whose names would coincide (maps
 included) are named apart by extension, folder, then number (``a_jpg.png``, ``a_d1.png``, ``a_1.png``). With one
 input file, ``-o result.png`` names the file itself. ``--save-maps`` writes ``<stem>_depth.png`` (SVKR's D_T,
 16-bit, black = near), ``<stem>_kernel_var.png`` (per-pixel kernel variance, magma colour map) and
@@ -64,7 +64,7 @@ from ssr_lightning.cli.sr_inputs import (
     estimate_memory,
     memory_note,
 )
-from ssr_lightning.cli.sr_outputs import (
+from ssr_lightning.cli.sr_output_names import (
     check_output_name,
     check_outputs,
     is_file_output,
