@@ -304,13 +304,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     record["what"] = "time and peak memory of ssr sr on large inputs (issue 20)"
     sys.path.insert(0, str(ROOT))
     from ssr_lightning.ablate.provenance import environment
+    from ssr_lightning.files import atomic_write_json, atomic_write_text
 
     record["provenance"] = environment()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(out, record)
     if record.get("mode") == "cpu":
-        out.with_name("summary.md").write_text(summary(record))
+        atomic_write_text(out.with_name("summary.md"), summary(record))
         plot(record, json.loads(Path(args.baseline).read_text()) if args.baseline else None, out.with_suffix(".png"))
     print(f"-> {out}")
     return record
