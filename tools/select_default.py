@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference  # noqa: E402
+from ssr_lightning.files import atomic_write_json, atomic_write_text  # noqa: E402
+from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference_seeds, source_clusters  # noqa: E402
 
 BICUBIC, FRONTEND = "Bicubic", "NBSR + SVKR"
 CURRENT = "D from I_T 0.3"
@@ -49,9 +50,11 @@ def read(path: Path) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
 
 
 def delta(data: dict[str, Any], a: str, b: str, metric: str = "psnr_y") -> dict[str, float]:
+    """Paired ``a − b`` per image; the kernel draws of one photo (``{photo}_v{k}``) are resampled as one cluster."""
     names = sorted(set(data[a][metric]) & set(data[b][metric]))
-    est = paired_difference([data[a][metric][n] for n in names], [data[b][metric][n] for n in names])
-    return {"delta": est.mean, "lo": est.lo, "hi": est.hi, "images": len(names)}
+    est = paired_difference_seeds([data[a][metric][n] for n in names], [data[b][metric][n] for n in names],
+                                  clusters=source_clusters(names))
+    return {"delta": est.mean, "lo": est.lo, "hi": est.hi, "images": len(names), "clusters": est.units}
 
 
 def means(data: dict[str, Any], label: str) -> dict[str, float]:
@@ -116,10 +119,12 @@ def step3(data: dict[str, Any], s2: dict[str, Any], stripes: dict[str, Any] | No
                     per_fix, per_base = stripes["models"][cell]["per_image"], stripes["models"][base]["per_image"]
                     names = sorted(per_fix)
                     for t in ok_tiles:
-                        est = paired_difference([per_fix[n][t]["psnr_y"] for n in names],
-                                                [per_base[n]["32/8"]["psnr_y"] for n in names])
+                        est = paired_difference_seeds([per_fix[n][t]["psnr_y"] for n in names],
+                                                      [per_base[n]["32/8"]["psnr_y"] for n in names],
+                                                      clusters=source_clusters(names))
                         entry["quality"][f"photos {stripes['size']} px, tiles {t} vs 32/8"] = {
-                            "delta": est.mean, "lo": est.lo, "hi": est.hi, "images": len(names)}
+                            "delta": est.mean, "lo": est.lo, "hi": est.hi, "images": len(names),
+                            "clusters": est.units}
         q_ok = all(v["delta"] >= -0.05 for v in entry["quality"].values())
         entry["adopted"] = bool(entry["targets"] and q_ok and entry.get("stripe_free_tiles"))
         out["fixes"][fix] = entry
@@ -179,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     sel = {"command": "python tools/select_default.py " + " ".join(argv), "rule": "ablations/diffusion_default_val.yaml",
            "step2": s2, "step3": step3(data, s2, stripes)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(sel, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(render(sel))
+    atomic_write_json(args.out.with_suffix(".json"), sel)
+    atomic_write_text(args.out.with_suffix(".md"), render(sel))
     print(render(sel))
     return 0
 

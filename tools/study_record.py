@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssr_lightning.ablate.study import load_study  # noqa: E402
+from ssr_lightning.files import atomic_write, atomic_write_text  # noqa: E402
 
 
 def cells_of(results: Path, study_name: str) -> list[dict[str, Any]]:
@@ -90,20 +91,24 @@ def write_record(study_path: Path, results: Path, out: Path, command: str | None
     for ext in ("md", "csv", "json"):
         src = results / "report" / f"{study.name}.{ext}"
         if src.is_file():
-            shutil.copyfile(src, out / f"report.{ext}")
+            atomic_write(out / f"report.{ext}", lambda tmp, src=src: shutil.copyfile(src, tmp))
     rows = per_image_rows(records, study.metrics)
-    with (out / "per_image.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["label", "dataset", "seed", "image", "source", *study.metrics])
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "cells.json").write_text(json.dumps([summarize_cell(r) for r in records], indent=1) + "\n")
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["label", "dataset", "seed", "image", "source", *study.metrics])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(out / "per_image.csv", write_csv)
+    atomic_write_text(out / "cells.json", json.dumps([summarize_cell(r) for r in records], indent=1) + "\n")
     meta = {"study": str(study_path), "study_sha256": hashlib.sha256(study_path.read_bytes()).hexdigest(),
             "regenerate": command or f"TORCH_HOME=$(realpath tests/assets/torch_hub) OMP_NUM_THREADS=1 ssr-ablate {study_path}",
             "record_command": "python tools/study_record.py " + " ".join(argv),
             "cells": len(records), "cells_ok": sum(r.get("status") == "ok" for r in records),
             "images": len(rows), "metrics": study.metrics,
             "note": "per_image.csv holds every number of report.*; cells.json the provenance of each cell and stage"}
-    (out / "RECORD.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(out / "RECORD.json", json.dumps(meta, indent=1) + "\n")
     return meta
 
 
