@@ -12,9 +12,9 @@ step runs on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wi
 space-to-depth decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
 is exactly the untiled one.
 
-Memory: UNet activations follow the tile size; SVKR's maps (a 441-channel kernel field on the LR grid), the latents,
-the per-tile condition features and the output grow with the image (``ssr sr`` estimates the peak with SVKR as
-1.2 GB + 6 kB per LR pixel, fitted to docs/EXPERIMENTS.md issue 12: ``ssr_lightning/cli/sr_inputs.py``).
+Memory: UNet activations follow the tile size; SVKR's per-pixel statistics, the latents and the per-tile condition
+features grow with the image; the read-only condition maps are float16 above ``ComputeConfig.storage``'s threshold
+(``ssr sr``'s estimate of the peak and what it consists of: ``ssr_lightning/cli/sr_inputs.py``).
 
 Sizes: :func:`checkpoint_geometry` reads what a model needs of tiles and images (size multiple, smallest tile)
 from a checkpoint's config without building its weights, so callers can check options before loading anything.
