@@ -93,3 +93,23 @@ def test_iterate_weights_unroll_the_ema(t_max: int, gamma: float) -> None:
     w = iterate_weights(t_max, gamma)
     assert sum(w) == pytest.approx(1.0)
     torch.testing.assert_close(sum(wt * f for wt, f in zip(w, fields, strict=True)), ema)
+
+
+def test_release_and_float16_probes(lr: torch.Tensor) -> None:
+    """``release`` drops what sampling does not read (keeping K_T's rebuild when asked); float16 probes round the
+    float32 ones, leaving the code, moments, depths and I_T as they were."""
+    svkr = _svkr(iterations=2)
+    proj = torch.randn(7, K * K, generator=torch.Generator().manual_seed(6)), torch.randn(7)
+    with torch.no_grad():
+        wide = svkr.coded(lr, tile=16, probes={"proj": proj})
+        narrow = svkr.coded(lr, tile=16, probes={"proj": proj}, probe_dtype=torch.float16)
+    assert narrow.stats["proj"].dtype == torch.float16 and narrow.stats["moments"].dtype == torch.float32
+    assert torch.equal(narrow.final_code, wide.final_code) and torch.equal(narrow.final_image, wide.final_image)
+    torch.testing.assert_close(narrow.stats["proj"].float(), wide.stats["proj"], rtol=2e-3, atol=1e-3)
+    window = (6, 30, 10, 40)
+    kernel, depth = wide.kernel(window), wide.final_depth
+    wide.release(keep_rebuild=True)
+    assert wide.codes == [] and wide.images == [] and set(wide.stats) == {"proj"} and len(wide.depths) == 3
+    assert torch.equal(wide.kernel(window), kernel)
+    narrow.release()
+    assert len(narrow.depths) == 1 and torch.equal(narrow.final_depth, depth) and narrow.rebuild is None

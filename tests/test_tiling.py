@@ -152,3 +152,16 @@ def test_stage_grid_shows_only_the_maps_a_row_used() -> None:
     torch.testing.assert_close(cols[3].images, batch["depth_lr"][:cols[3].images.shape[0]])
     (tag, cols), = _grid_tags(tiny_module(use_kernel=False, use_depth=False, guidance=0.5, strength=0.5), batch)
     assert tag == "val/lr|sr|hr|guidance_kernel_spread" and len(cols) == 4
+
+
+def test_equal_weights_are_one_shared_tensor() -> None:
+    """``TileGrid.weights`` shares equal weight maps (interior tiles) and gives each tile exactly ``ramp / total``."""
+    grid = TileGrid(96, 128, 24, 8, 4)
+    for f in (1, 2):
+        total = torch.zeros(96 * f, 128 * f)
+        for t in grid:
+            total[t.window(f)[1:]] += t.ramp(f)
+        weights = grid.weights(f)
+        for t, w in zip(grid, weights, strict=True):
+            assert torch.equal(w, t.ramp(f) / total[t.window(f)[1:]])
+        assert len({id(w) for w in weights}) < len(grid) // 2

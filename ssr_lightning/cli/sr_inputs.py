@@ -4,9 +4,14 @@ from file headers alone, before any model loads: readable, at least ``MIN_SIDE``
 Memory: the peak host memory of one image is estimated as ``MEMORY_BASE + MEMORY_PER_LR_PIXEL`` × LR pixels plus
 the diffusion's cache of per-tile condition features (``FEATURE_BYTES_PER_LR_PIXEL`` × LR pixels, at most
 ``ComputeConfig.feature_cache_mb``), fitted to the large-image record (results/large_images: 500×375, 1000×750 and
-2000×1500 LR through the default settings). What grows with the picture is SVKR's per-pixel state in code space (the
-codes, kernel moments, probes and depths of each iterate), the latent and the condition latent; the output is
-written in bands.
+2000×1500 LR through the default settings). The peak is reached while the diffusion samples; what grows with the
+picture then is the stepped latent (192 B per LR pixel, float32), the condition latent (192 B), the kernel encoder's
+projection of K_T (128 B), D_T, the kernel-variance map and the LR (~24 B); the output is written in bands. Above
+``STORAGE_AUTO_PIXELS`` (``ComputeConfig.storage`` auto) the condition latent and the projection are float16, 160 B
+less per pixel: ``MEMORY_PER_LR_PIXEL_FLOAT16`` is the recorded float32 slope (1000×750 → 2000×1500) less those
+160 B; with ``--storage float16`` the measured peaks at 500×375 and 1000×750 (1.52 and 2.07 GB) lie 0.01 and 0.1 GB
+below the estimate. At 4000×3000 the estimate is about 7.1 GB (6.6 GB with ``--feature-cache-mb 0``, whose cache
+holds ~5 % of the tiles there); the stepped latent, now the largest item, stays float32.
 """
 
 from __future__ import annotations
@@ -15,17 +20,20 @@ import os
 from pathlib import Path
 
 from ssr_lightning.data.image_io import IMAGE_EXTENSIONS, ImageReadError, read_size
+from ssr_lightning.diffusion.config import STORAGE_AUTO_PIXELS
 
 __all__ = ["MAX_PIXELS", "MEMORY_FORMULA", "MIN_SIDE", "InputError", "check_inputs", "collect_inputs",
            "estimate_memory", "memory_note"]
 
 MIN_SIDE = 8  # LR pixels: below this the depth and diffusion networks have no spatial extent left
-MAX_PIXELS = 12_000_000  # LR pixels (4000×3000): about 9 GB by the estimate below
+MAX_PIXELS = 12_000_000  # LR pixels (4000×3000): about 7.1 GB by the estimate below
 MEMORY_BASE = 1.3e9
 MEMORY_PER_LR_PIXEL = 600
+MEMORY_PER_LR_PIXEL_FLOAT16 = 440  # the condition maps stored as float16: 160 B less
 FEATURE_BYTES_PER_LR_PIXEL = 760
 FEATURE_CACHE_BYTES = 512 * 2**20  # ComputeConfig.feature_cache_mb's default
-MEMORY_FORMULA = "1.3 GB + 0.6 kB per LR pixel + cached tile features (0.76 kB per LR pixel, at most 512 MB)"
+MEMORY_FORMULA = (f"1.3 GB + 0.6 kB per LR pixel (0.44 kB above {STORAGE_AUTO_PIXELS:,}, where the condition maps are "
+                  "float16) + cached tile features (0.76 kB per LR pixel, at most 512 MB)")
 
 
 class InputError(ValueError):
@@ -33,9 +41,10 @@ class InputError(ValueError):
 
 
 def estimate_memory(width: int, height: int) -> float:
-    """Estimated peak bytes of ``ssr sr`` (with SVKR) for one ``width × height`` LR image."""
+    """Estimated peak bytes of ``ssr sr`` (with SVKR, default compute settings) for one ``width × height`` LR image."""
     pixels = width * height
-    return MEMORY_BASE + MEMORY_PER_LR_PIXEL * pixels + min(FEATURE_BYTES_PER_LR_PIXEL * pixels, FEATURE_CACHE_BYTES)
+    per_pixel = MEMORY_PER_LR_PIXEL_FLOAT16 if pixels > STORAGE_AUTO_PIXELS else MEMORY_PER_LR_PIXEL
+    return MEMORY_BASE + per_pixel * pixels + min(FEATURE_BYTES_PER_LR_PIXEL * pixels, FEATURE_CACHE_BYTES)
 
 
 def _gb(n: float) -> str:

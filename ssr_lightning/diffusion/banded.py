@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ssr_lightning.diffusion.tiling import TileGrid
 
-__all__ = ["TileDenoiser", "TileInputs", "autocast", "feature_bytes"]
+__all__ = ["TileDenoiser", "TileInputs", "autocast", "feature_bytes", "state_dtype", "widened"]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -41,12 +41,24 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 class TileInputs:
     """Whole-image maps the tiles read (each is sliced per tile): the condition latent ``z_c (B, C, h·f, w·f)``
     (``concat_lr`` and the LR encoder), D_T ``(B, 1, h, w)`` and the kernel condition on the LR grid: K_T ``(B, k², h,
-    w)`` or, with ``kernel_projected``, the kernel encoder's projection of it (``SSRUNet.kernel_projection``)."""
+    w)`` or, with ``kernel_projected``, the kernel encoder's projection of it (``SSRUNet.kernel_projection``). A map
+    may be stored as float16 (``ComputeConfig.storage``): its tile slices are widened to float32 when read."""
 
     z_c: Tensor
     depth: Tensor | None = None
     kernel: Tensor | None = None
     kernel_projected: bool = False
+
+
+def widened(x: Tensor) -> Tensor:
+    """``x`` as float32 if it is stored as float16 (``ComputeConfig.storage``), else itself: maps are stored narrow
+    and computed with wide."""
+    return x.float() if x.dtype == torch.float16 else x
+
+
+def state_dtype(z_c: Tensor) -> torch.dtype:
+    """The dtype of the stepped latent of a job whose condition latent is ``z_c``: float32 for a float16 one."""
+    return torch.float32 if z_c.dtype == torch.float16 else z_c.dtype
 
 
 def feature_bytes(feats: dict[str, list[Tensor]]) -> int:
@@ -82,7 +94,7 @@ class TileDenoiser:
 
     # --- one batch of tiles -----------------------------------------------------------------------------------
     def _stack(self, x: Tensor, idx: tuple[int, ...], f: float) -> Tensor:
-        return torch.cat([x[self.grid.tiles[i].window(f)] for i in idx], dim=0)
+        return widened(torch.cat([x[self.grid.tiles[i].window(f)] for i in idx], dim=0))
 
     def features(self, idx: tuple[int, ...]) -> dict[str, list[Tensor]]:
         """The condition features of tiles ``idx``, batched (kept while the budget allows)."""

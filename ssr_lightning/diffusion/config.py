@@ -12,7 +12,7 @@
   false`` reads as what it does.
 - :class:`LossConfig`: the stage module's ``loss`` group.
 - :class:`ComputeConfig`: how the work of one image is laid out (tiles per network call, autocast, the per-tile
-  condition-feature cache, the front end's tile side): never what is computed, so it is not recorded with a model;
+  condition-feature cache, the front end's tile side, the condition maps' precision): never what is computed, so it is not recorded with a model;
   ``ssr sr`` generates its flags from it as from ``SamplingConfig``.
 """
 
@@ -26,11 +26,16 @@ from typing import Any, Literal, get_args
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.networks.amf import AMFMode
 
-__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "Autocast", "ComputeConfig", "LossConfig", "SampleStart", "Sampler", "SamplingConfig", "SamplingError",
-           "UNetConfig", "renamed"]
+__all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "STORAGE_AUTO_PIXELS", "Autocast", "ComputeConfig", "LossConfig",
+           "SampleStart", "Sampler", "SamplingConfig", "SamplingError", "Storage", "UNetConfig", "renamed"]
 
 Sampler = Literal["ddim", "ddpm"]
 Autocast = Literal["auto", "none", "bf16", "fp16"]
+Storage = Literal["auto", "float32", "float16"]
+# LR pixels above which ``storage="auto"`` keeps the condition maps in float16: every test, table and the recorded
+# benchmark sizes (up to 2000×1500 = 3 Mpx) stay float32 and exact; above it, float16 saves 160 B per LR pixel
+# (≥ 0.64 GB), about a third of the per-pixel state (cli/sr_inputs.py).
+STORAGE_AUTO_PIXELS = 4_000_000
 SampleStart = Literal["noise", "bicubic", "frontend"]
 
 # Names and values of the sampling options before they became call arguments (model config keys, the stage's
@@ -208,7 +213,8 @@ class LossConfig:
 @dataclass(frozen=True)
 class ComputeConfig:
     """How one image's work is laid out in memory and on the device. Results equal the defaults' up to float
-    round-off (tiles batched or not, cached or recomputed features), except ``autocast`` bf16/fp16."""
+    round-off (tiles batched or not, cached or recomputed features), except ``autocast`` bf16/fp16 and ``storage``
+    float16."""
 
     tile_batch: int = 8
     """Diffusion tiles per UNet call (the same result batched or not; 8 is the fastest on a CPU, more on a GPU)."""
@@ -220,6 +226,10 @@ class ComputeConfig:
     frontend_tile: int = 512
     """Tile side (LR px) of the front end's KE and NBSR passes, each with a halo of its receptive field (0: the
     whole image in one tile)."""
+    storage: Storage = "auto"
+    """Precision of the whole-image condition maps the diffusion tiles read (the latent of I_T, the kernel
+    encoder's projection of K_T; each tile's slice is widened to float32 when read): float16 halves them (output within
+    1/255 of float32); the stepped latent stays float32. auto: float16 above 4,000,000 LR pixels, else float32."""
 
     def __post_init__(self) -> None:
         if self.tile_batch < 1:
@@ -229,6 +239,8 @@ class ComputeConfig:
         if self.feature_cache_mb < 0 or self.frontend_tile < 0:
             raise ValueError(f"compute feature_cache_mb {self.feature_cache_mb} / frontend_tile {self.frontend_tile}: "
                              "must be >= 0")
+        if self.storage not in get_args(Storage):
+            raise ValueError(f"compute storage {self.storage!r}: must be one of {', '.join(get_args(Storage))}")
 
     def dtype(self, device: Any) -> Any:
         """The autocast dtype on ``device`` (None: full precision)."""
@@ -239,6 +251,15 @@ class ComputeConfig:
         if choice == "auto":
             choice = "bf16" if kind == "cuda" else "none"
         return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+    def storage_dtype(self, pixels: int) -> Any:
+        """The dtype of the condition maps of an image of ``pixels`` LR pixels (``storage``)."""
+        import torch
+
+        choice = self.storage
+        if choice == "auto":
+            choice = "float16" if pixels > STORAGE_AUTO_PIXELS else "float32"
+        return {"float32": torch.float32, "float16": torch.float16}[choice]
 
     def replace(self, **changes: Any) -> ComputeConfig:
         """A copy with ``changes`` (None values are left out), validated again."""

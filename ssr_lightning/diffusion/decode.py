@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ssr_lightning.diffusion.banded import TileInputs, row_bands
+from ssr_lightning.diffusion.banded import TileInputs, row_bands, widened
 from ssr_lightning.diffusion.color import color_fix, wavelet_color_fix
 from ssr_lightning.diffusion.config import SamplingConfig
 from ssr_lightning.diffusion.tiling import TileGrid
@@ -81,7 +81,7 @@ def decode_bands(model: Any, job: SRJob, z: Tensor, rows: int = 256) -> Iterator
 
     def decoded(a: int, b: int) -> Tensor:
         la, lb = a // f, math.ceil(b / f)
-        x = model.latents.decode(model.from_process(z[..., la:lb, :], z_c[..., la:lb, :])).clamp(0, 1)
+        x = model.latents.decode(model.from_process(z[..., la:lb, :], widened(z_c[..., la:lb, :]))).clamp(0, 1)
         return x[..., a - la * f : b - la * f, :width]
 
     def reference(a: int, b: int) -> Tensor:

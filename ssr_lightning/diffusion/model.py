@@ -38,7 +38,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
-from ssr_lightning.diffusion.banded import TileDenoiser, TileInputs, row_bands
+from ssr_lightning.diffusion.banded import TileDenoiser, TileInputs, row_bands, state_dtype, widened
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
 from ssr_lightning.diffusion.config import ComputeConfig, SamplingConfig, UNetConfig, renamed
@@ -319,16 +319,16 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             if sampling.start == "frontend" and frontend is None:
                 raise ValueError("start 'frontend' needs the latent of I_T (frontend=)")
 
-            def start(a: int, b: int) -> Tensor:
+            def start(a: int, b: int) -> Tensor:  # float16-stored latents widened: the step runs in float32
                 z_s = z_c[..., a:b, :] if own else frontend[..., a:b, :] if sampling.start == "frontend" \
                     else bicubic_latent(a, b)
-                return self.to_process(z_s, z_c[..., a:b, :])
+                return self.to_process(widened(z_s), widened(z_c[..., a:b, :]))
 
         def condition(a: int, b: int) -> Tensor:  # HR rows of the condition image (the colour fix's reference)
             if cfg.image_condition == "bicubic":
                 return bicubic(a, b)
             la, lb = a // f, -(-b // f)
-            return self.latents.decode(z_c[..., la:lb, :]).clamp(0, 1)[..., a - la * f : b - la * f, :]
+            return self.latents.decode(widened(z_c[..., la:lb, :])).clamp(0, 1)[..., a - la * f : b - la * f, :]
 
         return SRJob(sampling, lr, size, grid, TileInputs(z_c, depth, kernel, kernel_projected), start=start,
                      condition=condition)
@@ -359,9 +359,9 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
                                                sampling.guidance, job.grid, self.latent_factor, offset=offset))
         if not self.banded(sampling, all_hooks):
             start = job.start_latent()
-            return self.process.sample(denoiser, noise.to(z_c), sampling, start_latent=start, generator=generator,
-                                       hooks=all_hooks)
-        z = noise.to(z_c) if own else noise.to(z_c, copy=True)  # stepped in place
+            return self.process.sample(denoiser, noise.to(z_c.device, state_dtype(z_c)), sampling,
+                                       start_latent=start, generator=generator, hooks=all_hooks)
+        z = noise.to(z_c.device, state_dtype(z_c), copy=not own)  # stepped in place
         del noise
         sched, timesteps = self.process.schedule(sampling, z.device)
         if sampling.strength < 1.0:

@@ -110,14 +110,23 @@ class TileGrid:
         return iter(self.tiles)
 
     def weights(self, f: float = 1) -> list[Tensor]:
-        """Per-tile weights on the grid ``f`` times finer than LR, normalised to sum to 1 at every pixel."""
+        """Per-tile weights on the grid ``f`` times finer than LR, normalised to sum to 1 at every pixel. Equal
+        weights (every interior tile's) are one shared tensor: a few kB per distinct tile, not 4 B per pixel and tile."""
         if f not in self._weights:
             h, w = (_scaled(v, f) for v in self.size)
             total = torch.zeros(h, w)
-            ramps = [t.ramp(f) for t in self.tiles]
-            for t, r in zip(self.tiles, ramps, strict=True):
-                total[t.window(f)[1:]] += r
-            self._weights[f] = [r / total[t.window(f)[1:]] for t, r in zip(self.tiles, ramps, strict=True)]
+            for t in self.tiles:
+                total[t.window(f)[1:]] += t.ramp(f)
+            last: dict[tuple[int, ...], Tensor] = {}  # the latest weights of each ramp layout
+            out = []
+            for t in self.tiles:
+                wt = t.ramp(f) / total[t.window(f)[1:]]
+                key = (*t.ramps, *wt.shape)
+                if key in last and torch.equal(last[key], wt):
+                    wt = last[key]
+                last[key] = wt
+                out.append(wt)
+            self._weights[f] = out
         return self._weights[f]
 
     def blend(self, fn: Callable[[int, Tile], Tensor], f: float, out: Tensor | None = None,

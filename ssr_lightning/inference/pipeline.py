@@ -12,9 +12,9 @@ step runs on the whole latent (MultiDiffusion / StableSR). A VAE decodes tile-wi
 space-to-depth decodes pointwise. The initial noise is one global map seeded once. With ``tile >=`` the (padded) image the result
 is exactly the untiled one.
 
-Memory: UNet activations follow the tile size; SVKR's maps (a 441-channel kernel field on the LR grid), the latents,
-the per-tile condition features and the output grow with the image (``ssr sr`` estimates the peak with SVKR as
-1.2 GB + 6 kB per LR pixel, fitted to docs/EXPERIMENTS.md issue 12: ``ssr_lightning/cli/sr_inputs.py``).
+Memory: UNet activations follow the tile size; SVKR's per-pixel statistics, the latents and the per-tile condition
+features grow with the image; the read-only condition maps are float16 above ``ComputeConfig.storage``'s threshold
+(``ssr sr``'s estimate of the peak and what it consists of: ``ssr_lightning/cli/sr_inputs.py``).
 
 Sizes: :func:`checkpoint_geometry` reads what a model needs of tiles and images (size multiple, smallest tile)
 from a checkpoint's config without building its weights, so callers can check options before loading anything.
@@ -201,7 +201,7 @@ class SSRPipeline:
         if self.svkr is not None and any(needs.values()) and not isinstance(self.svkr, SVKR):
             job, maps = self._job_fields(lr_p, sampling, needs)  # any module returning an SVKRResult
         else:
-            job, maps = self._job(lr_p, sampling, needs)
+            job, maps = self._job(lr_p, sampling, needs, self.compute.storage_dtype(h * w))
         z = self.model.sample_latent(job, torch.Generator().manual_seed(sampling.seed), progress=self.progress,
                                      compute=self.compute)
         s = self.scale  # the job is the padded image: colour-fixed as a whole, then cropped
@@ -218,15 +218,16 @@ class SSRPipeline:
     def _svkr_bar(self) -> dict[str, Any]:
         return {"on_stage": _StageBar(self.svkr.iterations)} if self.progress and self.svkr is not None else {}
 
-    def _job(self, lr_p: Tensor, sampling: SamplingConfig,
-             needs: dict[str, bool]) -> tuple[SRJob, dict[str, Tensor | None]]:
+    def _job(self, lr_p: Tensor, sampling: SamplingConfig, needs: dict[str, bool],
+             storage: torch.dtype = torch.float32) -> tuple[SRJob, dict[str, Tensor | None]]:
         """The job with SVKR in code space: I_T goes into the condition latent tile by tile, K_T reaches the kernel
-        encoder as its projection, and nothing HR-sized is held for a pointwise latent sampled band by band."""
+        encoder as its projection, and nothing HR-sized is held for a pointwise latent sampled band by band.
+        ``storage`` is the dtype of those two read-only maps (``ComputeConfig.storage``)."""
         m, f, dtype = self.model, self.model.latent_factor, self.compute.dtype(self.device)
         lat = (1, m.latents.channels, round(lr_p.shape[-2] * f), round(lr_p.shape[-1] * f))
         bounded = m.latents.pointwise and m.banded(sampling)
         frontend_latent = bounded and needs["frontend"]
-        z_front = torch.empty(lat, device=self.device) if frontend_latent else None
+        z_front = torch.empty(lat, device=self.device, dtype=storage) if frontend_latent else None
         coded = None
         if self.svkr is not None and any(needs.values()):
             proj = m.unet.kernel_projection() if needs["kernel"] else None
@@ -239,7 +240,7 @@ class SSRPipeline:
             try:
                 coded = self.svkr.coded(lr_p, tile=self.compute.frontend_tile, align=math.lcm(2, self.multiple),
                                         dtype=dtype, probes={"kernel": proj} if proj is not None else None,
-                                        image_sink=sink if frontend_latent else None, **bar)
+                                        probe_dtype=storage, image_sink=sink if frontend_latent else None, **bar)
             finally:
                 if bar:
                     bar["on_stage"].close()
@@ -247,11 +248,13 @@ class SSRPipeline:
         kernel = coded.stats["kernel"] if coded is not None and needs["kernel"] else None
         maps = {"depth": coded.final_depth if coded is not None else None,
                 "kernel_var": coded.kernel_var() if coded is not None else None}
+        frontend = coded.final_image if coded is not None and needs["frontend"] else None
         guidance = None
-        if coded is not None and needs["guidance_kernel"]:
-            guidance = lambda t: coded.kernel((t.y0, t.y0 + t.h, t.x0, t.x0 + t.w))  # noqa: E731
+        if coded is not None:
+            coded.release(keep_rebuild=needs["guidance_kernel"])  # before the job allocates its latents
+            if needs["guidance_kernel"]:
+                guidance = lambda t: coded.kernel((t.y0, t.y0 + t.h, t.x0, t.x0 + t.w))  # noqa: E731
         if not bounded:  # a VAE, DDPM or guidance: whole-image tensors (I_T kept as one HR image)
-            frontend = coded.final_image if coded is not None and needs["frontend"] else None
             return m.prepare(lr_p, depth, kernel, sampling=sampling, frontend=frontend, guidance_kernel=guidance,
                              kernel_projected=kernel is not None), maps
         return m.banded_job(lr_p, tuple(lr_p.shape[-2:]), sampling, z_front, depth, kernel), maps

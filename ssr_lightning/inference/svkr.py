@@ -205,12 +205,13 @@ class SVKR(nn.Module):
         self, lr: Tensor, gt_depth: Tensor | None = None, iterations: int | None = None, gamma: float | None = None,
         *, tile: int = 256, align: int = 2, dtype: torch.dtype | None = None, probes: dict[str, Probe] | None = None,
         keep_all: bool = False, image_sink: ImageSink | None = None, on_stage: Callable[[str, int], None] | None = None,
+        probe_dtype: torch.dtype = torch.float32,
     ) -> CodedSVKR:
         """Algorithm 1 in kernel-code space, KE and NBSR in ``tile``-px tiles with a halo (module doc): the same
         depths, images and (through the codec) kernels as :meth:`forward` up to float round-off.
 
         ``probes`` (``{name: (weight (c, k²), bias (c,) | None)}``) are extra affine statistics of K_T kept per pixel
-        (the diffusion's kernel-encoder projection); ``image_sink(window, tile)`` takes I_T tile by tile instead of one
+        (the diffusion's kernel-encoder projection), in ``probe_dtype``; ``image_sink(window, tile)`` takes I_T tile by tile instead of one
         HR tensor; ``keep_all`` keeps every iterate's code and image; ``dtype`` is the autocast dtype of KE and NBSR
         (None: float32); core tiles start at multiples of ``align`` LR px; ``on_stage`` as in :meth:`forward`."""
         with torch.set_grad_enabled(False):
@@ -218,7 +219,7 @@ class SVKR(nn.Module):
                 self.depth_estimator, self.kernel_estimator, self.sr_model, lr,
                 iterations=self.iterations if iterations is None else int(iterations),
                 gamma=self.gamma if gamma is None else float(gamma), gt_depth=gt_depth, tile=tile, align=align,
-                dtype=dtype, probes=probes, keep_all=keep_all, image_sink=image_sink, on_stage=on_stage,
+                dtype=dtype, probes=probes, probe_dtype=probe_dtype, keep_all=keep_all, image_sink=image_sink, on_stage=on_stage,
                 estimate_depth=self.estimate_depth,
             )
 

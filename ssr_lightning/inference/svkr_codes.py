@@ -106,6 +106,17 @@ class CodedSVKR:
         vy, vx = m[:, 2] - m[:, 0] ** 2, m[:, 3] - m[:, 1] ** 2
         return ((vx + vy).clamp_min(0) / 2).unsqueeze(1)
 
+    def release(self, keep_rebuild: bool = False) -> None:
+        """Drop what a sampler no longer reads, once ``kernel_var`` and the final depth are taken: the codes, the
+        moments, the images and, unless ``keep_rebuild`` (:meth:`kernel` rebuilds from them), the depth iterates
+        D^0..D^(T−1). The probes and D_T stay."""
+        self.codes.clear()
+        self.stats.pop("moments", None)
+        self.images.clear()
+        if not keep_rebuild:
+            del self.depths[:-1]
+            self.rebuild = None
+
     def kernel(self, window: Window) -> Tensor:
         """K_T ``(B, k², y1 − y0, x1 − x0)`` on an LR window, rebuilt from the depth iterates (exact)."""
         if self.rebuild is None:
@@ -140,18 +151,22 @@ class _Rebuild:
 def run_coded(
     depth_estimator: Any, kernel_estimator: Any, sr_model: Any, lr: Tensor, *, iterations: int, gamma: float,
     gt_depth: Tensor | None = None, tile: int = 256, align: int = 2, dtype: torch.dtype | None = None,
-    probes: Mapping[str, Probe] | None = None, keep_all: bool = False, image_sink: ImageSink | None = None,
-    on_stage: Callable[[str, int], None] | None = None, estimate_depth: Callable[..., Tensor] | None = None,
+    probes: Mapping[str, Probe] | None = None, probe_dtype: torch.dtype = torch.float32, keep_all: bool = False,
+    image_sink: ImageSink | None = None, on_stage: Callable[[str, int], None] | None = None,
+    estimate_depth: Callable[..., Tensor] | None = None,
 ) -> CodedSVKR:
     """Algorithm 1 on ``lr (B, 3, h, w)`` in code space and tiles (the module doc); ``estimate_depth(image, size,
-    gt_depth)`` is ``SVKR.estimate_depth`` (DE resampled to the LR grid), used where DE cannot be streamed."""
+    gt_depth)`` is ``SVKR.estimate_depth`` (DE resampled to the LR grid), used where DE cannot be streamed. The
+    probes' maps are kept in ``probe_dtype`` (float16: half the memory; each update is computed in float32)."""
     stage = on_stage or (lambda name, t: None)
     size = (lr.shape[-2], lr.shape[-1])
     s = int(sr_model.net.scale)
     stats_of = FieldStats(sr_model.codec, kernel_estimator.kernel_size, probes)
     b = lr.shape[0]
     # one tensor per statistic: the ones a caller keeps hold no other statistic's memory
-    running = {name: torch.empty(b, sl.stop - sl.start, *size, device=lr.device) for name, sl in stats_of.slices.items()}
+    running = {name: torch.empty(b, sl.stop - sl.start, *size, device=lr.device,
+                                 dtype=probe_dtype if name not in ("code", "moments") else torch.float32)
+               for name, sl in stats_of.slices.items()}
     level = sr_model.noise_level(lr)
     assert estimate_depth is not None
     stage("DE", 0)
