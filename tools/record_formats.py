@@ -132,6 +132,18 @@ def ladder(data: Any, path: Path) -> str:
     return "\n".join(lines)
 
 
+@formatter("premise")
+def premise(data: Any, path: Path) -> str:
+    """One line of a ladder record: DE's AbsRel from each input (the SVKR premise) and the K0 row's PSNR-Y."""
+    d = _json(data, path, "premise")
+    absrel = lookup(d, "depth_premise_absrel")
+    k0 = lookup(d, "rows").get("NBSR + DKENet, depth from LR (K0)")
+    parts = [f"AbsRel {name} {estimate(e, 3)}" for name, e in absrel.items()]
+    if k0 is not None:
+        parts.append(f"K0 PSNR-Y {estimate(k0['psnr_y'])} dB")
+    return "; ".join(parts)
+
+
 def _duration(seconds: float) -> str:
     minutes, sec = divmod(round(seconds), 60)
     return f"{minutes} min {sec:02d} s" if minutes else f"{sec} s"

@@ -67,6 +67,9 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     # DE at other working sizes: the SVKR premise (does depth from a sharper image get better?), issue 21
     "depth_ws128": ("depth", ["--model.init_args.net.init_args.working_size", "128"]),
     "depth_native": ("depth", ["--model.init_args.net.init_args.working_size", "0"]),
+    # DepthNet's levels, chosen again on the validation split (issue 19: issue 11 chose 4 on the test split)
+    "depth_l3": ("depth", ["--model.init_args.net.init_args.levels", "3"]),
+    "depth_l5": ("depth", ["--model.init_args.net.init_args.levels", "5"]),
     # KE with the thin-lens head (absolute depth -> per-pixel Gaussian prior): the KE that uses depth on the defocus
     # family (results/ke_depth, issue 21)
     "dkenet_thinlens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
