@@ -179,3 +179,16 @@ def test_the_formatters_read_what_the_tools_write(tmp_path: Path) -> None:
     record = {"summary": {"exit_status": 0, "wall_seconds": 1038.4, "cpu_seconds": 59.0,
                           "load_average_before": [0.25, 0.1, 0.0]}}
     assert timing(record, tmp_path / "t.json") == "17 min 18 s wall, 59 s CPU (exit status 0, load average 0.2 before)"
+
+
+def test_the_premise_formatter_names_each_input_and_the_k0_row(tmp_path: Path) -> None:
+    from record_formats import premise
+
+    est = {"mean": 0.3, "lo": 0.25, "hi": 0.35}
+    record = {"depth_premise_absrel": {"from HR": est, "from LR": {**est, "mean": 0.4}},
+              "rows": {"NBSR + DKENet, depth from LR (K0)": {"psnr_y": {"mean": 26.5, "lo": 26.0, "hi": 27.0}}}}
+    line = premise(record, tmp_path / "frontend.json")
+    assert line == ("AbsRel from HR 0.300 [0.250, 0.350]; AbsRel from LR 0.400 [0.250, 0.350]; "
+                    "K0 PSNR-Y 26.50 [26.00, 27.00] dB")
+    with pytest.raises(RecordError):
+        premise({"rows": {}}, tmp_path / "frontend.json")
