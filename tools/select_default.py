@@ -96,11 +96,11 @@ def step3(data: dict[str, Any], s2: dict[str, Any], stripes: dict[str, Any] | No
     winner = s2["winner"]
     strength = winner.rsplit(" ", 1)[-1]
     out: dict[str, Any] = {"process": winner, "fixes": {}}
-    if not winner.startswith("D "):
-        out["note"] = "the fixes were trained on D's process: not compatible with the winner without new trainings"
-        return out
+    process = winner.split(" ")[0]
     for fix in FIXES:
-        label = next((lab for lab in s2["rows"] if lab.startswith(fix + " ") and lab.endswith(" " + strength)), None)
+        # a fix on D's process is row "P ..."; on another process X it is row "X+P ..." (trained after step 2)
+        tag = fix if process == "D" else f"{process}+{fix}"
+        label = next((lab for lab in s2["rows"] if lab.startswith(tag + " ") and lab.endswith(" " + strength)), None)
         if label is None:
             continue
         entry: dict[str, Any] = {"row": label, "targets": s2["rows"][label]["targets"]["all"], "quality": {}}
@@ -136,6 +136,8 @@ def step3(data: dict[str, Any], s2: dict[str, Any], stripes: dict[str, Any] | No
         out["tile"] = max(out["fixes"][best]["stripe_free_tiles"], key=TILES.index)
     else:
         out["adopted"] = None
+    if not out["fixes"]:
+        out["note"] = f"no stripe fix was trained on the winner's process ({process}) at its strength"
     return out
 
 
@@ -175,12 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--val", type=Path, required=True, help="the validation record folder (per_image.csv)")
-    p.add_argument("--tiles", type=Path, default=None, help="tools/tile_stripes.py record of the validation photos")
+    p.add_argument("--tiles", type=Path, nargs="*", default=[],
+                   help="tools/tile_stripes.py records of the validation photos (their models merged)")
     p.add_argument("--out", type=Path, required=True, help="output stem (.json and .md)")
     args = p.parse_args(argv)
     data = read(args.val / "per_image.csv")
     s2 = step2(data["val"])
-    stripes = json.loads(args.tiles.read_text()) if args.tiles else None
+    stripes = None
+    for path in args.tiles:
+        part = json.loads(path.read_text())
+        if stripes is None:
+            stripes = part
+        elif part["size"] != stripes["size"] or part["split"] != stripes["split"]:
+            raise SystemExit(f"{path}: photos of another size or split than {args.tiles[0]}")
+        else:
+            stripes["models"].update(part["models"])
     sel = {"command": "python tools/select_default.py " + " ".join(argv), "rule": "ablations/diffusion_default_val.yaml",
            "step2": s2, "step3": step3(data, s2, stripes)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
