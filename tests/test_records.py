@@ -78,7 +78,9 @@ def _records() -> dict[Path, list[Path]]:
         if f.parent == RESULTS:
             continue  # results/README.md
         top = RESULTS / f.relative_to(RESULTS).parts[0]
-        groups.setdefault(top, []).append(f)
+        # a folder record may sit inside a top folder (results/diffusion_default/val/RECORD.json)
+        nested = next((a for a in f.parents if a != top and top in a.parents and (a / "RECORD.json").is_file()), None)
+        groups.setdefault(nested or top, []).append(f)
     return groups
 
 
@@ -100,10 +102,10 @@ def test_committed_records_name_a_command_of_the_repository_and_hold_no_absolute
             problems += [f"{rel}/RECORD.json: {p}" for p in command_problems(record.get("command"))]
             if "provenance" not in record:
                 problems.append(f"{rel}/RECORD.json: no provenance")
-            per_image = (folder / "per_image.json").is_file() or any(
+            per_image = (folder / "per_image.json").is_file() or (folder / "per_image.csv").is_file() or any(
                 "per_image" in json.loads(c.read_text()) for c in files if c.parent.name == "cells")
             if not per_image:
-                problems.append(f"{rel}: no per-image values (cells/*.json with per_image, or per_image.json)")
+                problems.append(f"{rel}: no per-image values (cells/*.json with per_image, per_image.json or per_image.csv)")
         else:  # a folder of script records: each JSON describes itself
             for f in (f for f in files if f.suffix == ".json"):
                 record = json.loads(f.read_text())

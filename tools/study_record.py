@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssr_lightning.ablate.provenance import environment  # noqa: E402
 from ssr_lightning.ablate.study import load_study  # noqa: E402
 from ssr_lightning.files import atomic_write, atomic_write_text  # noqa: E402
 
@@ -102,8 +103,11 @@ def write_record(study_path: Path, results: Path, out: Path, command: str | None
 
     atomic_write(out / "per_image.csv", write_csv)
     atomic_write_text(out / "cells.json", json.dumps([summarize_cell(r) for r in records], indent=1) + "\n")
-    meta = {"study": str(study_path), "study_sha256": hashlib.sha256(study_path.read_bytes()).hexdigest(),
-            "regenerate": command or f"TORCH_HOME=$(realpath tests/assets/torch_hub) OMP_NUM_THREADS=1 ssr-ablate {study_path}",
+    regenerate = command or f"OMP_NUM_THREADS=1 ssr-ablate {study_path}"
+    meta = {"command": regenerate, "what": f"the record of study {study.name} (report, per-image values, provenance)",
+            "provenance": environment(),
+            "study": str(study_path), "study_sha256": hashlib.sha256(study_path.read_bytes()).hexdigest(),
+            "regenerate": regenerate,
             "record_command": "python tools/study_record.py " + " ".join(argv),
             "cells": len(records), "cells_ok": sum(r.get("status") == "ok" for r in records),
             "images": len(rows), "metrics": study.metrics,

@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssr_lightning.diffusion.config import SamplingConfig  # noqa: E402
+from ssr_lightning.ablate.provenance import environment  # noqa: E402
 from ssr_lightning.files import atomic_write_text  # noqa: E402
 from ssr_lightning.diffusion.tiling import TileGrid  # noqa: E402
 from ssr_lightning.inference.pipeline import SSRPipeline  # noqa: E402
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     record = run(args)
     outputs = record.pop("_outputs")
     record["command"] = "python tools/tile_stripes.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    record["what"] = "gradient energy at diffusion tile borders and stripe rows against the rest of the image"
+    record["provenance"] = environment()
     atomic_write_text(args.out, json.dumps(record, indent=1, sort_keys=True) + "\n")
     if args.grid:
         draw_grid(record, outputs, Path(args.grid), args.grid_rows)
