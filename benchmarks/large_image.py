@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, record)
     if record.get("mode") == "cpu":
-        atomic_write_text(out.with_name("summary.md"), summary(record))
+        atomic_write_text(out.with_suffix(".md"), summary(record))  # beside its record: several records per folder
         plot(record, json.loads(Path(args.baseline).read_text()) if args.baseline else None, out.with_suffix(".png"))
     print(f"-> {out}")
     return record
