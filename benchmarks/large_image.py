@@ -202,7 +202,7 @@ def _tiles_per_step(runs: Path, width: int, height: int) -> int:
 def run_size(args: argparse.Namespace, width: int, height: int, tmp: Path) -> dict[str, Any]:
     from PIL import Image
 
-    runs = Path(args.runs)
+    runs = Path(args.runs).resolve()  # the child runs in another folder
     src = tmp / f"photo_{width}x{height}.png"
     Image.fromarray(photo(width, height)).save(src)
     ckpt = {st: str(runs / st) for st in ("ssrdiffusion", "dkenet", "nbsr", "depth")}
