@@ -107,7 +107,6 @@ def write_record(study_path: Path, results: Path, out: Path, command: str | None
     meta = {"command": regenerate, "what": f"the record of study {study.name} (report, per-image values, provenance)",
             "provenance": environment(),
             "study": str(study_path), "study_sha256": hashlib.sha256(study_path.read_bytes()).hexdigest(),
-            "regenerate": regenerate,
             "record_command": "python tools/study_record.py " + " ".join(argv),
             "cells": len(records), "cells_ok": sum(r.get("status") == "ok" for r in records),
             "images": len(rows), "metrics": study.metrics,
