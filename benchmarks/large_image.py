@@ -31,6 +31,7 @@ and memory against megapixels beside it (``--baseline`` adds an earlier record's
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -234,18 +235,32 @@ STAGES = (("dkenet", "dkenet"), ("nbsr", "nbsr"), ("depth", "depth"), ("ssr", "s
 
 
 def train_runs(runs: Path) -> Path:
-    """The four default stages, trained a few steps (time and memory do not depend on the weights), once."""
+    """The four default stages, trained a few steps (time and memory do not depend on the weights), once per version
+    of their config: a stage trained from another version of its config file is moved aside (``NAME.stale-<digest>``)
+    and trained again, so the benchmark always measures the shipped architecture."""
     ssr = Path(sys.executable).with_name("ssr")
     tiny = ["--trainer", str(ROOT / "configs/trainer/debug.yaml"), "--data", str(ROOT / "configs/data/tiny.yaml"),
             "--root", str(runs)]
     for config, name in STAGES:
-        if (runs / name / "DONE").is_file():
-            continue
+        path = ROOT / "configs" / f"{config}.yaml"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        done = runs / name / "DONE"
+        if done.is_file():
+            if digest in done.read_text():
+                continue
+            words = done.read_text().split()
+            old = words[-1][:12] if words and len(words[-1]) == 64 else "unversioned"
+            aside, n = runs / f"{name}.stale-{old}", 1
+            while aside.exists():
+                aside, n = runs / f"{name}.stale-{old}-{n}", n + 1
+            print(f"large_image.py: {runs / name} was trained from another version of {path.name}: moved to "
+                  f"{aside.name}, training again", flush=True)
+            (runs / name).rename(aside)
         extra = ["--model.init_args.conditions.nbsr_ckpt", str(runs / "nbsr")] if config == "ssr" else []
         print(f"large_image.py: training {name} (debug trainer) -> {runs / name}", flush=True)
-        subprocess.run([str(ssr), "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"), *tiny, "--name", name,
-                        *extra], check=True, cwd=str(ROOT))
-        (runs / name / "DONE").write_text("trained by benchmarks/large_image.py\n")
+        subprocess.run([str(ssr), "fit", "--config", str(path), *tiny, "--name", name, *extra], check=True,
+                       cwd=str(ROOT))
+        done.write_text(f"trained by benchmarks/large_image.py from configs/{config}.yaml sha256 {digest}\n")
     return runs
 
 

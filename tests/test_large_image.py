@@ -66,3 +66,27 @@ def test_record_names_no_machine_path() -> None:
     assert cmd.startswith("python benchmarks/large_image.py")
     img = large_image.photo(130, 90)
     assert img.shape == (90, 130, 3) and img.dtype.name == "uint8"
+
+
+def test_runs_of_another_config_version_are_trained_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's own stage runs follow their config file: a run trained from an older configs/ssr.yaml is moved
+    aside (kept) and trained again; runs of the current version are reused."""
+    calls: list[str] = []
+
+    def fake_run(cmd: list[str], **_: object) -> None:
+        name = cmd[cmd.index("--name") + 1]
+        calls.append(name)
+        (tmp_path / name).mkdir(exist_ok=True)
+
+    monkeypatch.setattr(large_image.subprocess, "run", fake_run)
+    large_image.train_runs(tmp_path)
+    assert calls == ["dkenet", "nbsr", "depth", "ssrdiffusion"]
+    calls.clear()
+    large_image.train_runs(tmp_path)
+    assert calls == [], "current runs are reused"
+    (tmp_path / "ssrdiffusion" / "DONE").write_text("trained by benchmarks/large_image.py\n")  # an old marker
+    (tmp_path / "ssrdiffusion" / "weights").write_text("old")
+    large_image.train_runs(tmp_path)
+    assert calls == ["ssrdiffusion"]
+    assert (tmp_path / "ssrdiffusion.stale-unversioned" / "weights").read_text() == "old"
+    assert "sha256" in (tmp_path / "ssrdiffusion" / "DONE").read_text()
