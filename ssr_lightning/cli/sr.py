@@ -18,17 +18,18 @@ input file, ``-o result.png`` names the file itself. ``--save-maps`` writes ``<s
 16-bit, black = near), ``<stem>_kernel_var.png`` (per-pixel kernel variance, magma colour map) and
 ``<stem>_maps.npz`` (both as float arrays) beside it.
 
-Memory: UNet activations follow the tile size; SVKR on the whole LR image (its 441-channel kernel field: ~1.8 kB per
-LR pixel), the latents, the per-tile condition features and the output grow with the image: about 1.2 GB + 6 kB per
-LR pixel with SVKR (``ssr_lightning.cli.sr_inputs``; docs/EXPERIMENTS.md, issue 12, measures a 2000×1500 input).
-SVKR's stages and the tiles of every denoising step show progress bars.
+Memory: SVKR keeps per LR pixel its kernel codes, moments and depths (never a 441-channel kernel field), KE and NBSR
+run in tiles (``--frontend-tile``), the diffusion in fused tiles with one band of predictions, and the PNG is written
+in bands: what grows with the image is the per-pixel state (the stepped latent, the condition latent and the maps the
+UNet reads), estimated by ``MEMORY_FORMULA`` (``ssr_lightning.cli.sr_inputs``, fitted to results/large_images) and
+printed for the largest input. SVKR's stages and the tiles of every denoising step show progress bars.
 
 The model's settings are used unless a flag overrides one: the sampling it was validated with (its checkpoint's
 ``ssr.sampling``; ``--sampler``, ``--steps``, ``--strength``, ``--start``, ``--guidance``, ``--color-fix``, ``--seed``,
 ``--tile``, ``--overlap``: one flag per ``SamplingConfig`` field, generated from it) and the SVKR its stage named
 (``ssr.svkr``; ``--dkenet-ckpt``, ``--nbsr-ckpt``, ``--depth``, ``--depth-ckpt``, ``--iterations``, ``--gamma``: one per
-``SVKRConfig`` field). A flag replaces only its own field (docs/DESIGN.md §4). Large images: SVKR runs once on the
-whole image; the diffusion runs in overlapping tiles (``--tile``/``--overlap``, LR pixels) fused at every denoising
+``SVKRConfig`` field). A flag replaces only its own field (docs/DESIGN.md §4). Large images: DE sees the whole image at its
+working size, KE and NBSR run in tiles with a halo; the diffusion runs in overlapping tiles (``--tile``/``--overlap``, LR pixels) fused at every denoising
 step. ``--from DIR`` takes every checkpoint from a results folder of ``ssr-ablate ablations/pipeline.yaml`` (or any
 study with one finished cell).
 
