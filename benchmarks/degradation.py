@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing the package
 
-from ssr_lightning.ablate.provenance import write_record
+from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite, write_record
 from ssr_lightning.degradation import (
     KernelBasis,
     KernelConfig,
@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--basis-samples", type=int, default=20000, help="kernels drawn to fit the basis")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch and cv2 threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/degradation.json"))
+    add_overwrite_flag(parser)
     args = parser.parse_args(argv)
+    refuse_overwrite(parser, args.overwrite, args.out)
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)

@@ -61,6 +61,8 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
+    from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=None, help="folder with the ssr fit runs of the four stages (CPU mode)")
     p.add_argument("--sizes", nargs="+", default=["500x375", "1000x750", "2000x1500"], help="LR sizes WxH")
@@ -81,7 +83,11 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu-tile", type=int, default=32, help="GPU mode: the tiny model's tile (LR px; 0: whole image)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # JSON of one ssr sr run to do
-    return p.parse_args(argv)
+    add_overwrite_flag(p)
+    args = p.parse_args(argv)
+    if args.child is None:  # the record and its Markdown summary
+        refuse_overwrite(p, args.overwrite, args.out, str(Path(args.out).with_suffix(".md")))
+    return args
 
 
 # --- the photo ----------------------------------------------------------------------------------------------------

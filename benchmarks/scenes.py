@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ssr_lightning.ablate.provenance import write_record
+from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite, write_record
 from ssr_lightning.data import SRDataModule
 from ssr_lightning.data.scenes import (
     _KIND_CYCLE,
@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="scene side in pixels")
     parser.add_argument("--batches", type=int, default=5, help="training batches to time")
     parser.add_argument("--out", default="benchmarks/results/scenes.json")
+    add_overwrite_flag(parser)
     args = parser.parse_args()
+    refuse_overwrite(parser, args.overwrite, args.out)
 
     ids = split_indices("train", args.n)
     for i in split_indices("train", len(_KIND_CYCLE)):

@@ -50,7 +50,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable without installing the package
 
-from ssr_lightning.ablate.provenance import write_record
+from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite, write_record
 from ssr_lightning.diffusion.config import SamplingConfig
 from ssr_lightning.diffusion.model import LatentDiffusionSR
 from ssr_lightning.inference import SSRPipeline, load_model
@@ -86,7 +86,12 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sd-output", type=int, default=768, help="output side of the SD timing (LR = side / 4)")
     p.add_argument("--sd-out", default=str(ROOT / "benchmarks/results/sr_speed_sd.json"))
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # memory subprocess: output size
-    return p.parse_args(argv)
+    add_overwrite_flag(p)
+    args = p.parse_args(argv)
+    if args.child is None:
+        refuse_overwrite(p, args.overwrite, args.out if args.cpu_part else None,
+                         args.sd_out if args.sd != "off" else None)
+    return args
 
 
 def _device(name: str) -> torch.device:

@@ -90,3 +90,14 @@ def test_runs_of_another_config_version_are_trained_again(tmp_path: Path, monkey
     assert calls == ["ssrdiffusion"]
     assert (tmp_path / "ssrdiffusion.stale-unversioned" / "weights").read_text() == "old"
     assert "sha256" in (tmp_path / "ssrdiffusion" / "DONE").read_text()
+
+
+def test_an_existing_record_is_replaced_only_with_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A record is an earlier result: the benchmark stops before any work unless --overwrite is given."""
+    out = tmp_path / "large_image.json"
+    out.write_text("{}")
+    with pytest.raises(SystemExit) as err:
+        large_image._parse(["--out", str(out)])
+    assert err.value.code == 2 and "pass --overwrite" in capsys.readouterr().err and out.read_text() == "{}"
+    assert large_image._parse(["--out", str(out), "--overwrite"]).overwrite
+    assert not large_image._parse(["--out", str(tmp_path / "new.json")]).overwrite

@@ -25,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite  # noqa: E402
 from ssr_lightning.files import atomic_write_json, atomic_write_text  # noqa: E402
 from ssr_lightning.metrics.stats import bootstrap_ci, paired_difference_seeds, source_clusters  # noqa: E402
 
@@ -180,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiles", type=Path, nargs="*", default=[],
                    help="tools/tile_stripes.py records of the validation photos (their models merged)")
     p.add_argument("--out", type=Path, required=True, help="output stem (.json and .md)")
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
+    refuse_overwrite(p, args.overwrite, args.out.with_suffix(".json"), args.out.with_suffix(".md"))
     data = read(args.val / "per_image.csv")
     s2 = step2(data["val"])
     stripes = None

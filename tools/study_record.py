@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ssr_lightning.ablate.provenance import environment  # noqa: E402
+from ssr_lightning.ablate.provenance import add_overwrite_flag, environment, refuse_overwrite  # noqa: E402
 from ssr_lightning.ablate.study import load_study  # noqa: E402
 from ssr_lightning.files import atomic_write, atomic_write_text  # noqa: E402
 
@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, required=True, help="the study's results folder (ssr-ablate --out)")
     p.add_argument("--out", type=Path, required=True, help="record folder (under results/)")
     p.add_argument("--command", default=None, help="the command that regenerates the results folder")
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
+    refuse_overwrite(p, args.overwrite, args.out if args.out.is_dir() and any(args.out.iterdir()) else None)
     meta = write_record(args.study, args.results, args.out, args.command, argv)
     print(json.dumps(meta, indent=1))
     return 0

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ssr_lightning.diffusion.config import SamplingConfig  # noqa: E402
-from ssr_lightning.ablate.provenance import environment  # noqa: E402
+from ssr_lightning.ablate.provenance import add_overwrite_flag, environment, refuse_overwrite  # noqa: E402
 from ssr_lightning.files import atomic_write_text  # noqa: E402
 from ssr_lightning.diffusion.tiling import TileGrid  # noqa: E402
 from ssr_lightning.inference.pipeline import SSRPipeline  # noqa: E402
@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default=None, help="PNG: the top rows of the first photo, every model × tiling, tile "
                    "edges ticked on the left (red) and the stripe rows (blue)")
     p.add_argument("--grid-rows", type=int, default=80, help="LR rows of the grid's crops (from the top)")
+    add_overwrite_flag(p)
     args = p.parse_args(argv)
+    refuse_overwrite(p, args.overwrite, args.out, args.grid)
     torch.set_grad_enabled(False)
     record = run(args)
     outputs = record.pop("_outputs")

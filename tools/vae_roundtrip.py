@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ssr_lightning.ablate.provenance import add_overwrite_flag, refuse_overwrite
 from ssr_lightning.data.photos import RealPhotos
 from ssr_lightning.data.scenes import EmbeddedScenes
 from ssr_lightning.diffusion.space_to_depth import SpaceToDepthLatents
@@ -54,7 +55,9 @@ def main() -> None:
     p.add_argument("--space-to-depth", action="store_true", help="also the space-to-depth latent (factor 4)")
     p.add_argument("--photo-size", type=int, default=512)
     p.add_argument("--out", default="results/vae_roundtrip.json")
+    add_overwrite_flag(p)
     args = p.parse_args()
+    refuse_overwrite(p, args.overwrite, args.out)
     torch.set_num_threads(1)
     spaces = {Path(c).parent.parent.parent.name + "/" + Path(c).parent.parent.name: load_model(c, "vae")
               for c in args.ckpts}

@@ -26,7 +26,7 @@ from typing import Any
 
 from ssr_lightning.files import atomic_write_json
 
-__all__ = ["MANIFEST", "code_version", "config_digests", "cpu_children", "environment", "machine", "relative_command",
+__all__ = ["MANIFEST", "add_overwrite_flag", "code_version", "config_digests", "cpu_children", "environment", "machine", "refuse_overwrite", "relative_command",
            "short", "source_digest", "stale", "summarize", "training", "versions", "write_manifest", "write_record"]
 
 MANIFEST = "RECORD.json"  # a record folder's manifest (results/README.md)
@@ -193,6 +193,21 @@ def relative_command(prog: str, argv: list[str], root: Path | None = None) -> st
     """``prog argv...`` as one shell line, absolute paths inside ``root`` (default: the working folder) relative."""
     root = Path.cwd() if root is None else root
     return shlex.join([prog, *(_relative(str(a), root) for a in argv)])
+
+
+def add_overwrite_flag(parser: Any) -> None:
+    """``--overwrite`` on a record-writing script's parser (see :func:`refuse_overwrite`)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing record (an earlier result: without this flag the script stops first)")
+
+
+def refuse_overwrite(parser: Any, overwrite: bool, *paths: Any) -> None:
+    """Stop (``parser.error``, exit status 2) before any work when one of ``paths`` exists and ``--overwrite`` was not
+    given: a record is an earlier result, replaced only on request."""
+    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if existing and not overwrite:
+        parser.error(f"{', '.join(existing)} exists (an earlier result): pass --overwrite to replace it, or choose "
+                     "another --out")
 
 
 def write_record(path: Path, record: dict[str, Any], script: str, argv: list[str], what: str,
