@@ -206,8 +206,8 @@ def refuse_overwrite(parser: Any, overwrite: bool, *paths: Any) -> None:
     given: a record is an earlier result, replaced only on request."""
     existing = [str(p) for p in paths if p is not None and Path(p).exists()]
     if existing and not overwrite:
-        parser.error(f"{', '.join(existing)} exists (an earlier result): pass --overwrite to replace it, or choose "
-                     "another --out")
+        parser.error(f"{', '.join(existing)} {'exists' if len(existing) == 1 else 'exist'} (an earlier result): pass "
+                     "--overwrite to replace it, or choose another --out")
 
 
 def write_record(path: Path, record: dict[str, Any], script: str, argv: list[str], what: str,
