@@ -167,6 +167,42 @@ class _Timers:
         return found
 
 
+def _rss_bytes() -> int:
+    """This process's resident set now (Linux ``/proc``; 0 where it is not readable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _PhaseMemory:
+    """The highest resident set seen during each phase (the innermost running one; ``other`` outside every phase),
+    sampled every ``period`` seconds by a thread: where the peak of the run is reached."""
+
+    def __init__(self, timers: _Timers, period: float = 0.02) -> None:
+        import threading
+
+        self.timers, self.period = timers, period
+        self.peak: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period):
+            stack = self.timers.stack
+            phase = stack[-1][0] if stack else "other"
+            self.peak[phase] = max(self.peak.get(phase, 0), _rss_bytes())
+
+    def __enter__(self) -> _PhaseMemory:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def child(spec: dict[str, Any]) -> None:
     import torch
 
@@ -176,10 +212,11 @@ def child(spec: dict[str, Any]) -> None:
     from ssr_lightning.cli import sr
 
     w0, c0 = time.perf_counter(), time.process_time()
-    code = sr.main(spec["argv"])
+    with _PhaseMemory(timers) as memory:
+        code = sr.main(spec["argv"])
     total = {"wall": time.perf_counter() - w0, "cpu": time.process_time() - c0}
     Path(spec["report"]).write_text(json.dumps({"exit": code, "total": total, "wall": timers.wall, "cpu": timers.cpu,
-                                                "timed": wrapped}))
+                                                "timed": wrapped, "peak_rss": memory.peak}))
 
 
 def _commit(code: Path) -> str:
@@ -233,6 +270,8 @@ def run_size(args: argparse.Namespace, width: int, height: int, tmp: Path) -> di
     for phase in PHASES:
         row[f"{phase}_wall_s"] = round(rep["wall"][phase], 1)
         row[f"{phase}_cpu_s"] = round(rep["cpu"][phase], 1)
+    # where the peak is reached: the highest resident set sampled inside each phase (GB)
+    row["phase_peak_rss_gb"] = {k: round(v / 1e9, 3) for k, v in rep.get("peak_rss", {}).items()}
     row["timed"] = rep["timed"]
     return row
 
@@ -339,17 +378,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def summary(record: dict[str, Any]) -> str:
-    """The record as the table docs/EXPERIMENTS.md renders (wall and process-CPU seconds per phase, peak RSS)."""
+    """The record as the table docs/EXPERIMENTS.md renders (wall and process-CPU seconds per phase, peak RSS, and where
+    a record has it, the peak inside SVKR / the diffusion / writing)."""
+    phases = any(r.get("phase_peak_rss_gb") for r in record["rows"])
+    extra = " SVKR / diffusion / write peak GB |" if phases else ""
     lines = [(f"`{record['command']}` ({record['threads']} threads, code {record['code_commit']}; wall seconds depend "
               "on the machine's load, recorded per row; CPU seconds are the comparable figure)"), "",
              ("| LR input | output | tiles/step | load s | SVKR s (CPU) | diffusion s (CPU) | write s (CPU) | "
-              "total wall s | total CPU s | peak RSS GB | load avg |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+              f"total wall s | total CPU s | peak RSS GB |{extra} load avg |"),
+             "| --- " * (11 + bool(phases)) + "|"]
     for r in record["rows"]:
+        pk = r.get("phase_peak_rss_gb") or {}
+        cell = (" " + " / ".join(f"{pk[k]:.2f}" if k in pk else "–" for k in ("svkr", "diffusion", "write")) + " |"
+                if phases else "")
         lines.append(f"| {r['lr']} | {r['output']} | {r['tiles_per_step']} | {r['load_wall_s']} | "
                      f"{r['svkr_wall_s']} ({r['svkr_cpu_s']}) | {r['diffusion_wall_s']} ({r['diffusion_cpu_s']}) | "
-                     f"{r['write_wall_s']} ({r['write_cpu_s']}) | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | "
-                     f"{r['load_avg_before']} |")
+                     f"{r['write_wall_s']} ({r['write_cpu_s']}) | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} |"
+                     f"{cell} {r['load_avg_before']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,7 @@ from ssr_lightning.data import (
 from ssr_lightning.data.scenes import _TRAIN_FRACTION, _motorcycle
 
 REPO = Path(__file__).resolve().parents[1]
-DEGRADED_KEYS = {"lr", "kernel", "depth_lr", "noise_sigma", "jpeg_quality", "invariant"}
+DEGRADED_KEYS = {"lr", "kernel", "depth_lr", "noise_sigma", "jpeg_quality", "invariant", "lens"}
 
 
 def _png(path: Path, h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -249,7 +249,7 @@ def test_degrader_reproducible_and_batch_independent() -> None:
     hr, depth = _inputs(3)
     a = deg(hr, depth, torch.tensor([10, 11, 12]))
     b = deg(hr, depth, [10, 11, 12])
-    assert set(a) == {"lr", "kernel", "depth_lr", "noise_sigma", "jpeg_quality", "invariant"}
+    assert set(a) == {"lr", "kernel", "depth_lr", "noise_sigma", "jpeg_quality", "invariant", "lens"}
     for key in a:
         assert torch.equal(a[key], b[key]), key
     c = deg(hr, depth, [20, 21, 22])

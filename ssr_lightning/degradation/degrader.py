@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .blur import KernelBasis, blur_downsample
-from .kernels import KernelConfig, sample_kernel_field
+from .kernels import KernelConfig, lens_targets, sample_kernel_field
 from .noise import add_noise, jpeg
 
 __all__ = ["DegradationConfig", "Degrader"]
@@ -98,7 +98,8 @@ class Degrader:
 
         Per sample, draws come from its own generator in a fixed order: kernel parameters (and kernel noise),
         noise sigma and Poisson flag, JPEG quality, then the noise realisation. Returns lr, kernel, depth_lr,
-        noise_sigma (B,) in [0, 1] units (0 where noise is off), jpeg_quality (B,) (0 where JPEG is off) and invariant (B,).
+        noise_sigma (B,) in [0, 1] units (0 where noise is off), jpeg_quality (B,) (0 where JPEG is off), invariant (B,)
+        and lens (B, 6): the thin-lens parameters of the kernel (:func:`lens_targets`).
         """
         cfg = self.cfg
         self._check_inputs(hr, depth)
@@ -133,6 +134,7 @@ class Degrader:
             "noise_sigma": sigma.to(device=dev, dtype=torch.float32),
             "jpeg_quality": quality.to(device=dev, dtype=torch.float32),
             "invariant": params["invariant"].to(dev),
+            "lens": lens_targets(params, cfg.kernel).to(dev),
         }
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ __all__ = [
     "defocus_sigma",
     "gaussian_kernels",
     "gaussian_log_field",
+    "lens_targets",
     "sample_kernel_field",
 ]
 
@@ -146,6 +147,18 @@ def defocus_sigma(z: Tensor, focus_z: Tensor, aperture: Tensor, magnification: f
     # CoC below one pixel is indistinguishable from sharp; the /4 maps the disc diameter to a Gaussian std
     # (the CMOS/SYNDOF convention).
     return ((coc - 1.0).clamp_min(0.0) / 4.0).clamp(max=max_sigma)
+
+
+def lens_targets(params: dict[str, Tensor], cfg: KernelConfig) -> Tensor:
+    """The per-sample lens in the terms of a depth-reading KE's thin-lens head, ``(B, 6)``: focal depth d_f on the
+    normalised depth scale, gain g = m·A/4 and threshold t = 1/4 (so that σ_def = max(g·|d − d_f|/(d + c) − t, 0)
+    with c = z_near/(z_far − z_near): exactly :func:`defocus_sigma` below its cap), and the optics σx, σy, θ. A KE
+    may be supervised with them (``DKENetModule.lens_loss``); g is 0 without defocus."""
+    z0, z1 = cfg.z_range
+    focus = (params["focus_z"].float() - z0) / (z1 - z0)
+    gain = params["aperture"].float() * cfg.magnification / 4.0 * float(cfg.defocus)
+    return torch.stack([focus, gain, torch.full_like(focus, 0.25), params["sigma_x"].float(),
+                        params["sigma_y"].float(), params["theta"].float()], dim=1)
 
 
 def _depth_to_z(depth: Tensor, cfg: KernelConfig) -> Tensor:

@@ -279,26 +279,49 @@ class DKENet(ModelMixin, ConfigMixin):
         """``feat (B, C, h, w)`` averaged in soft depth bins -> ``(B, bins·C)``."""
         return cls.binned_mean(*cls.depth_bin_sums(feat, depth))
 
+    def lens_terms(self, params: Tensor, focal: Tensor | None = None) -> dict[str, Tensor]:
+        """The thin-lens head's raw ``params (B, 6)`` as the lens they describe, each ``(B,)``: ``focus`` d_f (on the
+        depth scale the network reads), ``gain`` g, ``threshold`` t (σ_def = softplus(g·|d − d_f|/(d + c) − t)) and
+        the optics ``sigma_x``, ``sigma_y``, ``theta``; ``focal`` (the sharpness-weighted depth) replaces the head's
+        focal depth, the head then only shifts it. ``degradation.lens_targets`` gives the same terms of a GT kernel."""
+        p = params.float()
+        focus = torch.sigmoid(p[:, 0]) if focal is None else focal.reshape(-1).float() + 0.25 * torch.tanh(p[:, 0])
+        return {"focus": focus, "gain": F.softplus(p[:, 1]), "threshold": p[:, 2],
+                "sigma_x": F.softplus(p[:, 3]) + 0.1, "sigma_y": F.softplus(p[:, 4]) + 0.1, "theta": p[:, 5]}
+
+    def lens_parameters(self, f3: Tensor, depth: Tensor | None, pooled: Tensor | None = None,
+                        binned: Tensor | None = None) -> Tensor:
+        """The thin-lens head's raw parameters ``(B, 6)`` from last features ``f3`` (see :meth:`kernels` for
+        ``pooled``/``binned``); :meth:`lens_terms` reads them."""
+        if self.lens_head is None:
+            raise ValueError("DKENet has no thin-lens head: build it with thin_lens=True")
+        if pooled is None:
+            pooled = torch.cat([f3.mean(dim=(2, 3)), f3.std(dim=(2, 3), unbiased=False)], dim=1)
+        lens_in = pooled.to(f3.dtype)
+        if depth is not None:
+            binned = self._depth_binned(f3, depth) if binned is None else binned.to(f3.dtype)
+            lens_in = torch.cat([lens_in, binned], 1)
+        return self.lens_head(lens_in)
+
     def _lens_prior(self, params: Tensor, depth: Tensor | None, size: tuple[int, int],
                     focal: Tensor | None = None) -> Tensor:
-        """Per-pixel Gaussian log-kernels (B, k², h, w) of the thin-lens parameters ``params (B, 6)``; ``focal``
-        (the sharpness-weighted depth) replaces the head's focal depth, the head then only shifts it."""
+        """Per-pixel Gaussian log-kernels (B, k², h, w) of the thin-lens parameters ``params (B, 6)``
+        (:meth:`lens_terms`)."""
         b = params.shape[0]
         h, w = size
-        p = params.float()
-        sx = F.softplus(p[:, 3]) + 0.1
-        sy = F.softplus(p[:, 4]) + 0.1
-        cov = anisotropic_covariance(sx, sy, p[:, 5]).view(b, 1, 1, 2, 2).expand(b, h, w, 2, 2)
+        lens = self.lens_terms(params, focal)
+        cov = anisotropic_covariance(lens["sigma_x"], lens["sigma_y"], lens["theta"]).view(b, 1, 1, 2, 2)
+        cov = cov.expand(b, h, w, 2, 2)
         if depth is not None and self.lens_offset is not None:
             d = depth[:, 0].float()  # (B, h, w)
-            d_f = (torch.sigmoid(p[:, 0]).view(b, 1, 1) if focal is None
-                   else focal.view(b, 1, 1).float() + 0.25 * torch.tanh(p[:, 0]).view(b, 1, 1))
-            coc = F.softplus(p[:, 1]).view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
-            sigma = F.softplus(coc - p[:, 2].view(b, 1, 1))
-            cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=p.device, dtype=p.dtype)
+            d_f = lens["focus"].view(b, 1, 1)
+            coc = lens["gain"].view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
+            sigma = F.softplus(coc - lens["threshold"].view(b, 1, 1))
+            cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=params.device, dtype=torch.float32)
         # Floored at e^-6 of the centre tap: a wrong lens (too sharp, e.g. a depth-driven blur on a spatially
         # invariant image) must not saturate the softmax, or the per-pixel logits could never correct it.
-        return torch.logaddexp(gaussian_log_field(cov, self.kernel_size), torch.tensor(_LENS_FLOOR, device=p.device))
+        return torch.logaddexp(gaussian_log_field(cov, self.kernel_size),
+                               torch.tensor(_LENS_FLOOR, device=params.device))
 
     # ---------------------------------------------------------------------------------------------- forward
     def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
@@ -408,11 +431,8 @@ class DKENet(ModelMixin, ConfigMixin):
         if self.kernel_head is not None:
             logits = logits + self.kernel_head(pooled.to(f3.dtype))[..., None, None]
         if self.lens_head is not None:
-            lens_in = pooled.to(f3.dtype)
-            if depth is not None:
-                binned = self._depth_binned(f3, depth) if binned is None else binned.to(f3.dtype)
-                lens_in = torch.cat([lens_in, binned], 1)
-            prior = self._lens_prior(self.lens_head(lens_in), depth, size, focal)
+            params = self.lens_parameters(f3, depth, pooled, binned)
+            prior = self._lens_prior(params, depth, size, focal)
             logits = logits + prior.to(logits.dtype)
         return torch.softmax(logits, dim=1)
 
