@@ -127,7 +127,7 @@ def test_float16_storage_stays_within_one_level(lr: torch.Tensor, guidance: floa
 
 
 def test_float16_storage_keeps_the_maps_narrow(lr: torch.Tensor) -> None:
-    """The job's condition latent and kernel projection are float16 and the stepped latent float32."""
+    """The job's condition latent, kernel projection and stepped latent are float16 (each band steps in float32)."""
     m, svkr = _model(), _svkr(iterations=1)
     sampling = SamplingConfig(steps=2, strength=0.5, start="frontend", tile=12, overlap=4)
     pipe = SSRPipeline(m, svkr, sampling, compute=ONE.replace(frontend_tile=12, storage="float16"))
@@ -141,7 +141,22 @@ def test_float16_storage_keeps_the_maps_narrow(lr: torch.Tensor) -> None:
 
     m.sample_latent = sample_latent  # type: ignore[method-assign]
     pipe(lr)
-    assert seen == {"z_c": torch.float16, "kernel": torch.float16, "z": torch.float32}
+    assert seen == {"z_c": torch.float16, "kernel": torch.float16, "z": torch.float16}
+
+
+def test_banded_noise_equals_one_draw() -> None:
+    """The float16 latent's noise, drawn one (h, w) slab at a time, is the float32 draw of the whole tensor rounded:
+    the CPU generator's sequence does not depend on how a multiple-of-16 tensor is split."""
+    from ssr_lightning.diffusion.banded import noise_like
+
+    for shape in [(1, 48, 40, 36), (2, 12, 8, 6)]:
+        whole = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+        half = noise_like(torch.empty(shape, dtype=torch.float16), torch.Generator().manual_seed(7))
+        assert half.dtype == torch.float16 and torch.equal(half, whole.half())
+        same = noise_like(torch.empty(shape), torch.Generator().manual_seed(7))
+        assert torch.equal(same, whole)
+    odd = noise_like(torch.empty(1, 3, 5, 3, dtype=torch.float16), torch.Generator().manual_seed(7))
+    assert torch.equal(odd, torch.randn(1, 3, 5, 3, generator=torch.Generator().manual_seed(7)).half())
 
 
 def test_storage_option_is_validated_and_a_flag() -> None:

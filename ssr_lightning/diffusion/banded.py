@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ssr_lightning.diffusion.tiling import TileGrid
 
-__all__ = ["TileDenoiser", "TileInputs", "autocast", "feature_bytes", "state_dtype", "widened"]
+__all__ = ["TileDenoiser", "TileInputs", "autocast", "feature_bytes", "noise_like", "state_dtype", "widened"]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
@@ -57,8 +57,25 @@ def widened(x: Tensor) -> Tensor:
 
 
 def state_dtype(z_c: Tensor) -> torch.dtype:
-    """The dtype of the stepped latent of a job whose condition latent is ``z_c``: float32 for a float16 one."""
+    """The dtype of a whole-latent sampler's state for a job whose condition latent is ``z_c``: float32 for a float16
+    one (it steps the whole latent in its own dtype). The banded sampler stores its latent in ``z_c``'s dtype and
+    steps each band in float32 (:meth:`TileDenoiser.sample`)."""
     return torch.float32 if z_c.dtype == torch.float16 else z_c.dtype
+
+
+def noise_like(z_c: Tensor, generator: torch.Generator) -> Tensor:
+    """Standard normal noise of ``z_c``'s shape, stored in ``z_c``'s dtype, equal (before that rounding) to
+    ``torch.randn(z_c.shape, generator=generator)``: drawn one ``(h, w)`` slab at a time where a slab is a multiple of
+    16 values (the CPU generator then draws the same sequence; tests/test_pipeline_bounded.py checks it), so a float16
+    latent never holds a float32 copy of itself."""
+    *lead, h, w = z_c.shape
+    if z_c.dtype == torch.float32 or (h * w) % 16:
+        return torch.randn(z_c.shape, generator=generator, dtype=torch.float32).to(z_c.device, z_c.dtype)
+    out = torch.empty(z_c.shape, dtype=z_c.dtype, device=z_c.device)
+    flat = out.view(-1, h, w)
+    for i in range(flat.shape[0]):
+        flat[i] = torch.randn((h, w), generator=generator, dtype=torch.float32)
+    return out
 
 
 def feature_bytes(feats: dict[str, list[Tensor]]) -> int:
@@ -147,7 +164,8 @@ class TileDenoiser:
     # --- banded DDIM ----------------------------------------------------------------------------------------------
     def sample(self, sched: Any, timesteps: Tensor, z: Tensor,
                on_step: Callable[[int], None] | None = None) -> Tensor:
-        """Run ``timesteps`` of ``sched`` (an elementwise step: DDIM) on ``z`` in place, band by band."""
+        """Run ``timesteps`` of ``sched`` (an elementwise step: DDIM) on ``z`` in place, band by band; a float16 ``z``
+        (``ComputeConfig.storage``) is stepped in float32 and stored back rounded."""
         height = z.shape[-2]
         band = self.grid.tiles[0].window(self.f)[1]
         band_h = band.stop - band.start
@@ -161,7 +179,8 @@ class TileDenoiser:
                     self._blend(acc, top, z, t, batches, bar, sched)
                     nxt = starts[r + 1] if r + 1 < len(self.rows) else height
                     n = nxt - top
-                    z[..., top:nxt, :] = sched.step(acc[..., :n, :].to(z.dtype), t, z[..., top:nxt, :]).prev_sample
+                    band_z = widened(z[..., top:nxt, :])
+                    z[..., top:nxt, :] = sched.step(acc[..., :n, :].to(band_z.dtype), t, band_z).prev_sample
                     acc = torch.cat([acc[..., n:, :], torch.zeros_like(acc[..., :n, :])], dim=-2)
                     top = nxt
             if on_step is not None:

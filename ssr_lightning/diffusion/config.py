@@ -32,9 +32,9 @@ __all__ = ["LEGACY_NAMES", "LEGACY_VALUES", "STORAGE_AUTO_PIXELS", "Autocast", "
 Sampler = Literal["ddim", "ddpm"]
 Autocast = Literal["auto", "none", "bf16", "fp16"]
 Storage = Literal["auto", "float32", "float16"]
-# LR pixels above which ``storage="auto"`` keeps the condition maps in float16: every test, table and the recorded
-# benchmark sizes (up to 2000×1500 = 3 Mpx) stay float32 and exact; above it, float16 saves 160 B per LR pixel
-# (≥ 0.64 GB), about a third of the per-pixel state (cli/sr_inputs.py).
+# LR pixels above which ``storage="auto"`` keeps the latents and maps in float16: every test, table and the recorded
+# benchmark sizes up to 2000×1500 (3 Mpx) stay float32 and exact; above it, float16 saves 96 B per LR pixel for each
+# of the stepped and the condition latent (and 64 B for a kernel projection), about half the per-pixel state.
 STORAGE_AUTO_PIXELS = 4_000_000
 SampleStart = Literal["noise", "bicubic", "frontend"]
 
@@ -227,9 +227,10 @@ class ComputeConfig:
     """Tile side (LR px) of the front end's KE and NBSR passes, each with a halo of its receptive field (0: the
     whole image in one tile)."""
     storage: Storage = "auto"
-    """Precision of the whole-image condition maps the diffusion tiles read (the latent of I_T, the kernel
-    encoder's projection of K_T; each tile's slice is widened to float32 when read): float16 halves them (output within
-    1/255 of float32); the stepped latent stays float32. auto: float16 above 4,000,000 LR pixels, else float32."""
+    """Precision of the whole-image latents and maps of the banded diffusion: the latent of I_T, the kernel encoder's
+    projection of K_T and the stepped latent (each tile's slice and each band is widened to float32 when read, and a
+    band is stepped in float32): float16 halves them (output within 1/255 of float32). auto: float16 above 4,000,000
+    LR pixels, else float32."""
 
     def __post_init__(self) -> None:
         if self.tile_batch < 1:

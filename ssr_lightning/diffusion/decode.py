@@ -81,7 +81,8 @@ def decode_bands(model: Any, job: SRJob, z: Tensor, rows: int = 256) -> Iterator
 
     def decoded(a: int, b: int) -> Tensor:
         la, lb = a // f, math.ceil(b / f)
-        x = model.latents.decode(model.from_process(z[..., la:lb, :], widened(z_c[..., la:lb, :]))).clamp(0, 1)
+        x = model.latents.decode(model.from_process(widened(z[..., la:lb, :]), widened(z_c[..., la:lb, :])))
+        x = x.clamp(0, 1)
         return x[..., a - la * f : b - la * f, :width]
 
     def reference(a: int, b: int) -> Tensor:

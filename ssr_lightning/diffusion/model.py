@@ -38,7 +38,7 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor
 
 from ssr_lightning.diffusion.autoencoder import VAELatents
-from ssr_lightning.diffusion.banded import TileDenoiser, TileInputs, row_bands, state_dtype, widened
+from ssr_lightning.diffusion.banded import TileDenoiser, TileInputs, noise_like, row_bands, state_dtype, widened
 from ssr_lightning.diffusion.color import ColorFix
 from ssr_lightning.diffusion.color import color_fix as apply_color_fix
 from ssr_lightning.diffusion.config import ComputeConfig, SamplingConfig, UNetConfig, renamed
@@ -348,7 +348,7 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         if generator is None:
             generator = torch.Generator().manual_seed(sampling.seed)
         own = noise is None
-        if own:
+        if own and not self.banded(sampling, hooks):  # the banded path draws its own, in its storage dtype
             noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
         denoiser = TileDenoiser(self.unet, job.grid, self.latent_factor, job.inputs, compute.tile_batch,
                                 compute.feature_cache_mb * 2**20, compute.dtype(z_c.device), progress)
@@ -361,13 +361,14 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             start = job.start_latent()
             return self.process.sample(denoiser, noise.to(z_c.device, state_dtype(z_c)), sampling,
                                        start_latent=start, generator=generator, hooks=all_hooks)
-        z = noise.to(z_c.device, state_dtype(z_c), copy=not own)  # stepped in place
+        # stepped in place, stored in the condition latent's dtype (float16 under ComputeConfig.storage)
+        z = noise_like(z_c, generator) if own else noise.to(z_c.device, z_c.dtype, copy=True)
         del noise
         sched, timesteps = self.process.schedule(sampling, z.device)
         if sampling.strength < 1.0:
             t0 = timesteps[:1].repeat(z.shape[0])
             for a, b in row_bands(z.shape[-2], 64):
-                z[..., a:b, :] = sched.add_noise(job.start_rows(a, b), z[..., a:b, :], t0)
+                z[..., a:b, :] = sched.add_noise(job.start_rows(a, b), widened(z[..., a:b, :]), t0)
         else:
             z.mul_(sched.init_noise_sigma)
         return denoiser.sample(sched, timesteps, z)
