@@ -340,7 +340,8 @@ def _command(argv: list[str]) -> str:
         if a in ("--runs", "--code", "--out", "--baseline") and i + 1 < len(argv):
             role = {"--runs": "<tiny ssr fit runs>", "--code": f"<checkout at {_commit(Path(argv[i + 1]))}>"}
             rel = os.path.relpath(Path(argv[i + 1]).resolve(), ROOT)
-            out += [a, role.get(a, rel if a == "--out" and not rel.startswith("..") else Path(argv[i + 1]).name)]
+            inside = a in ("--out", "--baseline") and not rel.startswith("..")
+            out += [a, role.get(a, rel if inside else Path(argv[i + 1]).name)]
             skip = True
         else:
             out.append(a)

@@ -3,15 +3,16 @@ from file headers alone, before any model loads: readable, at least ``MIN_SIDE``
 
 Memory: the peak host memory of one image is estimated as ``MEMORY_BASE + MEMORY_PER_LR_PIXEL`` × LR pixels plus
 the diffusion's cache of per-tile condition features (``FEATURE_BYTES_PER_LR_PIXEL`` × LR pixels, at most
-``ComputeConfig.feature_cache_mb``), fitted to the large-image record (results/large_images: 500×375, 1000×750 and
-2000×1500 LR through the default settings). The peak is reached while the diffusion samples; what grows with the
-picture then is the stepped latent (192 B per LR pixel, float32), the condition latent (192 B), the kernel encoder's
-projection of K_T (128 B), D_T, the kernel-variance map and the LR (~24 B); the output is written in bands. Above
-``STORAGE_AUTO_PIXELS`` (``ComputeConfig.storage`` auto) the condition latent and the projection are float16, 160 B
-less per pixel: ``MEMORY_PER_LR_PIXEL_FLOAT16`` is the recorded float32 slope (1000×750 → 2000×1500) less those
-160 B; with ``--storage float16`` the measured peaks at 500×375 and 1000×750 (1.52 and 2.07 GB) lie 0.01 and 0.1 GB
-below the estimate. At 4000×3000 the estimate is about 7.1 GB (6.6 GB with ``--feature-cache-mb 0``, whose cache
-holds ~5 % of the tiles there); the stepped latent, now the largest item, stays float32.
+``ComputeConfig.feature_cache_mb``), fitted to the large-image records (results/large_images). Up to
+``STORAGE_AUTO_PIXELS`` the state is float32; what grows with the picture is the stepped latent (192 B per LR pixel),
+the condition latent (192 B), a kernel projection (128 B, only with the kernel modality), D_T, the kernel-variance map
+and the LR (~24 B); the output is written in bands. That part of the estimate was fitted to the issue-12 default (all
+modalities) and stays above every measurement of the re-made default (2000×1500: 3.6 GB estimated, 3.1 GB measured).
+Above ``STORAGE_AUTO_PIXELS`` (``ComputeConfig.storage`` auto) both latents and the projection are float16:
+``MEMORY_BASE_FLOAT16`` and ``MEMORY_PER_LR_PIXEL_FLOAT16`` are fitted to the two-thread records of the shipped
+default at 2000×1500 (float16 with a float32 stepped latent, less its 96 B per pixel) and 4000×3000 (4.6 GB
+measured, 4.75 GB estimated), rounded up; the kernel modality (``configs/diffusion/ssr_amf.yaml``) adds ~70 B per LR
+pixel there (its projection and D_T), not measured at that size.
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ __all__ = ["MAX_PIXELS", "MEMORY_FORMULA", "MIN_SIDE", "InputError", "check_inpu
            "estimate_memory", "memory_note"]
 
 MIN_SIDE = 8  # LR pixels: below this the depth and diffusion networks have no spatial extent left
-MAX_PIXELS = 12_000_000  # LR pixels (4000×3000): about 7.1 GB by the estimate below
+MAX_PIXELS = 12_000_000  # LR pixels (4000×3000): about 4.75 GB by the estimate below (4.6 GB measured)
 MEMORY_BASE = 1.3e9
 MEMORY_PER_LR_PIXEL = 600
-MEMORY_PER_LR_PIXEL_FLOAT16 = 440  # the condition maps stored as float16: 160 B less
+MEMORY_BASE_FLOAT16 = 1.45e9  # above STORAGE_AUTO_PIXELS: the latents and maps stored as float16
+MEMORY_PER_LR_PIXEL_FLOAT16 = 230
 FEATURE_BYTES_PER_LR_PIXEL = 760
 FEATURE_CACHE_BYTES = 512 * 2**20  # ComputeConfig.feature_cache_mb's default
-MEMORY_FORMULA = (f"1.3 GB + 0.6 kB per LR pixel (0.44 kB above {STORAGE_AUTO_PIXELS:,}, where the condition maps are "
-                  "float16) + cached tile features (0.76 kB per LR pixel, at most 512 MB)")
+MEMORY_FORMULA = (f"1.3 GB + 0.6 kB per LR pixel (above {STORAGE_AUTO_PIXELS:,}, where the latents are float16: "
+                  "1.45 GB + 0.23 kB per LR pixel) + cached tile features (0.76 kB per LR pixel, at most 512 MB)")
 
 
 class InputError(ValueError):
@@ -43,8 +45,9 @@ class InputError(ValueError):
 def estimate_memory(width: int, height: int) -> float:
     """Estimated peak bytes of ``ssr sr`` (with SVKR, default compute settings) for one ``width × height`` LR image."""
     pixels = width * height
-    per_pixel = MEMORY_PER_LR_PIXEL_FLOAT16 if pixels > STORAGE_AUTO_PIXELS else MEMORY_PER_LR_PIXEL
-    return MEMORY_BASE + per_pixel * pixels + min(FEATURE_BYTES_PER_LR_PIXEL * pixels, FEATURE_CACHE_BYTES)
+    base, per_pixel = ((MEMORY_BASE_FLOAT16, MEMORY_PER_LR_PIXEL_FLOAT16) if pixels > STORAGE_AUTO_PIXELS
+                       else (MEMORY_BASE, MEMORY_PER_LR_PIXEL))
+    return base + per_pixel * pixels + min(FEATURE_BYTES_PER_LR_PIXEL * pixels, FEATURE_CACHE_BYTES)
 
 
 def _gb(n: float) -> str:
