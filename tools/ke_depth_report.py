@@ -44,7 +44,8 @@ OUT = REPO / "results" / "ke_depth"
 REFERENCE = "nodepth"
 LABELS = {"nodepth": "KE w/o depth", "depth": "KE + GT depth, SFT (normalised; configs/dkenet.yaml)",
           "thin_lens": "KE + GT depth, thin-lens head (absolute)",
-          "thin_lens_sup": "KE + GT depth, thin-lens head supervised with the lens (lens_loss 1)"}
+          "thin_lens_sup": "KE + GT depth, thin-lens head supervised with the lens (lens_loss 1)",
+          "thin_lens_sup01": "KE + GT depth, thin-lens head supervised with the lens (lens_loss 0.1)"}
 COMMAND = "python tools/ke_depth_report.py --run"
 
 
