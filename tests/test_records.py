@@ -105,7 +105,8 @@ def test_committed_records_name_a_command_of_the_repository_and_hold_no_absolute
             per_image = (folder / "per_image.json").is_file() or (folder / "per_image.csv").is_file() or any(
                 "per_image" in json.loads(c.read_text()) for c in files if c.parent.name == "cells")
             if not per_image:
-                problems.append(f"{rel}: no per-image values (cells/*.json with per_image, per_image.json or per_image.csv)")
+                problems.append(f"{rel}: no per-image values (cells/*.json with per_image, per_image.json or "
+                                "per_image.csv)")
         else:  # a folder of script records: each JSON describes itself
             for f in (f for f in files if f.suffix == ".json"):
                 record = json.loads(f.read_text())

@@ -26,8 +26,9 @@ from typing import Any
 
 from ssr_lightning.files import atomic_write_json
 
-__all__ = ["MANIFEST", "add_overwrite_flag", "code_version", "config_digests", "cpu_children", "environment", "machine", "refuse_overwrite", "relative_command",
-           "short", "source_digest", "stale", "summarize", "training", "versions", "write_manifest", "write_record"]
+__all__ = ["MANIFEST", "add_overwrite_flag", "code_version", "config_digests", "cpu_children", "environment", "machine",
+           "refuse_overwrite", "relative_command", "short", "source_digest", "stale", "summarize", "training",
+           "versions", "write_manifest", "write_record"]
 
 MANIFEST = "RECORD.json"  # a record folder's manifest (results/README.md)
 

@@ -28,10 +28,10 @@ The model's settings are used unless a flag overrides one: the sampling it was v
 ``ssr.sampling``; ``--sampler``, ``--steps``, ``--strength``, ``--start``, ``--guidance``, ``--color-fix``, ``--seed``,
 ``--tile``, ``--overlap``: one flag per ``SamplingConfig`` field, generated from it) and the SVKR its stage named
 (``ssr.svkr``; ``--dkenet-ckpt``, ``--nbsr-ckpt``, ``--depth``, ``--depth-ckpt``, ``--iterations``, ``--gamma``: one per
-``SVKRConfig`` field). A flag replaces only its own field (docs/DESIGN.md §4). Large images: DE sees the whole image at its
-working size, KE and NBSR run in tiles with a halo; the diffusion runs in overlapping tiles (``--tile``/``--overlap``, LR pixels) fused at every denoising
-step. ``--from DIR`` takes every checkpoint from a results folder of ``ssr-ablate ablations/pipeline.yaml`` (or any
-study with one finished cell).
+``SVKRConfig`` field). A flag replaces only its own field (docs/DESIGN.md §4). Large images: DE sees the whole
+image at its working size, KE and NBSR run in tiles with a halo; the diffusion runs in overlapping tiles
+(``--tile``/``--overlap``, LR pixels) fused at every denoising step. ``--from DIR`` takes every checkpoint from a
+results folder of ``ssr-ablate ablations/pipeline.yaml`` (or any study with one finished cell).
 
 Examples::
 

@@ -68,7 +68,7 @@ def noise_like(z_c: Tensor, generator: torch.Generator) -> Tensor:
     ``torch.randn(z_c.shape, generator=generator)``: drawn one ``(h, w)`` slab at a time where a slab is a multiple of
     16 values (the CPU generator then draws the same sequence; tests/test_pipeline_bounded.py checks it), so a float16
     latent never holds a float32 copy of itself."""
-    *lead, h, w = z_c.shape
+    h, w = z_c.shape[-2:]
     if z_c.dtype == torch.float32 or (h * w) % 16:
         return torch.randn(z_c.shape, generator=generator, dtype=torch.float32).to(z_c.device, z_c.dtype)
     out = torch.empty(z_c.shape, dtype=z_c.dtype, device=z_c.device)

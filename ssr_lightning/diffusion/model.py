@@ -347,9 +347,6 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
         compute = compute or ComputeConfig()
         if generator is None:
             generator = torch.Generator().manual_seed(sampling.seed)
-        own = noise is None
-        if own and not self.banded(sampling, hooks):  # the banded path draws its own, in its storage dtype
-            noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
         denoiser = TileDenoiser(self.unet, job.grid, self.latent_factor, job.inputs, compute.tile_batch,
                                 compute.feature_cache_mb * 2**20, compute.dtype(z_c.device), progress)
         all_hooks = list(hooks)
@@ -358,11 +355,13 @@ class LatentDiffusionSR(ModelMixin, ConfigMixin):
             all_hooks.insert(0, KernelGuidance(self.latents.decode, job.lr, job.guidance_kernel, self.scale,
                                                sampling.guidance, job.grid, self.latent_factor, offset=offset))
         if not self.banded(sampling, all_hooks):
+            if noise is None:
+                noise = torch.randn(z_c.shape, generator=generator, dtype=torch.float32)
             start = job.start_latent()
             return self.process.sample(denoiser, noise.to(z_c.device, state_dtype(z_c)), sampling,
                                        start_latent=start, generator=generator, hooks=all_hooks)
         # stepped in place, stored in the condition latent's dtype (float16 under ComputeConfig.storage)
-        z = noise_like(z_c, generator) if own else noise.to(z_c.device, z_c.dtype, copy=True)
+        z = noise_like(z_c, generator) if noise is None else noise.to(z_c.device, z_c.dtype, copy=True)
         del noise
         sched, timesteps = self.process.schedule(sampling, z.device)
         if sampling.strength < 1.0:

@@ -84,11 +84,7 @@ class DKENetModule(StageModule):
         if "lens" not in batch:
             raise ValueError("lens_loss needs the batch's lens (degradation.lens_targets): use an HR data set that "
                              "is degraded on the fly (data.dataset embedded or folder)")
-        m, lr = self.model, batch["lr"]
-        depth = m.prepare_depth(lr, self._depth_in(batch))
-        focal = m.focal_depth(lr, depth) if m.focus_score is not None else None
-        f3 = m.features(lr, depth, focal)
-        est = m.lens_terms(m.lens_parameters(f3, depth), focal)
+        field, est = self.model.forward_with_lens(batch["lr"], self._depth_in(batch))
         gt = batch["lens"].float()
         cov = anisotropic_covariance(est["sigma_x"], est["sigma_y"], est["theta"]).flatten(1)
         cov_gt = anisotropic_covariance(gt[:, 3], gt[:, 4], gt[:, 5]).flatten(1)
@@ -96,7 +92,7 @@ class DKENetModule(StageModule):
                + (est["threshold"] - gt[:, 2]).abs() + (cov - cov_gt).abs().sum(1) / (1.0 + cov_gt.abs().sum(1)))
         keep = ~batch["invariant"].to(per.device).bool().reshape(-1)
         lens = per[keep].mean() if bool(keep.any()) else per.sum() * 0.0
-        return m.kernels(f3, depth, focal), lens
+        return field, lens
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         gt = self._require_kernel(batch)

@@ -350,6 +350,14 @@ class DKENet(ModelMixin, ConfigMixin):
         field = self.kernels(f3, depth, focal)
         return self.upscale_field(field) if upscale else field
 
+    def forward_with_lens(self, lr: Tensor, depth: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`forward`'s LR-grid field and the thin-lens head's lens (:meth:`lens_terms`) of the same pass."""
+        depth = self.prepare_depth(lr, depth)
+        focal = self.focal_depth(lr, depth) if self.focus_score is not None else None
+        f3 = self.features(lr, depth, focal)
+        params = self.lens_parameters(f3, depth)
+        return self.kernels(f3, depth, focal, lens=params), self.lens_terms(params, focal)
+
     # The stages of forward, so that a tiled caller (inference/tiled_stages.py) can give the image-level statistics
     # (focal depth, bottleneck mean, pooled last features) measured over the whole image instead of over a tile.
     def prepare_depth(self, lr: Tensor, depth: Tensor | None) -> Tensor | None:
@@ -420,10 +428,11 @@ class DKENet(ModelMixin, ConfigMixin):
         return self.lens_head is not None and self.use_depth
 
     def kernels(self, f3: Tensor, depth: Tensor | None, focal: Tensor | None = None,
-                pooled: Tensor | None = None, binned: Tensor | None = None) -> Tensor:
+                pooled: Tensor | None = None, binned: Tensor | None = None, lens: Tensor | None = None) -> Tensor:
         """The kernel field (softmax over the k² channels) of last features ``f3``. ``pooled (B, 2C)`` (mean, std of
         ``f3``) and ``binned (B, bins·C)`` (``f3`` averaged in soft depth bins) replace the pooling of ``f3``
-        itself (a tile's caller gives the whole image's). ``depth``/``focal``: as :meth:`features` read them."""
+        itself (a tile's caller gives the whole image's); ``lens``: the thin-lens head's parameters, already computed
+        (:meth:`lens_parameters`). ``depth``/``focal``: as :meth:`features` read them."""
         size = (f3.shape[-2], f3.shape[-1])
         logits = self.tail(f3)
         if self.pools_features and pooled is None:
@@ -431,7 +440,7 @@ class DKENet(ModelMixin, ConfigMixin):
         if self.kernel_head is not None:
             logits = logits + self.kernel_head(pooled.to(f3.dtype))[..., None, None]
         if self.lens_head is not None:
-            params = self.lens_parameters(f3, depth, pooled, binned)
+            params = self.lens_parameters(f3, depth, pooled, binned) if lens is None else lens
             prior = self._lens_prior(params, depth, size, focal)
             logits = logits + prior.to(logits.dtype)
         return torch.softmax(logits, dim=1)
