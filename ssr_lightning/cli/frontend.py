@@ -74,6 +74,11 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     # family (results/ke_depth, issue 21)
     "dkenet_thinlens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
                                    "--model.init_args.net.init_args.normalize_depth", "false"]),
+    # the same head supervised with the lens that made each sample (lens_loss 0.1, chosen on validation in
+    # results/ke_depth): the KE chosen for the defocus family
+    "dkenet_lens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                               "--model.init_args.net.init_args.normalize_depth", "false",
+                               "--model.init_args.lens_loss", "0.1"]),
     "cmos": ("cmos", []),
 }
 
@@ -126,7 +131,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--depth-run", type=str, default="depth",
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
-                   help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens)")
+                   help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, dkenet_lens)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
