@@ -125,7 +125,8 @@ def ladder(data: Any, path: Path) -> str:
         share = r.get("recovered_fraction")
         cells = [estimate(r["psnr_y"]) if "psnr_y" in r else "–",
                  f"{estimate(delta, 2, True)} {mark}".strip() if delta else "–",
-                 f"{num(100 * share['mean'], '.0f')} %" if share else "–",
+                 (f"{num(100 * share['mean'], '.0f')} [{num(100 * share['lo'], '.0f')}, {num(100 * share['hi'], '.0f')}] %"
+                  if share else "–"),
                  estimate(r["kernel_l1"], 3) if "kernel_l1" in r else "–",
                  estimate(r["absrel"], 3) if "absrel" in r else "–"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
