@@ -147,7 +147,7 @@ def test_design_states_the_code_defaults() -> None:
 
 def test_the_check_catches_a_wrong_comment(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("# sampling from I_T at strength 0.5 (tile 32, overlap 8), γ = 0.9\n"
+    cfg.write_text("# sampling from I_T at strength 0.5 (tile 64, overlap 16), γ = 0.9\n"
                    "#   ssr fit --model.init_args.sampling.strength 0.7   # an example: not checked\n"
                    "model:\n  init_args:\n    sampling: {strength: 0.3, start: frontend}  # start bicubic\n")
     global REPO

@@ -80,3 +80,30 @@ def test_the_current_default_stays_without_a_significant_gain_and_photos_are_pai
     assert photos["images"] == 10 and photos["clusters"] == 2  # 2 photos x 5 kernel draws: 2 units
     assert photos["delta"] < -0.05
     assert entry["adopted"] is False  # below the default by more than 0.05 dB, and no stripe record
+
+
+def test_step4_picks_the_largest_tile_without_stripe_or_psnr_loss(tmp_path: Path) -> None:
+    """tools/select_tile.py: a tile passes only with stripe excess ≤ 0.10 and ΔPSNR-Y ≥ −0.05 dB everywhere."""
+    import select_tile
+
+    base, whole = select_tile.BASE, select_tile.WHOLE
+    _write(tmp_path / "per_image.csv", {base: (1.8, 6.0, 1.0), whole: (1.79, 6.0, 1.0)}, {base: 0.0, whole: -0.02})
+    names = [f"{p}_v{k}" for p in ("street", "beach") for k in range(2)]
+    # 64/16: clean and −0.03 dB; 96/24: a stripe; 128/32: clean but −0.2 dB on the tiled photos
+    offsets = {"32/8": 0.0, "64/16": -0.03, "96/24": 0.0, "128/32": -0.2}
+    per_image = {n: {t: {"psnr_y": 28.0 + 0.3 * i + off} for t, off in offsets.items()} for i, n in enumerate(names)}
+    summary = {"32/8": {"worst_excess": 0.05}, "64/16": {"worst_excess": 0.04}, "96/24": {"worst_excess": 0.3},
+               "128/32": {"worst_excess": 0.06}}
+    stripes = tmp_path / "stripes.json"
+    stripes.write_text(json.dumps({"size": 1024, "models": {"c_cell": {"summary": summary, "per_image": per_image}}}))
+    out = tmp_path / "sel"
+    assert select_tile.main(["--val", str(tmp_path), "--stripes", str(stripes), "--out", str(out)]) == 0
+    sel = json.loads(out.with_suffix(".json").read_text())
+    assert sel["passing"] == ["64/16"] and sel["chosen"] == "64/16"
+    assert not sel["tiles"]["96/24"]["passes"] and not sel["tiles"]["128/32"]["passes"]
+    assert abs(sel["tiles"]["128/32"]["quality"]["photos 1024 px"]["delta"] + 0.2) < 1e-9
+    assert sel["tiles"]["64/16"]["quality"]["photos-val"]["clusters"] == 2
+    # the same data with the scenes 0.1 dB worse as one tile: no tile passes and 32/8 stays
+    _write(tmp_path / "per_image.csv", {base: (1.8, 6.0, 1.0), whole: (1.7, 6.0, 1.0)}, {base: 0.0, whole: 0.0})
+    sel = select_tile.select(select_default.read(tmp_path / "per_image.csv"), json.loads(stripes.read_text()))
+    assert sel["passing"] == [] and sel["chosen"] == "32/8"

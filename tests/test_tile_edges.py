@@ -68,6 +68,11 @@ def test_bands_of_a_tiling() -> None:
     assert not untiled["border"].any()
     offset = set(np.flatnonzero(untiled["offset"]) // 4)
     assert {14, 18, 45, 49} <= offset and 13 not in offset and 20 not in offset
+    # a side that is not a multiple of 4 is padded at the end by the pipeline: the tiles are those of the padded side
+    odd = tool.bands(218, 64, 16, 4, 4)  # padded to 220: tiles (0, 64), (48, 112), (96, 160), (144, 208), (156, 220)
+    assert odd["border"].size == 218 * 4 - 1
+    assert set(np.flatnonzero(odd["border"]) // 4) == {47, 48, 63, 64, 95, 96, 111, 112, 143, 144, 155, 156, 159, 160,
+                                                       207, 208}
 
 
 def test_a_stripe_is_measured_where_it_is() -> None:

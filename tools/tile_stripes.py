@@ -6,10 +6,11 @@
 
 Each cell is a finished ``ssr-ablate`` cell of a diffusion row (its ``ssr`` checkpoint and the front end it was scored
 with: DKENet, NBSR, DepthNet); the models sample with their own settings (start, strength, steps), only the tiles
-change (``0`` = untiled). Images: the real photos of ``--split`` (``data.photos``; ``val`` to choose, ``test`` to
-check afterwards), whole, longer side ``--size`` HR px, ``--variants`` kernel draws each, degraded as the data sets
-degrade (noise and JPEG on), super-resolved as ``ssr sr`` does (``SSRPipeline``: SVKR once on the whole LR image,
-step-fused tiles; SVKR's maps are computed once per image and shared by every model and tile setting).
+change (``0`` = untiled; ``--strength`` sets every model's strength). Images: the real photos of ``--split``
+(``data.photos``; ``val`` to choose, ``test`` to check afterwards), whole, longer side ``--size`` HR px,
+``--variants`` kernel draws each, degraded as the data sets degrade (noise and JPEG on), super-resolved as ``ssr sr``
+does (``SSRPipeline``: SVKR once on the whole LR image, step-fused tiles; SVKR's maps are computed once per image and
+shared by every model and tile setting).
 
 Measures, on the 8-bit output (mean over RGB of |I[y+1] − I[y]|, averaged along the row; columns alike):
 
@@ -59,9 +60,10 @@ def bands(size_lr: int, tile: int, overlap: int, multiple: int, scale: int) -> d
     n = size_lr * scale - 1
     border, offset, edge = (np.zeros(n, bool) for _ in range(3))
     spans = [(0, size_lr)]
-    if tile and tile < size_lr:
-        grid = TileGrid(size_lr, size_lr, tile, overlap, multiple)
-        spans = sorted({(t.y0, t.y0 + t.h) for t in grid})
+    padded = -(-size_lr // multiple) * multiple  # the pipeline pads the LR image at the bottom/right to the multiple
+    if tile and tile < padded:
+        grid = TileGrid(padded, padded, tile, overlap, multiple)
+        spans = sorted({(t.y0, min(t.y0 + t.h, size_lr)) for t in grid})
     for a, b in spans:
         for e in (a, b):
             if 0 < e < size_lr:  # an inner tile edge: the difference between HR rows s·e − 1 and s·e is at s·e − 1
@@ -148,6 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             shared = _SharedSVKR(pipe.svkr)
         pipe.svkr = shared  # type: ignore[assignment]
         s, q = pipe.scale, pipe.multiple
+        if args.strength is not None:
+            pipe.sampling = pipe.sampling.replace(strength=args.strength)
         per: dict[str, Any] = {"sampling": dataclasses.asdict(pipe.sampling), "per_image": {}}
         for b in batches:
             name, lr, hr = b["name"][0], b["lr"], b["hr"]
@@ -237,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["val", "test"], default="val", help="which photos (data.photos splits)")
     p.add_argument("--size", type=int, default=1024, help="HR longer side of the photos")
     p.add_argument("--variants", type=int, default=2, help="kernel draws per photo")
+    p.add_argument("--strength", type=float, default=None,
+                   help="sample every model at this strength (default: each checkpoint's recorded sampling, which "
+                        "is the config it was trained with, not necessarily the strength its study row scores)")
     p.add_argument("--out", required=True, help="JSON record")
     p.add_argument("--grid", default=None, help="PNG: the top rows of the first photo, every model × tiling, tile "
                    "edges ticked on the left (red) and the stripe rows (blue)")

@@ -36,7 +36,7 @@ results folder of ``ssr-ablate ablations/pipeline.yaml`` (or any study with one 
 Examples::
 
     ssr sr photo.png -o photo_x4.png --ckpt runs/ssrdiffusion/version_0/checkpoints/best.ckpt
-    ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 32 --overlap 8 --steps 20
+    ssr sr lr_folder/ -o sr_folder/ --save-maps --tile 64 --overlap 16 --steps 20
     ssr sr photo.png -o out/ --from results/my_pipeline --color-fix wavelet --guidance 0.5
 """
 
