@@ -1,15 +1,15 @@
 """Step 4 of the diffusion-default rule: the shipped default itself at larger tiles (ablations/tiles_default_val.yaml).
 
-    python tools/select_tile.py --val results/tiles_default/val --stripes results/tiles/stripes_val_shipped.json \\
-        --out results/tiles_default/val/selection
+    python tools/select_tile.py --val results/tiles_default/val \\
+        --stripes results/tiles/stripes_val_shipped.json --out results/tiles_default/val/selection
 
 Reads ``per_image.csv`` of the study record (tools/study_record.py: the default at tiles 32/8 and at one tile of 64 LR
 px or more, on the 64 LR px validation scenes and photos) and the tools/tile_stripes.py record of the same model on
 the tiled validation photos. A tile of 64-128 LR px passes when its worst stripe excess (border and stripe-row
 gradient against the rest of the image, rows and columns) is ≤ 0.10 and its paired ΔPSNR-Y against 32/8 is ≥ −0.05
 dB on the scenes, on the photos and on the tiled photos; the largest tile that passes becomes the default (overlap ¼),
-else 32/8 stays. Writes ``selection.json`` and ``selection.md``. ``--split test`` computes the same measures on the test
-record (ablations/tiles_default_test.yaml and the test photos), read once after the choice:
+else 32/8 stays. Writes ``selection.json`` and ``selection.md``. ``--split test`` computes the same measures on the
+test record (ablations/tiles_default_test.yaml and the test photos), read once after the choice:
 
     python tools/select_tile.py --split test --val results/tiles_default/test \
         --stripes results/tiles/stripes_test_shipped.json --out results/tiles_default/test/check
@@ -70,22 +70,24 @@ def select(data: dict[str, Any], stripes: dict[str, Any]) -> dict[str, Any]:
 
 def render(sel: dict[str, Any]) -> str:
     test = sel.get("split") == "test"
-    lines = ["# Diffusion default, step 4: the shipped model at larger tiles ("
-             + ("test split, scored once after the choice on the validation split)" if test else "validation split)"), "",
+    split = "test split, scored once after the choice on the validation split" if test else "validation split"
+    sets = list(next(iter(sel["tiles"].values()))["quality"])
+    lines = [f"# Diffusion default, step 4: the shipped model at larger tiles ({split})", "",
              f"Model: `{sel['model']}`; at tiles 32/8 its worst stripe excess is {sel['base_worst_excess']:.3f}. "
-             f"A tile passes with a worst excess ≤ {STRIPE_BOUND:.2f} and a paired ΔPSNR-Y vs 32/8 ≥ {PSNR_BOUND:+.2f} dB "
-             "on every data set (mean [95 % CI]; photos: kernel draws of one photo resampled together).", "",
-             "| tile | worst stripe excess | " + " | ".join(f"ΔPSNR-Y {k}" for k in next(iter(sel["tiles"].values()))["quality"])
-             + " | passes |",
-             "| --- | ---: | " + " | ".join("---:" for _ in next(iter(sel["tiles"].values()))["quality"]) + " | --- |"]
+             f"A tile passes with a worst excess ≤ {STRIPE_BOUND:.2f} and a paired ΔPSNR-Y vs 32/8 ≥ "
+             f"{PSNR_BOUND:+.2f} dB on every data set (mean [95 % CI]; photos: kernel draws of one photo resampled "
+             "together).", "",
+             "| tile | worst stripe excess | " + " | ".join(f"ΔPSNR-Y {k}" for k in sets) + " | passes |",
+             "| --- | ---: | " + " | ".join("---:" for _ in sets) + " | --- |"]
     for t, e in sel["tiles"].items():
         q = " | ".join(f"{v['delta']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" for v in e["quality"].values())
         lines.append(f"| {t} | {e['worst_excess']:.3f} | {q} | {'yes' if e['passes'] else 'no'} |")
     if test:
-        lines += ["", f"Within the rule's bounds on this split: {', '.join(sel['passing']) or 'none'} (the tile is chosen "
-                  "on the validation split, not here)."]
+        lines += ["", f"Within the rule's bounds on this split: {', '.join(sel['passing']) or 'none'} (the tile is "
+                  "chosen on the validation split, not here)."]
     else:
-        lines += ["", f"**Chosen tile**: {sel['chosen']}" + ("" if sel["passing"] else " (no larger tile passes)") + "."]
+        none = "" if sel["passing"] else " (no larger tile passes)"
+        lines += ["", f"**Chosen tile**: {sel['chosen']}{none}."]
     return "\n".join(lines) + "\n"
 
 

@@ -131,7 +131,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--depth-run", type=str, default="depth",
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
-                   help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, dkenet_lens)")
+                   help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, "
+                        "dkenet_lens)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")

@@ -10,7 +10,8 @@ accumulation order, the same elementwise step).
 
 Tiles go through the UNet ``tile_batch`` at a time (all tiles have one size). Their condition features (which take
 no timestep) are kept across steps up to ``cache_bytes`` and recomputed at every step beyond it: cached, they cost
-per LR pixel about (lr + depth + kernel features) × the tiles' overlap factor, ~1 kB at 64/16 (or 32/8) tiles for the tiny UNet.
+per LR pixel about (lr + depth + kernel features) × the tiles' overlap factor, ~1 kB at 64/16 (or 32/8) tiles for the
+tiny UNet.
 
 DDPM (fresh noise per step over the whole latent) and step hooks (guidance reads the whole x̂0) use
 :meth:`TileDenoiser.__call__`, the whole fused prediction, through ``GaussianDiffusion.sample``.
