@@ -171,7 +171,7 @@ def test_sampling_options_are_validated_with_their_names() -> None:
         SamplingConfig(guidance=-1.0)
     with pytest.raises(ValueError, match="sampling color_fix sepia: must be one of none, wavelet, adain"):
         SamplingConfig(color_fix="sepia")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="sampling overlap 8: must be smaller than tile 8"):
+    with pytest.raises(ValueError, match="sampling overlap 16: must be smaller than tile 8"):
         SamplingConfig(tile=8)
     # a replacement is checked as a whole, by the same code
     with pytest.raises(ValueError, match="sampling strength 0.0"):
