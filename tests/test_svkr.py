@@ -16,6 +16,8 @@ from ssr_lightning.frontend.ladder import (
     format_markdown,
     ladder_figure,
     merge_seeds,
+    response_figure,
+    response_row,
     summarize,
 )
 from ssr_lightning.inference.depth import LearnedDepth, resize_depth
@@ -201,6 +203,35 @@ def test_frontend_ladder_rows_statistics_and_figure(batch: dict[str, torch.Tenso
     merged, seeds = merge_seeds([lad, lad])
     assert merged.invariant_ke == inv
     assert merged.rows["NBSR + GT kernel"]["psnr_y"] == gt and seeds["NBSR + GT kernel"]["psnr_y"][1] == 0.0
+
+
+def test_frontend_response_rows_walk_from_the_ke_to_the_gt_kernel(batch: dict[str, torch.Tensor],
+                                                                   tmp_path: Path) -> None:
+    """--response: NBSR given α·GT + (1 − α)·the GT-depth KE's field; kernel L1 falls as (1 − α), a share each, no
+    Δ test (the table's Holm family is the ladder's own), and a share-vs-L1 figure."""
+    svkr = _make_svkr(iterations=1)
+    plain = summarize(evaluate_ladder([batch], svkr, scale=S))
+    lad = evaluate_ladder([batch], svkr, scale=S, response=[0.25, 0.75])
+    ke = torch.tensor(lad.rows["NBSR + DKENet, GT depth"]["kernel_l1"])
+    for a in (0.25, 0.75):
+        row = lad.rows[response_row(a)]
+        assert torch.tensor(row["kernel_l1"]) == pytest.approx((1 - a) * ke, rel=1e-4, abs=1e-6)
+    summary = summarize(lad)
+    r = summary["rows"][response_row(0.75)]
+    assert "recovered_fraction" in r and "delta_vs_zeroed" not in r
+    assert summary["statistics"]["correction_note"] == plain["statistics"]["correction_note"]
+    assert response_figure(summary, tmp_path / "response.png").stat().st_size > 10_000
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"response α {bad:g}: must lie strictly between 0"):
+            response_row(bad)
+
+
+def test_frontend_refuses_a_response_outside_0_1_before_any_work(tmp_path: Path) -> None:
+    import ssr_lightning.cli.frontend as cli
+
+    with pytest.raises(ValueError, match="response α 1.5"):
+        cli.run(["--response", "0.5,1.5", "--out", str(tmp_path / "ladder")])
+    assert not (tmp_path / "ladder").exists()
 
 
 def test_frontend_train_schedules_seeds_and_jobs(tmp_path: Path, monkeypatch) -> None:

@@ -33,7 +33,13 @@ from typing import Any, Literal
 import torch
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from ssr_lightning.ablate.provenance import cpu_children, relative_command, stale, training, write_manifest
+from ssr_lightning.ablate.provenance import (
+    cpu_children,
+    relative_command,
+    stale,
+    training,
+    write_manifest,
+)
 from ssr_lightning.ablate.runner import CLIRunner, CommandFailed
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 from ssr_lightning.frontend.ladder import (
@@ -44,6 +50,8 @@ from ssr_lightning.frontend.ladder import (
     ladder_figure,
     make_test_batches,
     merge_seeds,
+    response_figure,
+    response_row,
     summarize,
 )
 from ssr_lightning.inference.checkpoints import (
@@ -106,6 +114,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--gamma", type=float, default=0.9, help="SVKR γ of the main rows (paper: 0.9)")
     p.add_argument("--gammas", type=str | None, default=None, help="sweep: comma-separated γ values, e.g. 0.5,0.9,1.0")
     p.add_argument("--iterations", type=str | None, default=None, help="sweep: comma-separated T values, e.g. 1,3,5")
+    p.add_argument("--response", type=str | None, default=None,
+                   help="kernel-quality response: comma-separated α in (0, 1), e.g. 0.25,0.5,0.75; each adds a row "
+                        "NBSR given α·GT + (1 − α)·the GT-depth KE's kernel field (and frontend_response.png)")
     p.add_argument("--data-config", type=str, default=_DATA_CONFIG, help="data fragment of the test split")
     p.add_argument("--dataset", type=str | None, default=None, help="data.dataset override (e.g. photos)")
     p.add_argument("--test-size", type=int | None, default=None, help="HR test crop (default: the config's val_size; 0: whole)")
@@ -246,7 +257,7 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     nodepth = optional("dkenet_nodepth", "dkenet")
     ladder = evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"), dkenet_nodepth=nodepth,
                              cmos=optional("cmos", "cmos"), scale=scale, gammas=gammas, sweep=iters, progress=True,
-                             bicubic=args.bicubic)
+                             bicubic=args.bicubic, response=_floats(args.response, float))
     if invariant_batches:
         ladder.invariant_ke = evaluate_invariant_ke(invariant_batches, svkr, dkenet_nodepth=nodepth)
     return ladder
@@ -281,6 +292,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     torch.manual_seed(0)
     out = Path(args.out)
+    for a in _floats(args.response, float):  # checked before any training or evaluation
+        response_row(a)
     if (out / "frontend.json").is_file() and not args.overwrite:  # checked before any training or evaluation
         raise ValueError(f"--out {out} already holds a ladder (frontend.json): pass --overwrite to replace it, or "
                          "give another --out (share the trainings with --runs)")
@@ -320,6 +333,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     atomic_write_json(out / "frontend.json", summary)
     atomic_write_text(out / "frontend.md", md)
     fig = ladder_figure(summary, out / "frontend.png")
+    if args.response:
+        fig = f"{fig}, {response_figure(summary, out / 'frontend_response.png')}"
     print(f"-> {out / 'frontend.json'}, {out / 'frontend.md'}, {fig}")
     return summary
 

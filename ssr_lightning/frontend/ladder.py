@@ -14,6 +14,8 @@ NBSR + SVKR T=t                              Algorithm 1 after t refinements (t 
 NBSR + DKENet, GT depth                      KE with the ground-truth depth (depth oracle)
 CMOS (σ map + semantics)                     the CMOS peer: blur map + semantic map → σ-conditioned NBSR
 NBSR + GT kernel                             the kernel oracle: the front end's upper bound
+response: GT-depth KE → GT kernel, α=a       the GT-depth KE's field moved a fraction α of the way to the GT
+                                             field (optional: how the NBSR's PSNR follows kernel error)
 ==========================================  ==============================================================
 
 Summaries (`summary.py`, with the row names, the Markdown and the figure): the oracle gap PSNR(GT kernel) −
@@ -48,9 +50,11 @@ from ssr_lightning.frontend.summary import (
     MEAN_KERNEL,
     NODEPTH,
     PER_IMAGE,
+    RESPONSE,
     ZEROED,
     format_markdown,
     ladder_figure,
+    response_figure,
     summarize,
     svkr_row,
 )
@@ -61,8 +65,9 @@ from ssr_lightning.metrics.stats import seed_summary, source_clusters
 
 # the row names, the statistics and the text of a ladder live in summary.py; they are imported from here as before
 __all__ = ["BICUBIC", "BLIND", "CMOS", "GT_DEPTH", "GT_KERNEL", "HEADLINE", "K0", "MEAN_KERNEL", "NODEPTH",
-           "PER_IMAGE", "ZEROED", "Ladder", "evaluate_invariant_ke", "evaluate_ladder", "format_markdown",
-           "ladder_figure", "make_test_batches", "merge_seeds", "summarize", "svkr_row"]
+           "PER_IMAGE", "RESPONSE", "ZEROED", "Ladder", "evaluate_invariant_ke", "evaluate_ladder", "format_markdown",
+           "ladder_figure", "make_test_batches", "merge_seeds", "response_figure", "response_row", "summarize",
+           "svkr_row"]
 
 _DATA_CONFIG = Path("configs/data/embedded.yaml")
 @dataclass
@@ -100,6 +105,13 @@ class Ladder:
         return [r for r in main if r in self.rows] + [r for r in self.rows if r not in main]
 
 
+def response_row(alpha: float) -> str:
+    """The row of the kernel-quality response at ``alpha`` (see :func:`evaluate_ladder`)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"response α {alpha:g}: must lie strictly between 0 (the KE) and 1 (the GT kernel)")
+    return f"{RESPONSE}{alpha:g}"
+
+
 def _image(sr: Tensor, hr: Tensor, scale: int) -> dict[str, Tensor]:
     sr = sr.clamp(0, 1)
     return {"psnr_y": psnr_y(sr, hr, crop_border=scale), "ssim_y": ssim_y(sr, hr, crop_border=scale)}
@@ -114,11 +126,14 @@ def evaluate_ladder(
     batches: Iterable[dict[str, Any]], svkr: SVKR, *, blind: nn.Module | None = None,
     dkenet_nodepth: nn.Module | None = None, cmos: nn.Module | None = None, scale: int = 4,
     gammas: Sequence[float] = (), sweep: Sequence[int] = (), progress: bool = False, bicubic: str = "matlab",
+    response: Sequence[float] = (),
 ) -> Ladder:
     """Score every row on degraded ``batches`` (dicts with lr, hr, kernel, depth, depth_lr, invariant, name).
 
     ``svkr`` holds DE, KE (with depth) and NBSR; its T and γ make the SVKR rows (every t ≤ T). ``gammas`` ×
     ``sweep`` (T values) add "sweep" rows. ``bicubic``: "matlab" (imresize, A = −0.5) or "torch" (A = −0.75).
+    ``response`` (α values in (0, 1)) adds the rows :func:`response_row`: NBSR given α·GT + (1 − α)·the GT-depth
+    KE's field, a straight path in kernel space (and in code space: the code is linear) from the KE to the oracle.
     Photos name their ``source``: kernel draws of one photo are one source for the statistics.
     """
     lad = Ladder(iterations=svkr.iterations, gamma=svkr.gamma, bicubic=bicubic)
@@ -156,6 +171,10 @@ def evaluate_ladder(
         if batch.get("depth_lr") is not None:
             k = svkr.estimate_kernel(lr, batch["depth_lr"])
             lad.add(GT_DEPTH, {**_image(svkr.super_resolve(lr, k), hr, scale), "kernel_l1": kernel_l1(k, gt_kernel)})
+            for a in response:
+                blend = a * gt_kernel + (1.0 - a) * k.to(gt_kernel)
+                lad.add(response_row(a), {**_image(svkr.super_resolve(lr, blend), hr, scale),
+                                          "kernel_l1": kernel_l1(blend, gt_kernel)})
         if cmos is not None:
             lad.add(CMOS, _image(cmos(lr), hr, scale))
         sr_gt = svkr.super_resolve(lr, gt_kernel)

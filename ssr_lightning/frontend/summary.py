@@ -41,14 +41,15 @@ from ssr_lightning.metrics.stats import (
 )
 
 __all__ = ["BICUBIC", "BLIND", "CMOS", "GT_DEPTH", "GT_KERNEL", "HEADLINE", "K0", "MEAN_KERNEL", "NODEPTH",
-           "PER_IMAGE", "ZEROED", "ci_text", "clusters", "delta", "estimate", "format_markdown", "fraction",
-           "holm_marks", "ladder_figure", "summarize", "svkr_row"]
+           "PER_IMAGE", "RESPONSE", "ZEROED", "ci_text", "clusters", "delta", "estimate", "format_markdown",
+           "fraction", "holm_marks", "ladder_figure", "response_figure", "summarize", "svkr_row"]
 
 BICUBIC, BLIND, ZEROED, NODEPTH = "bicubic", "blind RRDB", "NBSR, kernel zeroed", "NBSR + DKENet w/o depth"
 K0, GT_DEPTH, CMOS, GT_KERNEL = ("NBSR + DKENet, depth from LR (K0)", "NBSR + DKENet, GT depth",
                                 "CMOS (σ map + semantics)", "NBSR + GT kernel")
 HEADLINE = (ZEROED, K0, "SVKR_T", GT_KERNEL)  # rows repeated over training seeds ("SVKR_T": the main SVKR row)
 MEAN_KERNEL, PER_IMAGE = "training mean kernel (reads nothing)", "oracle: per-image mean kernel"
+RESPONSE = "response: GT-depth KE → GT kernel, α="  # diagnostic rows: a share each, no Δ test (not in Holm's family)
 BICUBIC_NAMES = {"matlab": "MATLAB imresize (A = −0.5)", "torch": "torch F.interpolate (A = −0.75)"}
 
 
@@ -160,7 +161,8 @@ def summarize(lad: Any, seeds: dict[str, dict[str, tuple[float, float, int]]] | 
         entry: dict[str, Any] = {m: estimate(lad.values("rows", name, m), labels) for m in vals}
         if "psnr_y" in vals and zero is not None and name != ZEROED:
             psnr = lad.values("rows", name, "psnr_y")
-            entry["delta_vs_zeroed"] = delta(psnr, zero, labels).as_dict()
+            if not name.startswith(RESPONSE):
+                entry["delta_vs_zeroed"] = delta(psnr, zero, labels).as_dict()
             if gt is not None and name not in (GT_KERNEL, BICUBIC):
                 entry["recovered_fraction"] = fraction(psnr, zero, gt, labels).as_dict()
         if "kernel_l1" in vals and inv.any():
@@ -292,5 +294,49 @@ def ladder_figure(summary: dict[str, Any], path: Path) -> Path:
                     "correction of the Markdown table; bicubic left out)", fontsize=8)
     bic = BICUBIC_NAMES.get(summary.get("bicubic", "torch"), summary.get("bicubic"))
     fig.suptitle(f"Front-end ladder ({summary['num_images']} images; bicubic: {bic})", fontsize=10)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", metadata={"Software": None}))
+
+
+def response_figure(summary: dict[str, Any], path: Path) -> Path:
+    """Share of the oracle gap against kernel L1: the response rows (the GT-depth KE's field moved toward the GT
+    field) as a curve from the GT-depth KE to the GT kernel (L1 0, share 100 %), the other KE rows as points; both
+    axes with their 95 % CIs. Where the curve crosses a share is the kernel error a KE needs to reach it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ssr_lightning.files import atomic_write
+
+    rows = summary["rows"]
+    curve = [GT_DEPTH, *sorted((k for k in rows if k.startswith(RESPONSE)), key=lambda k: float(k[len(RESPONSE):]))]
+    curve = [k for k in curve if "recovered_fraction" in rows.get(k, {}) and "kernel_l1" in rows[k]]
+    fig = Figure(figsize=(6.4, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+
+    def point(name: str, **kw: Any) -> tuple[float, float]:
+        k, f = rows[name]["kernel_l1"], rows[name]["recovered_fraction"]
+        x, y = k["mean"], 100 * f["mean"]
+        ax.errorbar(x, y, xerr=[[x - k["lo"]], [k["hi"] - x]], yerr=[[y - 100 * f["lo"]], [100 * f["hi"] - y]],
+                    capsize=3, **kw)
+        return x, y
+
+    xy = [point(k, fmt="o", color="#1f4e79") for k in curve]
+    if xy:
+        ax.plot([x for x, _ in xy] + [0.0], [y for _, y in xy] + [100.0], color="#1f4e79", lw=1,
+                label="GT-depth KE → GT kernel (α = 0 … 1)")
+        for (x, y), name in zip(xy, curve, strict=True):
+            ax.annotate("α=0" if name == GT_DEPTH else f"α={name[len(RESPONSE):]}", (x, y), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    for name, colour in ((NODEPTH, "#c62828"), (K0, "#ef6c00")):
+        if "recovered_fraction" in rows.get(name, {}) and "kernel_l1" in rows[name]:
+            point(name, fmt="s", color=colour, label=name)
+    ax.plot([0.0], [100.0], "*", color="#2e7d32", ms=10, label=GT_KERNEL)
+    ax.axhline(0.0, color="#999999", lw=1)
+    ax.set_xlabel("kernel L1 (per-pixel 21×21 kernel; lower is better), mean and 95 % CI", fontsize=8)
+    ax.set_ylabel("share of the oracle gap (%), mean and 95 % CI", fontsize=8)
+    ax.set_xlim(left=-0.02)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"How the NBSR's PSNR-Y follows kernel error ({summary['num_images']} images)", fontsize=10)
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", metadata={"Software": None}))
