@@ -69,3 +69,35 @@ def test_lens_loss_needs_a_thin_lens_head_on_absolute_depth(kw: dict) -> None:
     with pytest.raises(ValueError, match="lens_loss"):
         DKENetModule(DKENet(**args), lens_loss=1.0)
     DKENetModule(DKENet(**args), lens_loss=0.0)  # the default trains on the kernel L1 alone
+
+
+@pytest.mark.parametrize(("sharpness", "floor", "ceiling"), [(1.0, -6.0, None), (10.0, -10.0, 0.12)])
+def test_the_thin_lens_prior_with_the_true_lens_is_the_kernel_when_sharp(sharpness: float, floor: float,
+                                                                        ceiling: float | None) -> None:
+    """The prior's form given the lens that made the sample (raw_lens ∘ lens_targets, the family's depth offset c):
+    at lens_sharpness 10, lens_floor −10 it is the GT field up to a small L1; at the first KEs' 1 / −6 it is not
+    (a half-pixel blur in focus, floored taps outweighing a sharp centre)."""
+    from ssr_lightning.metrics import kernel_l1
+
+    cfg = KernelConfig(invariant_prob=0.0, aperture_range=(0.5, 2.0), focus_range=(0.0, 1.0))
+    depth = torch.rand(4, 1, 1, 1, generator=torch.Generator().manual_seed(1)).expand(4, 1, 12, 12).clone()
+    depth += torch.linspace(0, 0.5, 12).view(1, 1, 1, 12)  # a depth ramp across each image
+    depth = depth.clamp(0, 1)
+    field, params = sample_kernel_field(depth, cfg, [torch.Generator().manual_seed(i) for i in range(4)])
+    net = DKENet(channels=8, thin_lens=True, normalize_depth=False, lens_sharpness=sharpness, lens_floor=floor)
+    z0, z1 = cfg.z_range
+    with torch.no_grad():
+        net.lens_offset.copy_(torch.log(torch.expm1(torch.tensor(z0 / (z1 - z0)))))
+        prior = net.lens_prior(DKENet.raw_lens(lens_targets(params, cfg)), depth, (12, 12))
+    err = kernel_l1(prior, field).mean().item()
+    if ceiling is None:
+        assert err > 0.25, err
+    else:
+        assert err < ceiling, err
+
+
+def test_lens_form_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="lens_sharpness must be > 0"):
+        DKENet(channels=8, thin_lens=True, lens_sharpness=0.0)
+    with pytest.raises(ValueError, match="lens_floor must be < 0"):
+        DKENet(channels=8, thin_lens=True, lens_floor=1.0)

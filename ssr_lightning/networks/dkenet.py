@@ -104,6 +104,8 @@ class DKENet(ModelMixin, ConfigMixin):
         depth_fusion: Literal["sft", "input", "none"] = "sft",
         focal_plane: bool = False,
         thin_lens: bool = False,
+        lens_sharpness: float = 1.0,
+        lens_floor: float = _LENS_FLOOR,
     ) -> None:
         """
         Args:
@@ -126,6 +128,11 @@ class DKENet(ModelMixin, ConfigMixin):
             focal_plane: Feed the depth branch depth relative to a focal depth estimated from the LR's sharpness.
             thin_lens: Add a thin-lens prior to the kernel logits: per-image lens parameters read from the pixels
                 make a per-pixel Gaussian whose defocus part follows depth (CoC ∝ |z − z_f|/z).
+            lens_sharpness: β of the prior's defocus σ = softplus(β·(g·|d − d_f|/(d + c) − t))/β. At 1 (the first
+                thin-lens KEs) an in-focus pixel keeps σ ≈ 0.6 px; at 10 the prior is the thin lens's max(·, 0) to
+                0.01 px (results/lens_reading: the form's own kernel L1 with the true lens).
+            lens_floor: Log-floor of every prior tap relative to the centre tap, so that a wrong lens cannot saturate
+                the softmax. At −6 the floors of 441 taps outweigh a sharp kernel's centre; −10 costs it 2 %.
         """
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -136,6 +143,11 @@ class DKENet(ModelMixin, ConfigMixin):
             raise ValueError(f"channels must be >= 2 (MAConv splits them in two), got {channels}")
         if blocks_per_stage < 1:
             raise ValueError(f"blocks_per_stage must be >= 1, got {blocks_per_stage}")
+        if not lens_sharpness > 0:
+            raise ValueError(f"lens_sharpness must be > 0 (β of the prior's softplus), got {lens_sharpness}")
+        if not lens_floor < 0:
+            raise ValueError(f"lens_floor must be < 0 (a log-ratio to the centre tap), got {lens_floor}")
+        self.lens_sharpness, self.lens_floor = float(lens_sharpness), float(lens_floor)
         self.in_channels, self.depth_channels = in_channels, depth_channels
         self.kernel_size, self.scale, self.use_depth = kernel_size, scale, use_depth
         # Per-image [0, 1] depth (robust min/max), as every depth estimator returns it: the network then sees the
@@ -193,7 +205,7 @@ class DKENet(ModelMixin, ConfigMixin):
             nn.init.zeros_(self.kernel_head[-1].bias)
         # Thin-lens head: per-image lens parameters read from pooled features — focal depth d_f, defocus gain g and
         # threshold t, optics σx, σy, θ — make a per-pixel Gaussian log-kernel with covariance
-        # R diag(σx², σy²) Rᵀ + σ_def² I, σ_def = softplus(g·|d − d_f|/(d + c) − t): the thin-lens CoC
+        # R diag(σx², σy²) Rᵀ + σ_def² I, σ_def = softplus_β(g·|d − d_f|/(d + c) − t): the thin-lens CoC
         # m·A·|z − z_f|/z with z affine in d (docs/DESIGN.md §2), added to the per-pixel logits. Depth then sets
         # where the blur is, and the only way to get its level right is to read the lens from the pixels.
         # With depth, the head also reads the last features pooled in soft depth bins: the lens is told by how
@@ -281,13 +293,32 @@ class DKENet(ModelMixin, ConfigMixin):
 
     def lens_terms(self, params: Tensor, focal: Tensor | None = None) -> dict[str, Tensor]:
         """The thin-lens head's raw ``params (B, 6)`` as the lens they describe, each ``(B,)``: ``focus`` d_f (on the
-        depth scale the network reads), ``gain`` g, ``threshold`` t (σ_def = softplus(g·|d − d_f|/(d + c) − t)) and
-        the optics ``sigma_x``, ``sigma_y``, ``theta``; ``focal`` (the sharpness-weighted depth) replaces the head's
+        depth scale the network reads), ``gain`` g, ``threshold`` t (σ_def = softplus_β(g·|d − d_f|/(d + c) − t),
+        β = ``lens_sharpness``) and the optics ``sigma_x``, ``sigma_y``, ``theta``; ``focal`` (the sharpness-weighted depth) replaces the head's
         focal depth, the head then only shifts it. ``degradation.lens_targets`` gives the same terms of a GT kernel."""
         p = params.float()
         focus = torch.sigmoid(p[:, 0]) if focal is None else focal.reshape(-1).float() + 0.25 * torch.tanh(p[:, 0])
         return {"focus": focus, "gain": F.softplus(p[:, 1]), "threshold": p[:, 2],
                 "sigma_x": F.softplus(p[:, 3]) + 0.1, "sigma_y": F.softplus(p[:, 4]) + 0.1, "theta": p[:, 5]}
+
+    @staticmethod
+    def raw_lens(terms: Tensor) -> Tensor:
+        """The inverse of :meth:`lens_terms` without a sharpness focal: raw ``params (B, 6)`` whose terms are
+        ``terms (B, 6)`` = d_f, g, t, σx, σy, θ (``degradation.lens_targets``' layout). σ below the head's floor of
+        0.1 px maps to the floor; d_f is clamped into (0, 1)."""
+        def inv_softplus(y: Tensor) -> Tensor:
+            y = y.clamp_min(1e-4)
+            return y + torch.log(-torch.expm1(-y))  # stable for large y
+
+        t = terms.float()
+        focus = t[:, 0].clamp(1e-4, 1 - 1e-4)
+        return torch.stack([torch.log(focus / (1 - focus)), inv_softplus(t[:, 1]), t[:, 2],
+                            inv_softplus(t[:, 3] - 0.1), inv_softplus(t[:, 4] - 0.1), t[:, 5]], dim=1)
+
+    def lens_prior(self, params: Tensor, depth: Tensor, size: tuple[int, int]) -> Tensor:
+        """The thin-lens prior alone, as a kernel field ``(B, k², h, w)``: the softmax of the head's log-kernels for
+        raw ``params`` on ``depth`` (as :meth:`prepare_depth` returns it), no per-pixel logits."""
+        return torch.softmax(self._lens_prior(params, depth, size), dim=1)
 
     def lens_parameters(self, f3: Tensor, depth: Tensor | None, pooled: Tensor | None = None,
                         binned: Tensor | None = None) -> Tensor:
@@ -316,12 +347,13 @@ class DKENet(ModelMixin, ConfigMixin):
             d = depth[:, 0].float()  # (B, h, w)
             d_f = lens["focus"].view(b, 1, 1)
             coc = lens["gain"].view(b, 1, 1) * (d - d_f).abs() / (d + F.softplus(self.lens_offset))
-            sigma = F.softplus(coc - lens["threshold"].view(b, 1, 1))
+            beta = self.lens_sharpness
+            sigma = F.softplus(beta * (coc - lens["threshold"].view(b, 1, 1))) / beta
             cov = cov + (sigma * sigma)[..., None, None] * torch.eye(2, device=params.device, dtype=torch.float32)
-        # Floored at e^-6 of the centre tap: a wrong lens (too sharp, e.g. a depth-driven blur on a spatially
+        # Floored at e^lens_floor of the centre tap: a wrong lens (too sharp, e.g. a depth-driven blur on a spatially
         # invariant image) must not saturate the softmax, or the per-pixel logits could never correct it.
         return torch.logaddexp(gaussian_log_field(cov, self.kernel_size),
-                               torch.tensor(_LENS_FLOOR, device=params.device))
+                               torch.tensor(self.lens_floor, device=params.device))
 
     # ---------------------------------------------------------------------------------------------- forward
     def upscale_field(self, field: Tensor, scale: int | None = None) -> Tensor:
