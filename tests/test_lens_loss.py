@@ -101,3 +101,25 @@ def test_lens_form_options_are_validated() -> None:
         DKENet(channels=8, thin_lens=True, lens_sharpness=0.0)
     with pytest.raises(ValueError, match="lens_floor must be < 0"):
         DKENet(channels=8, thin_lens=True, lens_floor=1.0)
+
+
+def test_lens_reading_replaces_the_lens_and_keeps_the_logits() -> None:
+    """tools/lens_reading.py: with the per-pixel logits silenced, "the whole GT lens" is the prior alone; the head's
+    own lens (an untrained head) is further from the GT kernel than the true lens at the sharp form."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import lens_reading
+
+    torch.manual_seed(0)
+    net = DKENet(channels=8, thin_lens=True, normalize_depth=False, lens_sharpness=10.0, lens_floor=-10.0).eval()
+    with torch.no_grad():
+        net.tail.weight.zero_()
+        net.tail.bias.zero_()
+    before = net.lens_offset.detach().clone()
+    out = lens_reading.score_batch(net, _batch(), c=0.5)
+    torch.testing.assert_close(out["lens"], out["prior"], atol=1e-5, rtol=1e-5)
+    assert set(out) >= {"trained", "focus", "gain", "optics", "err_focus", "err_gain"}
+    assert float(out["prior"].mean()) < float(out["trained"].mean())
+    assert torch.equal(net.lens_offset.detach(), before), "the net's own depth offset c is restored"
