@@ -9,6 +9,8 @@ A region names a record and, after `#`, a formatter with optional arguments (`NA
 - `ci(PATH[, DIGITS[, signed]])`: an estimate `{mean, lo, hi}` as `23.04 [22.24, 23.83]` (signed: `+0.08 [+0.05, +0.11]`);
 - `caption`: the caption of an `ssr-ablate` report JSON;
 - `ladder`: the headline columns of an `ssr-frontend` record (`frontend.json`);
+- `response`: the kernel-quality response rows of an `ssr-frontend --response` record, from the GT-depth KE to the
+  GT kernel;
 - `timing`: a `tools/timed.py` record as "W wall, C CPU (exit status, load average)";
 - `bicubic_rows`: `results/metrics/bicubic_rows.json` as the table of docs/METRICS.md "Which bicubic";
 - `coverage`: `results/metrics/bootstrap_coverage.json` as a table of the CI coverages.
@@ -134,6 +136,25 @@ def ladder(data: Any, path: Path) -> str:
                  estimate(r["kernel_l1"], 3) if "kernel_l1" in r else "–",
                  estimate(r["absrel"], 3) if "absrel" in r else "–"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@formatter("response")
+def response(data: Any, path: Path) -> str:
+    rows = lookup(_json(data, path, "response"), "rows")
+    prefix = "response: GT-depth KE → GT kernel, α="
+    walk = [("0 (the GT-depth KE)", "NBSR + DKENet, GT depth")]
+    walk += [(k[len(prefix):], k) for k in sorted((k for k in rows if k.startswith(prefix)),
+                                                  key=lambda k: float(k[len(prefix):]))]
+    walk.append(("1 (the GT kernel)", "NBSR + GT kernel"))
+    if len(walk) == 2:
+        raise RecordError(f"{path}: no response rows (run ssr-frontend with --response)")
+    lines = ["| α | kernel L1 | PSNR-Y (dB) | share of oracle gap |", "| --- | ---: | ---: | ---: |"]
+    for alpha, name in walk:
+        r = rows[name]
+        share = r.get("recovered_fraction")
+        lines.append(f"| {alpha} | {estimate(r['kernel_l1'], 3)} | {estimate(r['psnr_y'])} | "
+                     f"{_share(share) if share else '100 %'} |")
     return "\n".join(lines)
 
 
