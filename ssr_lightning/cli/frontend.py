@@ -94,6 +94,13 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
                                      "--model.init_args.net.init_args.lens_sharpness", "10",
                                      "--model.init_args.net.init_args.lens_floor", "-10",
                                      "--model.init_args.lens_loss", "0.1"]),
+    # ... and its lens supervised at full weight: with the exact form the true lens is the kernel, so the head is
+    # told the answer; at the old form lens_loss 1 pulled the prior away from the kernel (results/lens_reading)
+    "dkenet_lens_sharp_sup": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                                         "--model.init_args.net.init_args.normalize_depth", "false",
+                                         "--model.init_args.net.init_args.lens_sharpness", "10",
+                                         "--model.init_args.net.init_args.lens_floor", "-10",
+                                         "--model.init_args.lens_loss", "1.0"]),
     "cmos": ("cmos", []),
 }
 
@@ -150,7 +157,7 @@ def build_parser() -> ArgumentParser:
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, "
-                        "dkenet_lens, dkenet_lens_sharp)")
+                        "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
