@@ -101,6 +101,14 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
                                          "--model.init_args.net.init_args.lens_sharpness", "10",
                                          "--model.init_args.net.init_args.lens_floor", "-10",
                                          "--model.init_args.lens_loss", "1.0"]),
+    # ... reading the focal depth from the LR's sharpness (focal_plane: d_f = the sharpness-weighted depth, shifted
+    # by the head): the term whose reading limits the exact-form KEs (results/lens_reading)
+    "dkenet_lens_sharp_focal": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                                           "--model.init_args.net.init_args.normalize_depth", "false",
+                                           "--model.init_args.net.init_args.focal_plane", "true",
+                                           "--model.init_args.net.init_args.lens_sharpness", "10",
+                                           "--model.init_args.net.init_args.lens_floor", "-10",
+                                           "--model.init_args.lens_loss", "1.0"]),
     "cmos": ("cmos", []),
 }
 
@@ -157,7 +165,7 @@ def build_parser() -> ArgumentParser:
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, "
-                        "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup)")
+                        "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup, dkenet_lens_sharp_focal)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
