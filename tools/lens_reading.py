@@ -43,7 +43,13 @@ from ssr_lightning.files import atomic_write_json, atomic_write_text, load_yaml
 from ssr_lightning.frontend.ladder import make_test_batches
 from ssr_lightning.inference.checkpoints import find_checkpoint, load_model
 from ssr_lightning.metrics import kernel_l1
-from ssr_lightning.metrics.stats import bootstrap_seeds, ci_phrase, correction_note, mark_deltas, paired_difference_seeds
+from ssr_lightning.metrics.stats import (
+    bootstrap_seeds,
+    ci_phrase,
+    correction_note,
+    mark_deltas,
+    paired_difference_seeds,
+)
 from ssr_lightning.networks import DKENet
 
 DEGRADATION = ["configs/degradation/defocus.yaml", "configs/degradation/clean.yaml"]
@@ -76,28 +82,30 @@ def gt_offset(net: DKENet, c: float) -> Iterator[None]:
 @torch.no_grad()
 def score_batch(net: DKENet, batch: dict[str, Any], c: float) -> dict[str, Tensor]:
     """Per-image kernel L1 of every row of :data:`ROWS` and the head's absolute error on each lens term."""
-    if net.lens_head is None or net.focus_score is not None:
-        raise ValueError("lens_reading reads a thin-lens DKENet whose head estimates d_f itself "
-                         "(the dkenet_lens run: thin_lens true, no sharpness focal)")
+    if net.lens_head is None:
+        raise ValueError("lens_reading reads a thin-lens DKENet (thin_lens true): this one has no lens head")
     lr, gt_kernel, gt = batch["lr"], batch["kernel"], batch["lens"].float()
     depth = net.prepare_depth(lr, batch["depth_lr"])
-    f3 = net.features(lr, depth, None)
+    focal = net.focal_depth(lr, depth) if net.focus_score is not None else None  # d_f's anchor, if it reads one
+    f3 = net.features(lr, depth, focal)
     own = net.lens_parameters(f3, depth)
-    target = DKENet.raw_lens(gt).to(own)
-    out: dict[str, Tensor] = {"trained": kernel_l1(net.kernels(f3, depth, None, lens=own), gt_kernel)}
+    target = DKENet.raw_lens(gt, focal).to(own)
+    out: dict[str, Tensor] = {"trained": kernel_l1(net.kernels(f3, depth, focal, lens=own), gt_kernel)}
     for row, cols in _COLUMNS.items():
         mixed = own.clone()
         mixed[:, cols] = target[:, cols]
         with gt_offset(net, c) if row == "lens" else nullcontext():
-            out[row] = kernel_l1(net.kernels(f3, depth, None, lens=mixed), gt_kernel)
+            out[row] = kernel_l1(net.kernels(f3, depth, focal, lens=mixed), gt_kernel)
     with gt_offset(net, c):
-        prior = net.lens_prior(target, depth, (lr.shape[-2], lr.shape[-1]))
+        prior = net.lens_prior(target, depth, (lr.shape[-2], lr.shape[-1]), focal)
     out["prior"] = kernel_l1(prior, gt_kernel)
-    terms = net.lens_terms(own)
+    terms = net.lens_terms(own, focal)
     out["err_focus"] = (terms["focus"] - gt[:, 0]).abs()
     out["err_gain"] = 100 * (terms["gain"] - gt[:, 1]).abs() / gt[:, 1].clamp_min(1e-6)  # per cent of the GT gain
     out["err_threshold"] = (terms["threshold"] - gt[:, 2]).abs()
     out["err_optics"] = ((terms["sigma_x"] - gt[:, 3]).abs() + (terms["sigma_y"] - gt[:, 4]).abs()) / 2
+    if focal is not None:  # the sharpness-weighted depth alone, before the head's shift
+        out["err_sharpness_focal"] = (focal.reshape(-1).float() - gt[:, 0]).abs()
     return out
 
 
@@ -135,7 +143,8 @@ def summarize(values: dict[str, np.ndarray]) -> dict[str, Any]:
     marks = mark_deltas(list(deltas.values()))
     for (k, d), m in zip(deltas.items(), marks, strict=True):
         rows[k]["delta"] = {**d.as_dict(), "mark": m.text if m else ""}
-    errors = {t: bootstrap_seeds(values[f"err_{t}"]).as_dict() for t in TERMS}
+    errors = {t: bootstrap_seeds(values[f"err_{t}"]).as_dict() for t in (*TERMS, "sharpness_focal")
+              if f"err_{t}" in values}
     seeds, n = values[REFERENCE].shape
     return {"rows": rows, "lens_errors": errors, "seeds": seeds, "images": n, "ci": ci_phrase(seeds, n),
             "correction": correction_note(marks)}
@@ -158,7 +167,9 @@ def markdown(s: dict[str, Any], split: str) -> str:
     lines += ["", f"Δ: paired per-image difference, * where its CI excludes 0; {s['correction']}.", "",
               "The head's errors on its lens terms (mean |estimate − GT| [95 % CI]): focal depth d_f "
               f"{_ci(e['focus'], digits=3)} (depth scale 0–1), gain g {_ci(e['gain'], digits=0)} % of the GT gain, "
-              f"threshold t {_ci(e['threshold'], digits=3)}, optics σ {_ci(e['optics'], digits=3)} px.",
+              f"threshold t {_ci(e['threshold'], digits=3)}, optics σ {_ci(e['optics'], digits=3)} px"
+              + (f"; the sharpness-weighted depth (the head shifts it by at most 0.25) is "
+                 f"{_ci(e['sharpness_focal'], digits=3)} from the GT d_f" if "sharpness_focal" in e else "") + ".",
               ""]
     return "\n".join(lines)
 

@@ -294,31 +294,35 @@ class DKENet(ModelMixin, ConfigMixin):
     def lens_terms(self, params: Tensor, focal: Tensor | None = None) -> dict[str, Tensor]:
         """The thin-lens head's raw ``params (B, 6)`` as the lens they describe, each ``(B,)``: ``focus`` d_f (on the
         depth scale the network reads), ``gain`` g, ``threshold`` t (σ_def = softplus_β(g·|d − d_f|/(d + c) − t),
-        β = ``lens_sharpness``) and the optics ``sigma_x``, ``sigma_y``, ``theta``; ``focal`` (the sharpness-weighted depth) replaces the head's
-        focal depth, the head then only shifts it. ``degradation.lens_targets`` gives the same terms of a GT kernel."""
+        β = ``lens_sharpness``) and the optics ``sigma_x``, ``sigma_y``, ``theta``; ``focal`` (the sharpness-weighted
+        depth) replaces the head's focal depth, the head then only shifts it. ``degradation.lens_targets`` gives the same terms of a GT kernel."""
         p = params.float()
         focus = torch.sigmoid(p[:, 0]) if focal is None else focal.reshape(-1).float() + 0.25 * torch.tanh(p[:, 0])
         return {"focus": focus, "gain": F.softplus(p[:, 1]), "threshold": p[:, 2],
                 "sigma_x": F.softplus(p[:, 3]) + 0.1, "sigma_y": F.softplus(p[:, 4]) + 0.1, "theta": p[:, 5]}
 
     @staticmethod
-    def raw_lens(terms: Tensor) -> Tensor:
-        """The inverse of :meth:`lens_terms` without a sharpness focal: raw ``params (B, 6)`` whose terms are
-        ``terms (B, 6)`` = d_f, g, t, σx, σy, θ (``degradation.lens_targets``' layout). σ below the head's floor of
-        0.1 px maps to the floor; d_f is clamped into (0, 1)."""
+    def raw_lens(terms: Tensor, focal: Tensor | None = None) -> Tensor:
+        """The inverse of :meth:`lens_terms`: raw ``params (B, 6)`` whose terms are ``terms (B, 6)`` = d_f, g, t, σx,
+        σy, θ (``degradation.lens_targets``' layout). σ below the head's floor of 0.1 px maps to the floor; d_f is
+        clamped into (0, 1), or, with a sharpness ``focal``, into the head's reach focal ± 0.25."""
         def inv_softplus(y: Tensor) -> Tensor:
             y = y.clamp_min(1e-4)
             return y + torch.log(-torch.expm1(-y))  # stable for large y
 
         t = terms.float()
-        focus = t[:, 0].clamp(1e-4, 1 - 1e-4)
-        return torch.stack([torch.log(focus / (1 - focus)), inv_softplus(t[:, 1]), t[:, 2],
+        if focal is None:
+            focus = t[:, 0].clamp(1e-4, 1 - 1e-4)
+            shift = torch.log(focus / (1 - focus))
+        else:
+            shift = torch.atanh(((t[:, 0] - focal.reshape(-1).float()) / 0.25).clamp(-1 + 1e-4, 1 - 1e-4))
+        return torch.stack([shift, inv_softplus(t[:, 1]), t[:, 2],
                             inv_softplus(t[:, 3] - 0.1), inv_softplus(t[:, 4] - 0.1), t[:, 5]], dim=1)
 
-    def lens_prior(self, params: Tensor, depth: Tensor, size: tuple[int, int]) -> Tensor:
+    def lens_prior(self, params: Tensor, depth: Tensor, size: tuple[int, int], focal: Tensor | None = None) -> Tensor:
         """The thin-lens prior alone, as a kernel field ``(B, k², h, w)``: the softmax of the head's log-kernels for
         raw ``params`` on ``depth`` (as :meth:`prepare_depth` returns it), no per-pixel logits."""
-        return torch.softmax(self._lens_prior(params, depth, size), dim=1)
+        return torch.softmax(self._lens_prior(params, depth, size, focal), dim=1)
 
     def lens_parameters(self, f3: Tensor, depth: Tensor | None, pooled: Tensor | None = None,
                         binned: Tensor | None = None) -> Tensor:
