@@ -1,6 +1,6 @@
 """Where the thin-lens KE's kernel error comes from: its reading of the lens, term by term (issue 21).
 
-    OMP_NUM_THREADS=1 python tools/lens_reading.py --runs results/frontend_defocus/runs --out results/lens_reading
+    OMP_NUM_THREADS=1 python tools/lens_reading.py --run dkenet_lens --out results/lens_reading/dkenet_lens
 
 The KE is the `dkenet_lens` run of `ssr-frontend` (thin-lens head supervised with the lens, ``lens_loss: 0.1``), one
 training per seed under ``--runs``. On the defocus family's validation split (the ladder's crops, noise-free, GT
@@ -104,6 +104,7 @@ def score_batch(net: DKENet, batch: dict[str, Any], c: float) -> dict[str, Tenso
     out["err_gain"] = 100 * (terms["gain"] - gt[:, 1]).abs() / gt[:, 1].clamp_min(1e-6)  # per cent of the GT gain
     out["err_threshold"] = (terms["threshold"] - gt[:, 2]).abs()
     out["err_optics"] = ((terms["sigma_x"] - gt[:, 3]).abs() + (terms["sigma_y"] - gt[:, 4]).abs()) / 2
+    out["err_focus_constant"] = (gt[:, 0] - 0.5).abs()  # a head that reads nothing: the middle of the depth range
     if focal is not None:  # the sharpness-weighted depth alone, before the head's shift
         out["err_sharpness_focal"] = (focal.reshape(-1).float() - gt[:, 0]).abs()
     return out
@@ -143,7 +144,7 @@ def summarize(values: dict[str, np.ndarray]) -> dict[str, Any]:
     marks = mark_deltas(list(deltas.values()))
     for (k, d), m in zip(deltas.items(), marks, strict=True):
         rows[k]["delta"] = {**d.as_dict(), "mark": m.text if m else ""}
-    errors = {t: bootstrap_seeds(values[f"err_{t}"]).as_dict() for t in (*TERMS, "sharpness_focal")
+    errors = {t: bootstrap_seeds(values[f"err_{t}"]).as_dict() for t in (*TERMS, "focus_constant", "sharpness_focal")
               if f"err_{t}" in values}
     seeds, n = values[REFERENCE].shape
     return {"rows": rows, "lens_errors": errors, "seeds": seeds, "images": n, "ci": ci_phrase(seeds, n),
@@ -166,7 +167,8 @@ def markdown(s: dict[str, Any], split: str) -> str:
     e = s["lens_errors"]
     lines += ["", f"Δ: paired per-image difference, * where its CI excludes 0; {s['correction']}.", "",
               "The head's errors on its lens terms (mean |estimate − GT| [95 % CI]): focal depth d_f "
-              f"{_ci(e['focus'], digits=3)} (depth scale 0–1), gain g {_ci(e['gain'], digits=0)} % of the GT gain, "
+              f"{_ci(e['focus'], digits=3)} (depth scale 0–1; the constant 0.5, which reads nothing: "
+              f"{_ci(e['focus_constant'], digits=3)}), gain g {_ci(e['gain'], digits=0)} % of the GT gain, "
               f"threshold t {_ci(e['threshold'], digits=3)}, optics σ {_ci(e['optics'], digits=3)} px"
               + (f"; the sharpness-weighted depth (the head shifts it by at most 0.25) is "
                  f"{_ci(e['sharpness_focal'], digits=3)} from the GT d_f" if "sharpness_focal" in e else "") + ".",
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default="dkenet_lens", help="the thin-lens KE's run name")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--out", type=Path, default=Path("results/lens_reading"))
+    p.add_argument("--out", type=Path, default=Path("results/lens_reading/dkenet_lens"))
     p.add_argument("--overwrite", action="store_true", help="replace the record in --out")
     args = p.parse_args(argv)
     if (args.out / "summary.json").is_file() and not args.overwrite:

@@ -109,6 +109,13 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
                                            "--model.init_args.net.init_args.lens_sharpness", "10",
                                            "--model.init_args.net.init_args.lens_floor", "-10",
                                            "--model.init_args.lens_loss", "1.0"]),
+    # a softer exact-ish form (β 4: the form's own error with the true lens stays small, results/lens_reading)
+    # whose gradients still reach d_f where the sharp form's do not
+    "dkenet_lens_mid": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                                   "--model.init_args.net.init_args.normalize_depth", "false",
+                                   "--model.init_args.net.init_args.lens_sharpness", "4",
+                                   "--model.init_args.net.init_args.lens_floor", "-10",
+                                   "--model.init_args.lens_loss", "0.1"]),
     "cmos": ("cmos", []),
 }
 
@@ -165,7 +172,8 @@ def build_parser() -> ArgumentParser:
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, "
-                        "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup, dkenet_lens_sharp_focal)")
+                        "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup, dkenet_lens_sharp_focal, "
+                        "dkenet_lens_mid)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
