@@ -116,6 +116,12 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
                                    "--model.init_args.net.init_args.lens_sharpness", "4",
                                    "--model.init_args.net.init_args.lens_floor", "-10",
                                    "--model.init_args.lens_loss", "0.1"]),
+    # the sharp softplus with the first KEs' tap floor: every exact-form KE above (floor −10) failed on validation,
+    # and a low floor lets a wrong lens saturate the softmax, out of the per-pixel logits' reach
+    "dkenet_lens_sharp_floor6": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
+                                            "--model.init_args.net.init_args.normalize_depth", "false",
+                                            "--model.init_args.net.init_args.lens_sharpness", "10",
+                                            "--model.init_args.lens_loss", "0.1"]),
     "cmos": ("cmos", []),
 }
 
@@ -173,7 +179,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (dkenet, dkenet_thinlens, "
                         "dkenet_lens, dkenet_lens_sharp, dkenet_lens_sharp_sup, dkenet_lens_sharp_focal, "
-                        "dkenet_lens_mid)")
+                        "dkenet_lens_mid, dkenet_lens_sharp_floor6)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
