@@ -35,8 +35,9 @@ def _ci(e: dict[str, Any] | None, digits: int = 3, scale: float = 1.0, unit: str
     return text.replace("-", "−")
 
 
-def candidate(run: str, folder: Path) -> dict[str, Any]:
-    """The validation figures of one KE's ladder record."""
+def candidate(run: str, folder: Path, lens_reading: Path | None = None) -> dict[str, Any]:
+    """The validation figures of one KE's ladder record (and, from ``lens_reading/<run>/summary.json`` where it
+    exists, the head's focal-depth error beside that of a constant guess)."""
     path = folder / "frontend.json"
     if not path.is_file():
         raise FileNotFoundError(f"--val {run}={folder}: no frontend.json there; run ssr-frontend --split val "
@@ -48,9 +49,12 @@ def candidate(run: str, folder: Path) -> dict[str, Any]:
                          "the rule reads validation ladders of the named KE")
     rows = data["rows"]
     gt = rows[GT_DEPTH]
+    reading = lens_reading / run / "summary.json" if lens_reading else None
+    errors = json.loads(reading.read_text())["lens_errors"] if reading and reading.is_file() else {}
     return {"run": run, "record": folder.as_posix(), "share": gt["recovered_fraction"], "kernel_l1": gt["kernel_l1"],
             "psnr_y": gt["psnr_y"], "seed_std": (gt.get("seeds") or {}).get("psnr_y", {}).get("std"),
-            "k0_share": rows[K0].get("recovered_fraction"), "nodepth_share": rows[NODEPTH].get("recovered_fraction")}
+            "k0_share": rows[K0].get("recovered_fraction"), "nodepth_share": rows[NODEPTH].get("recovered_fraction"),
+            "focus_error": errors.get("focus"), "focus_error_constant": errors.get("focus_constant")}
 
 
 def select(cands: list[dict[str, Any]]) -> str:
@@ -66,14 +70,19 @@ def markdown(cands: list[dict[str, Any]], chosen: str) -> str:
              "over seeds then images). Rule: the larger mean share of the oracle gap of the GT-depth row; "
              f"chosen: **{chosen}**.", "",
              "| KE run | GT depth: share of oracle gap | GT depth: kernel L1 | GT depth: PSNR-Y (dB) | seeds' std (dB) | "
-             "K0 (DE depth): share |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "K0 (DE depth): share | head's d_f error |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in cands:
         std = "–" if c["seed_std"] is None else f"{c['seed_std']:.2f}"
         lines.append(f"| {c['run']}{' (chosen)' if c['run'] == chosen else ''} | "
                      f"{_ci(c['share'], 0, 100, ' %')} | {_ci(c['kernel_l1'])} | {_ci(c['psnr_y'], 2)} | {std} | "
-                     f"{_ci(c['k0_share'], 0, 100, ' %')} |")
+                     f"{_ci(c['k0_share'], 0, 100, ' %')} | {_ci(c.get('focus_error'))} |")
     ref = cands[0]["nodepth_share"]
-    lines += ["", f"The depth-free KE on the same crops: share {_ci(ref, 0, 100, ' %')}.", ""]
+    lines += ["", f"The depth-free KE on the same crops: share {_ci(ref, 0, 100, ' %')}."]
+    const = next((c["focus_error_constant"] for c in cands if c.get("focus_error_constant")), None)
+    if const:
+        lines[-1] += (" Head's d_f error: mean |d_f − GT d_f| on the 0–1 depth scale (tools/lens_reading.py); the "
+                      f"constant 0.5, which reads nothing, is {_ci(const)} from the GT d_f.")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--val", nargs="+", required=True, metavar="RUN=FOLDER", help="validation ladders, the KE in use "
                    "first")
+    p.add_argument("--lens-reading", type=Path, default=None,
+                   help="folder of tools/lens_reading.py records, one per run (adds the head's d_f error)")
     p.add_argument("--out", type=Path, default=Path("results/frontend_defocus_ke_choice"))
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
@@ -93,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / "selection.json").is_file() and not args.overwrite:
         print(f"select_ke: {args.out} already holds a selection; pass --overwrite to replace it", file=sys.stderr)
         return 2
-    cands = [candidate(run, folder) for run, folder in pairs]
+    cands = [candidate(run, folder, args.lens_reading) for run, folder in pairs]
     chosen = select(cands)
     md = markdown(cands, chosen)
     command = "python tools/select_ke.py --val " + " ".join(f"{r}={f.as_posix()}" for r, f in pairs) + \
-        f" --out {args.out.as_posix()}"
+        (f" --lens-reading {args.lens_reading.as_posix()}" if args.lens_reading else "") + f" --out {args.out.as_posix()}"
     meta = {"command": command, "what": "the defocus ladder's KE chosen on the validation split (issue 21)",
             "provenance": environment()}
     args.out.mkdir(parents=True, exist_ok=True)
