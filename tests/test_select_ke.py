@@ -24,6 +24,9 @@ def _ladder(folder: Path, run: str, share: float, split: str = "val") -> Path:
                                  "seeds": {"psnr_y": {"mean": 27.0, "std": 0.1, "n": 3}}},
             select_ke.K0: {"recovered_fraction": _est(0.0)}, select_ke.NODEPTH: {"recovered_fraction": _est(0.3)}}
     (folder / "frontend.json").write_text(json.dumps({"rows": rows, "test": {"split": split, "ke_run": run}}))
+    values = {"psnr_y": [[27.0, 27.5]], "kernel_l1": [[0.5, 0.4]]}
+    per = {name: values for name in (select_ke.GT_DEPTH, select_ke.ZEROED, select_ke.GT_KERNEL)}
+    (folder / "per_image.json").write_text(json.dumps({"names": ["a", "b"], "seeds": [0], "rows": per}))
     return folder
 
 
@@ -35,6 +38,7 @@ def test_the_larger_validation_share_wins_and_a_tie_keeps_the_ke_in_use(tmp_path
     assert select_ke.main(["--val", f"ke_a={a}", f"ke_b={b}", "--out", str(out)]) == 0
     assert json.loads((out / "selection.json").read_text())["chosen"] == "ke_b"
     assert "**ke_b**" in (out / "selection.md").read_text()
+    assert json.loads((out / "per_image.json").read_text())["ke_b"][select_ke.GT_DEPTH]["psnr_y"] == [[27.0, 27.5]]
     assert select_ke.main(["--val", f"ke_a={a}", f"ke_b={b}", "--out", str(out)]) == 2, "no silent overwrite"
     assert select_ke.select([select_ke.candidate("ke_a", a), select_ke.candidate("ke_c", c)]) == "ke_a"
 

@@ -6,7 +6,8 @@
 Each ``RUN=FOLDER`` is an ``ssr-frontend --split val --ke-run RUN`` record (the same stages, seeds and validation
 crops; only the KE differs). The rule, written before the candidates were scored: the KE whose "NBSR + DKENet, GT
 depth" row recovers the larger mean share of the oracle gap on the validation ladder becomes the ladder's KE; the
-first candidate (the KE in use) is kept on a tie. Writes ``selection.md`` / ``selection.json`` and ``RECORD.json``
+first candidate (the KE in use) is kept on a tie. Writes ``selection.md`` / ``selection.json``, ``per_image.json``
+(the per-image values the shares rest on) and ``RECORD.json``
 into ``--out``, refusing to replace them without ``--overwrite``.
 """
 
@@ -25,6 +26,7 @@ from ssr_lightning.ablate.provenance import environment
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 
 GT_DEPTH, K0, NODEPTH = "NBSR + DKENet, GT depth", "NBSR + DKENet, depth from LR (K0)", "NBSR + DKENet w/o depth"
+ZEROED, GT_KERNEL = "NBSR, kernel zeroed", "NBSR + GT kernel"
 
 
 def _ci(e: dict[str, Any] | None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
@@ -55,6 +57,18 @@ def candidate(run: str, folder: Path, lens_reading: Path | None = None) -> dict[
             "psnr_y": gt["psnr_y"], "seed_std": (gt.get("seeds") or {}).get("psnr_y", {}).get("std"),
             "k0_share": rows[K0].get("recovered_fraction"), "nodepth_share": rows[NODEPTH].get("recovered_fraction"),
             "focus_error": errors.get("focus"), "focus_error_constant": errors.get("focus_constant")}
+
+
+def per_image(pairs: list[tuple[str, Path]]) -> dict[str, Any]:
+    """What the shares rest on: each candidate's per-image (seeds × images) PSNR-Y and kernel L1 of the GT-depth row,
+    with the zeroed-code and GT-kernel rows that make the gap, from each ladder's ``per_image.json``."""
+    out: dict[str, Any] = {}
+    for run, folder in pairs:
+        data = json.loads((folder / "per_image.json").read_text())
+        rows = data["rows"]
+        out[run] = {"names": data["names"], "seeds": data["seeds"],
+                    **{name: rows[name] for name in (GT_DEPTH, ZEROED, GT_KERNEL)}}
+    return out
 
 
 def select(cands: list[dict[str, Any]]) -> str:
@@ -114,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "selection.md", md)
     atomic_write_json(args.out / "selection.json", {**meta, "chosen": chosen, "candidates": cands})
+    atomic_write_json(args.out / "per_image.json", per_image(pairs))
     atomic_write_json(args.out / "RECORD.json", meta)
     print(md)
     return 0
