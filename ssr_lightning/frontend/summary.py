@@ -291,7 +291,7 @@ def ladder_figure(summary: dict[str, Any], path: Path) -> Path:
         ax_d.axvline(summary["oracle_gap"]["mean"], ls="--", lw=1, color="#2e7d32", label="oracle gap")
         ax_d.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.2 / max(len(rows), 1)))
     ax_d.set_xlabel("Δ PSNR-Y vs zeroed code (dB), paired 95 % CI\n(filled: CI excludes 0, before the Holm "
-                    "correction of the Markdown table; bicubic left out)", fontsize=8)
+                    "correction\nof the Markdown table; bicubic left out)", fontsize=8)
     bic = BICUBIC_NAMES.get(summary.get("bicubic", "torch"), summary.get("bicubic"))
     fig.suptitle(f"Front-end ladder ({summary['num_images']} images; bicubic: {bic})", fontsize=10)
     fig.tight_layout()
