@@ -52,6 +52,8 @@ from ssr_lightning.metrics.stats import (
 )
 from ssr_lightning.networks import DKENet
 
+from record_formats import estimate  # tools/ is the script's folder, first on sys.path
+
 DEGRADATION = ["configs/degradation/defocus.yaml", "configs/degradation/clean.yaml"]
 TERMS = ("focus", "gain", "threshold", "optics")
 ROWS = {"trained": "KE as trained (its own lens)",
@@ -151,27 +153,22 @@ def summarize(values: dict[str, np.ndarray]) -> dict[str, Any]:
             "correction": correction_note(marks)}
 
 
-def _ci(e: dict[str, Any], signed: bool = False, digits: int = 1) -> str:
-    f = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return f"{f.format(e['mean'])} [{f.format(e['lo'])}, {f.format(e['hi'])}]".replace("-", "−")
-
-
 def markdown(s: dict[str, Any], split: str) -> str:
     lines = [f"**The thin-lens KE's lens reading** (defocus family, {split} split, GT depth; kernel L1 × 100 of the "
              f"per-pixel 21×21 kernel, lower is better; 95 % CI: {s['ci']})", "",
              "| KE | kernel L1 × 100 | Δ vs as trained | mark |", "| --- | --- | --- | --- |"]
     for r in s["rows"].values():
         d = r.get("delta")
-        lines.append(f"| {r['label']} | {_ci(r['kernel_l1'])} | {_ci(d, True) if d else '—'} | "
+        lines.append(f"| {r['label']} | {estimate(r['kernel_l1'], 1)} | {estimate(d, 1, True) if d else '—'} | "
                      f"{d['mark'] if d else ''} |")
     e = s["lens_errors"]
     lines += ["", f"Δ: paired per-image difference, * where its CI excludes 0; {s['correction']}.", "",
               "The head's errors on its lens terms (mean |estimate − GT| [95 % CI]): focal depth d_f "
-              f"{_ci(e['focus'], digits=3)} (depth scale 0–1; the constant 0.5, which reads nothing: "
-              f"{_ci(e['focus_constant'], digits=3)}), gain g {_ci(e['gain'], digits=0)} % of the GT gain, "
-              f"threshold t {_ci(e['threshold'], digits=3)}, optics σ {_ci(e['optics'], digits=3)} px"
+              f"{estimate(e['focus'], 3)} (depth scale 0–1; the constant 0.5, which reads nothing: "
+              f"{estimate(e['focus_constant'], 3)}), gain g {estimate(e['gain'], 0)} % of the GT gain, "
+              f"threshold t {estimate(e['threshold'], 3)}, optics σ {estimate(e['optics'], 3)} px"
               + (f"; the sharpness-weighted depth (the head shifts it by at most 0.25) is "
-                 f"{_ci(e['sharpness_focal'], digits=3)} from the GT d_f" if "sharpness_focal" in e else "") + ".",
+                 f"{estimate(e['sharpness_focal'], 3)} from the GT d_f" if "sharpness_focal" in e else "") + ".",
               ""]
     return "\n".join(lines)
 

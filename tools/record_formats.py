@@ -116,7 +116,7 @@ def caption(data: Any, path: Path) -> str:
     return str(lookup(_json(data, path, "caption"), "caption"))
 
 
-def _share(e: dict[str, Any]) -> str:
+def share(e: dict[str, Any]) -> str:
     """A share of the oracle gap in per cent with its CI: ``45 [9, 63] %``."""
     return f"{num(100 * e['mean'], '.0f')} [{num(100 * e['lo'], '.0f')}, {num(100 * e['hi'], '.0f')}] %"
 
@@ -129,10 +129,10 @@ def ladder(data: Any, path: Path) -> str:
     for name, r in rows.items():
         delta = r.get("delta_vs_zeroed")
         mark = (r.get("delta_vs_zeroed_mark") or {}).get("text", "")
-        share = r.get("recovered_fraction")
+        frac = r.get("recovered_fraction")
         cells = [estimate(r["psnr_y"]) if "psnr_y" in r else "–",
                  f"{estimate(delta, 2, True)} {mark}".strip() if delta else "–",
-                 _share(share) if share else "–",
+                 share(frac) if frac else "–",
                  estimate(r["kernel_l1"], 3) if "kernel_l1" in r else "–",
                  estimate(r["absrel"], 3) if "absrel" in r else "–"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -152,9 +152,9 @@ def response(data: Any, path: Path) -> str:
     lines = ["| α | kernel L1 | PSNR-Y (dB) | share of oracle gap |", "| --- | ---: | ---: | ---: |"]
     for alpha, name in walk:
         r = rows[name]
-        share = r.get("recovered_fraction")
+        frac = r.get("recovered_fraction")
         lines.append(f"| {alpha} | {estimate(r['kernel_l1'], 3)} | {estimate(r['psnr_y'])} | "
-                     f"{_share(share) if share else '100 %'} |")
+                     f"{share(frac) if frac else '100 %'} |")
     return "\n".join(lines)
 
 

@@ -25,16 +25,18 @@ sys.path.insert(0, str(REPO))
 from ssr_lightning.ablate.provenance import environment
 from ssr_lightning.files import atomic_write_json, atomic_write_text
 
+from record_formats import estimate, share  # tools/ is the script's folder, first on sys.path
+
 GT_DEPTH, K0, NODEPTH = "NBSR + DKENet, GT depth", "NBSR + DKENet, depth from LR (K0)", "NBSR + DKENet w/o depth"
 ZEROED, GT_KERNEL = "NBSR, kernel zeroed", "NBSR + GT kernel"
 
 
-def _ci(e: dict[str, Any] | None, digits: int = 3, scale: float = 1.0, unit: str = "") -> str:
-    if not e:
-        return "–"
-    f = f"{{:.{digits}f}}"
-    text = f"{f.format(scale * e['mean'])} [{f.format(scale * e['lo'])}, {f.format(scale * e['hi'])}]{unit}"
-    return text.replace("-", "−")
+def _ci(e: dict[str, Any] | None, digits: int = 3) -> str:
+    return estimate(e, digits) if e else "–"
+
+
+def _pct(e: dict[str, Any] | None) -> str:
+    return share(e) if e else "–"
 
 
 def candidate(run: str, folder: Path, lens_reading: Path | None = None) -> dict[str, Any]:
@@ -88,10 +90,10 @@ def markdown(cands: list[dict[str, Any]], chosen: str) -> str:
     for c in cands:
         std = "–" if c["seed_std"] is None else f"{c['seed_std']:.2f}"
         lines.append(f"| {c['run']}{' (chosen)' if c['run'] == chosen else ''} | "
-                     f"{_ci(c['share'], 0, 100, ' %')} | {_ci(c['kernel_l1'])} | {_ci(c['psnr_y'], 2)} | {std} | "
-                     f"{_ci(c['k0_share'], 0, 100, ' %')} | {_ci(c.get('focus_error'))} |")
+                     f"{_pct(c['share'])} | {_ci(c['kernel_l1'])} | {_ci(c['psnr_y'], 2)} | {std} | "
+                     f"{_pct(c['k0_share'])} | {_ci(c.get('focus_error'))} |")
     ref = cands[0]["nodepth_share"]
-    lines += ["", f"The depth-free KE on the same crops: share {_ci(ref, 0, 100, ' %')}."]
+    lines += ["", f"The depth-free KE on the same crops: share {_pct(ref)}."]
     const = next((c["focus_error_constant"] for c in cands if c.get("focus_error_constant")), None)
     if const:
         lines[-1] += (" Head's d_f error: mean |d_f − GT d_f| on the 0–1 depth scale (tools/lens_reading.py); the "

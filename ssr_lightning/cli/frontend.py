@@ -65,6 +65,16 @@ from ssr_lightning.registry import STAGES
 __all__ = ["STAGE_RUNS", "build_parser", "main", "run", "stage_config"]
 
 _DATA_CONFIG = "configs/data/embedded.yaml"
+
+
+def _thin_lens_ke(lens_loss: str | None = None, **net: str) -> tuple[str, list[str]]:
+    """A DKENet run with the thin-lens head on absolute depth: ``net`` are further network options (flag order
+    kept as given), ``lens_loss`` the module's lens supervision."""
+    opts = {"thin_lens": "true", "normalize_depth": "false", **net}
+    args = [a for k, v in opts.items() for a in (f"--model.init_args.net.init_args.{k}", v)]
+    return "dkenet", args + (["--model.init_args.lens_loss", lens_loss] if lens_loss is not None else [])
+
+
 # run name -> (registered stage, extra ssr fit arguments); the config that trains it is the stage's (STAGES)
 STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     "dkenet": ("dkenet", []),
@@ -80,48 +90,26 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     "depth_l5": ("depth", ["--model.init_args.net.init_args.levels", "5"]),
     # KE with the thin-lens head (absolute depth -> per-pixel Gaussian prior): the KE that uses depth on the defocus
     # family (results/ke_depth, issue 21)
-    "dkenet_thinlens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                   "--model.init_args.net.init_args.normalize_depth", "false"]),
+    "dkenet_thinlens": _thin_lens_ke(),
     # the same head supervised with the lens that made each sample (lens_loss 0.1, chosen on validation in
     # results/ke_depth): the KE chosen for the defocus family
-    "dkenet_lens": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                               "--model.init_args.net.init_args.normalize_depth", "false",
-                               "--model.init_args.lens_loss", "0.1"]),
+    "dkenet_lens": _thin_lens_ke(lens_loss="0.1"),
     # the same with the prior's form made the thin lens's own (results/lens_reading: at the defaults the form with
     # the true lens is as far from the GT kernel as a depth-free KE): sharp softplus, low tap floor
-    "dkenet_lens_sharp": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                     "--model.init_args.net.init_args.normalize_depth", "false",
-                                     "--model.init_args.net.init_args.lens_sharpness", "10",
-                                     "--model.init_args.net.init_args.lens_floor", "-10",
-                                     "--model.init_args.lens_loss", "0.1"]),
+    "dkenet_lens_sharp": _thin_lens_ke(lens_sharpness="10", lens_floor="-10", lens_loss="0.1"),
     # ... and its lens supervised at full weight: with the exact form the true lens is the kernel, so the head is
     # told the answer; at the old form lens_loss 1 pulled the prior away from the kernel (results/lens_reading)
-    "dkenet_lens_sharp_sup": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                         "--model.init_args.net.init_args.normalize_depth", "false",
-                                         "--model.init_args.net.init_args.lens_sharpness", "10",
-                                         "--model.init_args.net.init_args.lens_floor", "-10",
-                                         "--model.init_args.lens_loss", "1.0"]),
+    "dkenet_lens_sharp_sup": _thin_lens_ke(lens_sharpness="10", lens_floor="-10", lens_loss="1.0"),
     # ... reading the focal depth from the LR's sharpness (focal_plane: d_f = the sharpness-weighted depth, shifted
     # by the head): the term whose reading limits the exact-form KEs (results/lens_reading)
-    "dkenet_lens_sharp_focal": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                           "--model.init_args.net.init_args.normalize_depth", "false",
-                                           "--model.init_args.net.init_args.focal_plane", "true",
-                                           "--model.init_args.net.init_args.lens_sharpness", "10",
-                                           "--model.init_args.net.init_args.lens_floor", "-10",
-                                           "--model.init_args.lens_loss", "1.0"]),
+    "dkenet_lens_sharp_focal": _thin_lens_ke(focal_plane="true", lens_sharpness="10", lens_floor="-10",
+                                             lens_loss="1.0"),
     # a softer exact-ish form (β 4: the form's own error with the true lens stays small, results/lens_reading)
     # whose gradients still reach d_f where the sharp form's do not
-    "dkenet_lens_mid": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                   "--model.init_args.net.init_args.normalize_depth", "false",
-                                   "--model.init_args.net.init_args.lens_sharpness", "4",
-                                   "--model.init_args.net.init_args.lens_floor", "-10",
-                                   "--model.init_args.lens_loss", "0.1"]),
+    "dkenet_lens_mid": _thin_lens_ke(lens_sharpness="4", lens_floor="-10", lens_loss="0.1"),
     # the sharp softplus with the first KEs' tap floor: every exact-form KE above (floor −10) failed on validation,
     # and a low floor lets a wrong lens saturate the softmax, out of the per-pixel logits' reach
-    "dkenet_lens_sharp_floor6": ("dkenet", ["--model.init_args.net.init_args.thin_lens", "true",
-                                            "--model.init_args.net.init_args.normalize_depth", "false",
-                                            "--model.init_args.net.init_args.lens_sharpness", "10",
-                                            "--model.init_args.lens_loss", "0.1"]),
+    "dkenet_lens_sharp_floor6": _thin_lens_ke(lens_sharpness="10", lens_loss="0.1"),
     "cmos": ("cmos", []),
 }
 
