@@ -39,6 +39,7 @@ KE_CONFIGS = [
     {"depth_fusion": "none", "thin_lens": True, "focal_plane": True},
     {"use_depth": False, "global_kernel": True},
     {"blocks_per_stage": 2, "thin_lens": True},
+    {"global_kernel": True, "normalize_depth": True, "depth_pool_bins": 6},  # issue 21's depth-pooled KE
 ]
 
 

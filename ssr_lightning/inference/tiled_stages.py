@@ -135,7 +135,8 @@ class TiledKE:
     def _statistics(self) -> dict[str, Tensor | None]:
         """focal depth, bottleneck mean and pooled last features of the whole image (the ones the net uses)."""
         net, one = self.net, len(self.windows) == 1
-        stats: dict[str, Tensor | None] = {"focal": None, "context": None, "pooled": None, "binned": None}
+        stats: dict[str, Tensor | None] = {"focal": None, "context": None, "pooled": None, "binned": None,
+                                          "depth_table": None}
         if net.focus_score is not None and self.depth is not None:
             if one:
                 stats["focal"] = self._run(net.focal_depth, self.lr, self.depth)
@@ -183,7 +184,25 @@ class TiledKE:
             stats["pooled"] = torch.cat([mean, std], dim=1).float()
             if len(sums) == 4:
                 stats["binned"] = net.binned_mean(sums[2], sums[3]).float()
+        if net.depth_pool is not None and self.depth is not None and not one:
+            stats["depth_table"] = self._depth_table(stats)
         return stats
+
+    def _depth_table(self, stats: dict[str, Tensor | None]) -> Tensor:
+        """The whole image's depth-pooled log-kernels (``depth_pool_bins``): the pool's sums over every tile's core,
+        after the image-level statistics its logits read."""
+        pool, num, den = self.net.depth_pool, None, None
+        assert pool is not None
+        self.stats = stats  # _last_features reads the focal depth and context
+        for win in self.windows:
+            f3, depth, at = self._last_features(win)
+            inputs = self._run(lambda f, d: pool.inputs(f, self.net.kernel_logits(
+                f, d, stats["focal"], stats["pooled"], stats["binned"])), f3, depth)
+            core = (..., slice(win[0] - at[0], win[1] - at[0]), slice(win[2] - at[2], win[3] - at[2]))
+            n, d = pool.sums(inputs[core].double(), depth[core].double())
+            num, den = (n, d) if num is None else (num + n, den + d)
+        assert num is not None and den is not None
+        return pool.table(num, den).float()
 
     def _last_features(self, win: Window) -> tuple[Tensor, Tensor | None, Window]:
         """``f3`` and the depth on a window containing ``win`` grown by at least 1 px (where the image allows), and
@@ -202,7 +221,7 @@ class TiledKE:
         sub = (..., slice(g[0] - at[0], g[1] - at[0]), slice(g[2] - at[2], g[3] - at[2]))
         st = self.stats
         field = self._run(self.net.kernels, f3[sub], None if depth is None else depth[sub], st["focal"], st["pooled"],
-                          st["binned"])
+                          st["binned"], depth_table=st.get("depth_table"))
         return field[..., y0 - g[0] : y1 - g[0], x0 - g[2] : x1 - g[2]]
 
     def field(self, win: Window) -> Tensor:

@@ -27,6 +27,7 @@ from ssr_lightning.registry import register_stage
 
 from .blocks import DABlock
 from .depth_maps import normalize_depth_map
+from .depth_pooling import DepthKernelPool
 
 __all__ = ["DKENet"]
 
@@ -106,6 +107,7 @@ class DKENet(ModelMixin, ConfigMixin):
         thin_lens: bool = False,
         lens_sharpness: float = 1.0,
         lens_floor: float = _LENS_FLOOR,
+        depth_pool_bins: int = 0,
     ) -> None:
         """
         Args:
@@ -133,6 +135,8 @@ class DKENet(ModelMixin, ConfigMixin):
                 0.01 px (results/lens_reading: the form's own kernel L1 with the true lens).
             lens_floor: Log-floor of every prior tap relative to the centre tap, so that a wrong lens cannot saturate
                 the softmax. At −6 the floors of 441 taps outweigh a sharp kernel's centre; −10 costs it 2 %.
+            depth_pool_bins: Soft depth bins in which the per-pixel log-kernels are pooled, confidence-weighted, so that
+                pixels at one depth share their kernel (networks/depth_pooling.py); 0: off. Needs use_depth.
         """
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -148,6 +152,10 @@ class DKENet(ModelMixin, ConfigMixin):
         if not lens_floor < 0:
             raise ValueError(f"lens_floor must be < 0 (a log-ratio to the centre tap), got {lens_floor}")
         self.lens_sharpness, self.lens_floor = float(lens_sharpness), float(lens_floor)
+        if depth_pool_bins < 0:
+            raise ValueError(f"depth_pool_bins must be 0 (off) or >= 2, got {depth_pool_bins}")
+        if depth_pool_bins and not use_depth:
+            raise ValueError("depth_pool_bins pools kernels by depth: set use_depth true, or depth_pool_bins 0")
         self.in_channels, self.depth_channels = in_channels, depth_channels
         self.kernel_size, self.scale, self.use_depth = kernel_size, scale, use_depth
         # Per-image [0, 1] depth (robust min/max), as every depth estimator returns it: the network then sees the
@@ -221,6 +229,7 @@ class DKENet(ModelMixin, ConfigMixin):
             with torch.no_grad():  # d_f = 0.5, g = 3, t = 1, σx = σy = 1 px, θ = 0
                 last.bias.copy_(torch.tensor([0.0, math.log(math.expm1(3.0)), 1.0, math.log(math.expm1(0.9)),
                                               math.log(math.expm1(0.9)), 0.0]))
+        self.depth_pool = DepthKernelPool(channels, depth_pool_bins) if depth_pool_bins else None
         self._init_tail()
 
     # ----------------------------------------------------------------------------------------------- presets
@@ -464,11 +473,23 @@ class DKENet(ModelMixin, ConfigMixin):
         return self.lens_head is not None and self.use_depth
 
     def kernels(self, f3: Tensor, depth: Tensor | None, focal: Tensor | None = None,
-                pooled: Tensor | None = None, binned: Tensor | None = None, lens: Tensor | None = None) -> Tensor:
+                pooled: Tensor | None = None, binned: Tensor | None = None, lens: Tensor | None = None,
+                depth_table: Tensor | None = None) -> Tensor:
         """The kernel field (softmax over the k² channels) of last features ``f3``. ``pooled (B, 2C)`` (mean, std of
         ``f3``) and ``binned (B, bins·C)`` (``f3`` averaged in soft depth bins) replace the pooling of ``f3``
         itself (a tile's caller gives the whole image's); ``lens``: the thin-lens head's parameters, already computed
-        (:meth:`lens_parameters`). ``depth``/``focal``: as :meth:`features` read them."""
+        (:meth:`lens_parameters`). ``depth``/``focal``: as :meth:`features` read them. ``depth_table``: the whole
+        image's depth-pooled log-kernels (``depth_pool_bins``; :meth:`DepthKernelPool.table`), else pooled here."""
+        logits = self.kernel_logits(f3, depth, focal, pooled, binned, lens)
+        if self.depth_pool is not None:
+            assert depth is not None
+            logits = self.depth_pool(self.depth_pool.inputs(f3, logits), depth, depth_table)
+        return torch.softmax(logits, dim=1)
+
+    def kernel_logits(self, f3: Tensor, depth: Tensor | None, focal: Tensor | None = None,
+                      pooled: Tensor | None = None, binned: Tensor | None = None,
+                      lens: Tensor | None = None) -> Tensor:
+        """The per-pixel kernel logits of :meth:`kernels`, before the depth pooling and the softmax."""
         size = (f3.shape[-2], f3.shape[-1])
         logits = self.tail(f3)
         if self.pools_features and pooled is None:
@@ -479,7 +500,7 @@ class DKENet(ModelMixin, ConfigMixin):
             params = self.lens_parameters(f3, depth, pooled, binned) if lens is None else lens
             prior = self._lens_prior(params, depth, size, focal)
             logits = logits + prior.to(logits.dtype)
-        return torch.softmax(logits, dim=1)
+        return logits
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items() if not k.startswith("_"))
