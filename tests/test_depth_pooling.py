@@ -47,12 +47,12 @@ def test_the_pixels_own_kernel_keeps_its_learned_share() -> None:
 
 def test_an_empty_bin_takes_the_images_pooled_kernel_and_confidence_weights_the_pool() -> None:
     pool = DepthKernelPool(channels=4, bins=3)
-    logp = torch.log_softmax(torch.randn(1, 5, 2, 2), dim=1)
+    kernels = torch.softmax(torch.randn(1, 5, 2, 2), dim=1)
     conf = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # the right column has no say
     depth = torch.zeros(1, 1, 2, 2)  # every pixel in the first bin: bins 2 and 3 are empty
-    num, den = pool.sums(torch.cat([logp, conf], 1), depth)
+    num, den = pool.sums(torch.cat([kernels, conf], 1), depth)
     table = pool.table(num, den)
-    left = logp[0, :, :, 0].mean(dim=1)
+    left = kernels[0, :, :, 0].mean(dim=1)
     torch.testing.assert_close(table[0, 1], left)  # empty bin: the image's (confidence-weighted) kernel
     torch.testing.assert_close(table[0, 2], left)
     torch.testing.assert_close(table[0, 0], left)  # the bin's own pixels agree with it here
