@@ -64,3 +64,31 @@ def test_an_empty_bin_takes_the_images_pooled_kernel_and_confidence_weights_the_
 def test_depth_pool_bins_is_validated_with_its_name(kw: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DKENet(channels=8, kernel_size=9, **kw)
+
+
+def test_ke_pooling_tool_pools_a_depth_function_exactly_and_scores_the_net_as_it_runs() -> None:
+    """tools/ke_pooling.py: a field that is a function of depth (on bin centres) survives the pooling up to the pull
+    towards the image's kernel (1 pixel's weight in a plane of ≥ 64: L1 ≤ 2/65), so the GT floor is near 0 there;
+    the "as trained" row is the net's own field."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import ke_pooling
+
+    g = torch.Generator().manual_seed(3)
+    depth = torch.zeros(2, 1, 16, 16)
+    depth[:, :, 8:] = 1.0
+    depth[:, :, :, :4] = 8 / 15  # three depth planes, each a centre of the 16 bins
+    table = torch.softmax(torch.randn(2, 3, 81, generator=g), dim=-1)  # one kernel per plane
+    plane = (depth * 15 / 8).round().long().clamp(max=1) + (depth == 1).long()  # 0, 1, 2
+    gt = torch.stack([table[b, plane[b, 0]].permute(2, 0, 1) for b in range(2)])  # (2, 81, 16, 16)
+    assert float((ke_pooling.depth_pooled(gt, depth, 16) - gt).abs().sum(1).max()) < 2 / 65
+    net = _net().eval()
+    batch = {"lr": torch.rand(2, 3, 16, 16, generator=g), "kernel": gt, "depth_lr": depth}
+    out = ke_pooling.score_batch(net, batch)
+    assert float(out["gt_pool16"].max()) < 2 / 65
+    with torch.no_grad():
+        own = net(batch["lr"], depth)
+    torch.testing.assert_close(out["trained"], (own - gt).abs().sum(1).mean(dim=(1, 2)))
+    assert float(out["gt_image"].min()) > 0.01  # three kernels per image: one kernel cannot be them all

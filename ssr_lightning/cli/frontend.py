@@ -110,10 +110,9 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     # the sharp softplus with the first KEs' tap floor: every exact-form KE above (floor −10) failed on validation,
     # and a low floor lets a wrong lens saturate the softmax, out of the per-pixel logits' reach
     "dkenet_lens_sharp_floor6": _thin_lens_ke(lens_sharpness="10", lens_loss="0.1"),
-    # the default KE with its per-pixel log-kernels pooled in soft depth bins (confidence-weighted): pixels at one
+    # the default KE with its per-pixel kernels pooled in soft depth bins (confidence-weighted): pixels at one
     # depth share one kernel, which needs no focal depth (the thin-lens KEs could not read it, results/lens_reading)
     "dkenet_pool": ("dkenet", ["--model.init_args.net.init_args.depth_pool_bins", "16"]),
-    "dkenet_pool8": ("dkenet", ["--model.init_args.net.init_args.depth_pool_bins", "8"]),
     "cmos": ("cmos", []),
 }
 
@@ -170,7 +169,7 @@ def build_parser() -> ArgumentParser:
                    help="with --train: the trained DE run SVKR uses (depth, depth_ws128, depth_native)")
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (a KE of --stages' list: "
-                        "dkenet, dkenet_thinlens, dkenet_lens..., dkenet_pool, dkenet_pool8)")
+                        "dkenet, dkenet_thinlens, dkenet_lens..., dkenet_pool)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")

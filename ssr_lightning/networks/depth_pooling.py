@@ -5,8 +5,8 @@ optics), so every pixel at one depth has one kernel. A pixel alone says little a
 edge; pooled with the pixels at its depth that do, it says much more. This module pools the per-pixel kernels in
 soft depth bins, each pixel weighted by a learned confidence (where its own estimate is reliable), and gives each
 pixel the pooled kernel of its depth, mixed with its own by a learned share. The pool is a mean of kernels, not of
-log-kernels: a geometric mean is ruled by every pixel's worst tail (a first KE pooled that way trained to a kernel
-L1 of 0.75 on validation, worse than without depth), an arithmetic one by the bulk. The thin-lens head (``thin_lens``)
+log-kernels: a geometric mean is ruled by every pixel's worst tail (a first KE pooled that way trained worse than
+one without depth), an arithmetic one by the bulk. The thin-lens head (``thin_lens``)
 asks a network to *name* the lens (focal depth above all) from pooled features; pooling asks only that pixels at one
 depth agree, which needs no focal depth: the sign ambiguity of a Gaussian blur about the focal plane does not arise.
 
