@@ -57,6 +57,7 @@ def candidate(run: str, folder: Path, lens_reading: Path | None = None) -> dict[
     errors = json.loads(reading.read_text())["lens_errors"] if reading and reading.is_file() else {}
     return {"run": run, "record": folder.as_posix(), "share": gt["recovered_fraction"], "kernel_l1": gt["kernel_l1"],
             "psnr_y": gt["psnr_y"], "seed_std": (gt.get("seeds") or {}).get("psnr_y", {}).get("std"),
+            "seeds": (gt.get("seeds") or {}).get("psnr_y", {}).get("n"),
             "k0_share": rows[K0].get("recovered_fraction"), "nodepth_share": rows[NODEPTH].get("recovered_fraction"),
             "focus_error": errors.get("focus"), "focus_error_constant": errors.get("focus_constant")}
 
@@ -82,13 +83,13 @@ def select(cands: list[dict[str, Any]]) -> str:
 
 
 def markdown(cands: list[dict[str, Any]], chosen: str) -> str:
-    lines = ["The defocus ladder's KE on the validation split (24 crops, 3 training seeds; 95 % CI: two-level bootstrap "
-             "over seeds then images). Rule: the larger mean share of the oracle gap of the GT-depth row; "
+    lines = ["The defocus ladder's KE on the validation split (24 crops; 95 % CI: two-level bootstrap over a "
+             "candidate's training seeds then images). Rule: the larger mean share of the oracle gap of the GT-depth row; "
              f"chosen: **{chosen}**.", "",
-             "| KE run | GT depth: share of oracle gap | GT depth: kernel L1 | GT depth: PSNR-Y (dB) | seeds' std (dB) | "
+             "| KE run | GT depth: share of oracle gap | GT depth: kernel L1 | GT depth: PSNR-Y (dB) | seeds: n, std (dB) | "
              "K0 (DE depth): share | head's d_f error |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in cands:
-        std = "–" if c["seed_std"] is None else f"{c['seed_std']:.2f}"
+        std = "–" if c["seed_std"] is None else f"{c.get('seeds') or '?'}, {c['seed_std']:.2f}"
         lines.append(f"| {c['run']}{' (chosen)' if c['run'] == chosen else ''} | "
                      f"{_pct(c['share'])} | {_ci(c['kernel_l1'])} | {_ci(c['psnr_y'], 2)} | {std} | "
                      f"{_pct(c['k0_share'])} | {_ci(c.get('focus_error'))} |")
