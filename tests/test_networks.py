@@ -248,6 +248,7 @@ def test_save_load_round_trip(tmp_path, use_depth: bool) -> None:
         "thin_lens": False,
         "lens_sharpness": 1.0,
         "lens_floor": -6.0,
+        "depth_pool_bins": 0,
     }
     lr, depth = torch.rand(1, 3, 7, 9), torch.rand(1, 1, 7, 9)
     with torch.no_grad():
