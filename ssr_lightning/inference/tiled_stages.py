@@ -9,8 +9,9 @@ field radius of every path through the network, plus a margin).
 
 DKENet also reads image-level statistics, which a tile cannot see: the focal depth (``focal_plane``: a softmax over
 all pixels of a sharpness score), the bottleneck mean (``global_context``) and the mean and std of the last features
-(``global_kernel`` / ``thin_lens`` heads; the lens head also their means in soft depth bins). :class:`TiledKE` measures them over the whole image first, in one pass per
-statistic over the tiles (a running log-sum-exp for the softmax, float64 sums for the means and variances), so each
+(``global_kernel`` / ``thin_lens`` heads; the lens head also their means in soft depth bins) and, with
+``depth_pool_bins``, the kernels pooled in depth bins. :class:`TiledKE` measures them over the whole image first, in
+one pass per statistic over the tiles (a running log-sum-exp for the softmax, float64 sums for the means and variances), so each
 tile's kernels are those of the whole-image run up to float round-off. The depth normalisation (``normalize_depth``)
 runs on the whole one-channel depth map (cheap). NBSR's noise level is likewise measured on the whole LR image.
 
@@ -189,7 +190,7 @@ class TiledKE:
         return stats
 
     def _depth_table(self, stats: dict[str, Tensor | None]) -> Tensor:
-        """The whole image's depth-pooled log-kernels (``depth_pool_bins``): the pool's sums over every tile's core,
+        """The whole image's depth-pooled kernels (``depth_pool_bins``): the pool's sums over every tile's core,
         after the image-level statistics its logits read."""
         pool, num, den = self.net.depth_pool, None, None
         assert pool is not None

@@ -135,7 +135,7 @@ class DKENet(ModelMixin, ConfigMixin):
                 0.01 px (results/lens_reading: the form's own kernel L1 with the true lens).
             lens_floor: Log-floor of every prior tap relative to the centre tap, so that a wrong lens cannot saturate
                 the softmax. At −6 the floors of 441 taps outweigh a sharp kernel's centre; −10 costs it 2 %.
-            depth_pool_bins: Soft depth bins in which the per-pixel log-kernels are pooled, confidence-weighted, so that
+            depth_pool_bins: Soft depth bins in which the per-pixel kernels are pooled, confidence-weighted, so that
                 pixels at one depth share their kernel (networks/depth_pooling.py); 0: off. Needs use_depth.
         """
         super().__init__()
@@ -479,7 +479,7 @@ class DKENet(ModelMixin, ConfigMixin):
         ``f3``) and ``binned (B, bins·C)`` (``f3`` averaged in soft depth bins) replace the pooling of ``f3``
         itself (a tile's caller gives the whole image's); ``lens``: the thin-lens head's parameters, already computed
         (:meth:`lens_parameters`). ``depth``/``focal``: as :meth:`features` read them. ``depth_table``: the whole
-        image's depth-pooled log-kernels (``depth_pool_bins``; :meth:`DepthKernelPool.table`), else pooled here."""
+        image's depth-pooled kernels (``depth_pool_bins``; :meth:`DepthKernelPool.table`), else pooled here."""
         logits = self.kernel_logits(f3, depth, focal, pooled, binned, lens)
         if self.depth_pool is not None:
             assert depth is not None
