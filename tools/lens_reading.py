@@ -21,8 +21,6 @@ Writes ``--out``: ``summary.md`` (rendered into docs/EXPERIMENTS.md), ``summary.
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -32,29 +30,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ssr_lightning.ablate.provenance import environment
 from ssr_lightning.degradation.kernels import KernelConfig
-from ssr_lightning.files import atomic_write_json, atomic_write_text, load_yaml
-from ssr_lightning.frontend.ladder import make_test_batches
-from ssr_lightning.inference.checkpoints import find_checkpoint, load_model
+from ssr_lightning.files import load_yaml
 from ssr_lightning.metrics import kernel_l1
-from ssr_lightning.metrics.stats import (
-    bootstrap_seeds,
-    ci_phrase,
-    correction_note,
-    mark_deltas,
-    paired_difference_seeds,
-)
+from ssr_lightning.metrics.stats import bootstrap_seeds
 from ssr_lightning.networks import DKENet
 
-from record_formats import estimate  # tools/ is the script's folder, first on sys.path
+from ke_readings import (  # tools/ is the script's folder, first on sys.path
+    DEGRADATION,
+    parse_args,
+    refuses,
+    seed_values,
+    summarize_rows,
+    table_lines,
+    write_record,
+)
+from record_formats import estimate
 
-DEGRADATION = ["configs/degradation/defocus.yaml", "configs/degradation/clean.yaml"]
 TERMS = ("focus", "gain", "threshold", "optics")
 ROWS = {"trained": "KE as trained (its own lens)",
         "focus": "… with the GT focal depth d_f",
@@ -115,55 +111,29 @@ def score_batch(net: DKENet, batch: dict[str, Any], c: float) -> dict[str, Tenso
 def evaluate(runs: Path, seeds: list[int], run: str, split: str) -> tuple[dict[str, np.ndarray], list[str], dict]:
     """``(seeds, images)`` matrices of every row and error, the image names, the checkpoints read and each KE's
     learned depth offset c beside the family's."""
-    batches, _ = make_test_batches(noise=False, jpeg=False, degradation=DEGRADATION, split=split)
     z0, z1 = KernelConfig(**load_yaml(REPO / DEGRADATION[0])["kernel"]).z_range
     c = z0 / (z1 - z0)
-    values: dict[str, list[list[float]]] = {}
-    names: list[str] = [str(n) for b in batches for n in b["name"]]
-    ckpts: dict[str, str] = {}
     offsets: dict[str, float] = {"gt": c}
-    for seed in seeds:
-        ckpt = find_checkpoint(run, runs / f"seed_{seed}", "best")
-        if ckpt is None:
-            raise FileNotFoundError(f"--runs {runs}: no {run} checkpoint for seed {seed} under "
-                                    f"{runs / f'seed_{seed}' / run}; train it with ssr-frontend --train --stages "
-                                    f"'[{run}, ...]' --runs {runs}")
-        ckpts[str(seed)] = ckpt.relative_to(REPO).as_posix() if ckpt.is_relative_to(REPO) else ckpt.name
-        net = load_model(ckpt, "dkenet")
+
+    def offset(seed: int, net: DKENet) -> None:
         offsets[str(seed)] = float(torch.nn.functional.softplus(net.lens_offset))
-        per: dict[str, list[float]] = {}
-        for batch in tqdm(batches, desc=f"lens reading, seed {seed}", leave=False):
-            for key, v in score_batch(net, batch, c).items():
-                per.setdefault(key, []).extend(v.double().tolist())
-        for key, v in per.items():
-            values.setdefault(key, []).append(v)
-    return {k: np.asarray(v) for k, v in values.items()}, names, {"checkpoints": ckpts, "depth_offset_c": offsets}
+
+    values, names, ckpts = seed_values(runs, seeds, run, split, lambda net, batch: score_batch(net, batch, c),
+                                       "lens reading", on_net=offset)
+    return values, names, {"checkpoints": ckpts, "depth_offset_c": offsets}
 
 
 def summarize(values: dict[str, np.ndarray]) -> dict[str, Any]:
-    rows = {k: {"label": ROWS[k], "kernel_l1": bootstrap_seeds(100 * values[k]).as_dict()} for k in ROWS}
-    deltas = {k: paired_difference_seeds(100 * values[k], 100 * values[REFERENCE]) for k in ROWS if k != REFERENCE}
-    marks = mark_deltas(list(deltas.values()))
-    for (k, d), m in zip(deltas.items(), marks, strict=True):
-        rows[k]["delta"] = {**d.as_dict(), "mark": m.text if m else ""}
+    s = summarize_rows(values, ROWS, REFERENCE)
     errors = {t: bootstrap_seeds(values[f"err_{t}"]).as_dict() for t in (*TERMS, "focus_constant", "sharpness_focal")
               if f"err_{t}" in values}
-    seeds, n = values[REFERENCE].shape
-    return {"rows": rows, "lens_errors": errors, "seeds": seeds, "images": n, "ci": ci_phrase(seeds, n),
-            "correction": correction_note(marks)}
+    return {"rows": s.pop("rows"), "lens_errors": errors, **s}
 
 
 def markdown(s: dict[str, Any], split: str) -> str:
-    lines = [f"**The thin-lens KE's lens reading** (defocus family, {split} split, GT depth; kernel L1 × 100 of the "
-             f"per-pixel 21×21 kernel, lower is better; 95 % CI: {s['ci']})", "",
-             "| KE | kernel L1 × 100 | Δ vs as trained | mark |", "| --- | --- | --- | --- |"]
-    for r in s["rows"].values():
-        d = r.get("delta")
-        lines.append(f"| {r['label']} | {estimate(r['kernel_l1'], 1)} | {estimate(d, 1, True) if d else '—'} | "
-                     f"{d['mark'] if d else ''} |")
+    lines = table_lines(s, "The thin-lens KE's lens reading", "KE", split)
     e = s["lens_errors"]
-    lines += ["", f"Δ: paired per-image difference, * where its CI excludes 0; {s['correction']}.", "",
-              "The head's errors on its lens terms (mean |estimate − GT| [95 % CI]): focal depth d_f "
+    lines += ["", "The head's errors on its lens terms (mean |estimate − GT| [95 % CI]): focal depth d_f "
               f"{estimate(e['focus'], 3)} (depth scale 0–1; the constant 0.5, which reads nothing: "
               f"{estimate(e['focus_constant'], 3)}), gain g {estimate(e['gain'], 0)} % of the GT gain, "
               f"threshold t {estimate(e['threshold'], 3)}, optics σ {estimate(e['optics'], 3)} px"
@@ -174,34 +144,13 @@ def markdown(s: dict[str, Any], split: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=Path, default=Path("results/frontend_defocus/runs"),
-                   help="ssr-frontend --runs folder holding seed_<k>/<run>")
-    p.add_argument("--run", default="dkenet_lens", help="the thin-lens KE's run name")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--out", type=Path, default=Path("results/lens_reading/dkenet_lens"))
-    p.add_argument("--overwrite", action="store_true", help="replace the record in --out")
-    args = p.parse_args(argv)
-    if (args.out / "summary.json").is_file() and not args.overwrite:
-        print(f"lens_reading: {args.out} already holds a record; pass --overwrite to replace it", file=sys.stderr)
+    args = parse_args(__doc__, "dkenet_lens", "results/lens_reading/dkenet_lens", argv)
+    if refuses("lens_reading", args):
         return 2
     values, names, read = evaluate(args.runs, args.seeds, args.run, args.split)
     summary = summarize(values)
-    md = markdown(summary, args.split)
-    command = ("OMP_NUM_THREADS=1 python tools/lens_reading.py --runs " + args.runs.as_posix()
-               + f" --run {args.run} --seeds {' '.join(map(str, args.seeds))} --split {args.split} --out "
-               + args.out.as_posix())
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "what": "the thin-lens KE's kernel L1 with parts of its lens replaced by the GT lens "
-            "(issue 21)", "provenance": environment(), **read}
-    atomic_write_text(args.out / "summary.md", md)
-    atomic_write_json(args.out / "summary.json", {**meta, **summary})
-    atomic_write_json(args.out / "per_image.json", {"names": names, "seeds": args.seeds,
-                                                    **{k: v.tolist() for k, v in values.items()}})
-    atomic_write_json(args.out / "RECORD.json", meta)
-    print(md)
-    return 0 if all(math.isfinite(r["kernel_l1"]["mean"]) for r in summary["rows"].values()) else 1
+    return write_record("lens_reading", args, "the thin-lens KE's kernel L1 with parts of its lens replaced by the GT "
+                        "lens (issue 21)", markdown(summary, args.split), summary, values, names, read)
 
 
 if __name__ == "__main__":
