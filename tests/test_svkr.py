@@ -274,6 +274,25 @@ def test_frontend_trains_the_thin_lens_ke_and_ke_run_picks_it(tmp_path: Path, mo
         cli._evaluate(args, {"depth": "x.ckpt"}, [], 4)
 
 
+def test_frontend_long_budget_runs_train_longer_and_nodepth_run_picks_one(tmp_path: Path, monkeypatch) -> None:
+    """The _x4 runs are their KE's flags plus 4x the steps; --nodepth-run names the 'w/o depth' row's trained run."""
+    import ssr_lightning.cli.frontend as cli
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(cli.CLIRunner, "execute", lambda self, cmd, log, env: calls.append(cmd))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    args = cli.build_parser().parse_args(["--train", "--stages", "[dkenet_lens_x4, dkenet_nodepth_x4]",
+                                          "--ke-run", "dkenet_lens_x4", "--nodepth-run", "dkenet_nodepth_x4",
+                                          "--out", str(tmp_path)])
+    cli._train(args, tmp_path)
+    lens, nodepth = calls
+    assert lens[lens.index("--trainer.max_steps") + 1] == nodepth[nodepth.index("--trainer.max_steps") + 1] == "6400"
+    assert lens[lens.index("--model.init_args.lens_loss") + 1] == "0.1"
+    assert nodepth[nodepth.index("--model.init_args.net.init_args.use_depth") + 1] == "false"
+    with pytest.raises(ValueError, match="--nodepth-run dkenet_nodepth_x4: no trained run"):
+        cli._evaluate(args, {"depth": "x.ckpt", "dkenet_lens_x4": "k.ckpt"}, [], 4)
+
+
 def test_frontend_refuses_to_replace_a_ladder_without_overwrite(tmp_path: Path) -> None:
     """A finished ladder in --out is a record: another run there (a --split val run, say) needs --overwrite."""
     import ssr_lightning.cli.frontend as cli

@@ -75,6 +75,8 @@ def _thin_lens_ke(lens_loss: str | None = None, **net: str) -> tuple[str, list[s
     return "dkenet", args + (["--model.init_args.lens_loss", lens_loss] if lens_loss is not None else [])
 
 
+_LONG = ["--trainer.max_steps", "6400"]  # 4x the KE's 1600 (configs/trainer/cpu_long.yaml); its LR schedule follows
+
 # run name -> (registered stage, extra ssr fit arguments); the config that trains it is the stage's (STAGES)
 STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     "dkenet": ("dkenet", []),
@@ -115,6 +117,10 @@ STAGE_RUNS: dict[str, tuple[str, list[str]]] = {
     "dkenet_pool": ("dkenet", ["--model.init_args.net.init_args.depth_pool_bins", "16"]),
     "cmos": ("cmos", []),
 }
+# the chosen KE and the depth-free KE at 4x the training steps: does the stage budget (<= 10 CPU-minutes at 1600
+# steps) limit what depth can add? A diagnosis, not a ladder default (--ke-run / --nodepth-run pick them)
+STAGE_RUNS.update({f"{run}_x4": (STAGE_RUNS[run][0], [*STAGE_RUNS[run][1], *_LONG])
+                   for run in ("dkenet_lens", "dkenet_nodepth")})
 
 
 def stage_config(run: str) -> str:
@@ -170,6 +176,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ke-run", type=str, default="dkenet",
                    help="with --train: the trained KE run the depth rows and SVKR use (a KE of --stages' list: "
                         "dkenet, dkenet_thinlens, dkenet_lens..., dkenet_pool)")
+    p.add_argument("--nodepth-run", type=str, default="dkenet_nodepth",
+                   help="with --train: the trained depth-free KE run of the 'w/o depth' row (dkenet_nodepth, "
+                        "dkenet_nodepth_x4)")
     p.add_argument("--single-seed-stages", type=list[str], default=["dkenet_nodepth", "blind", "cmos"],
                    help="stages trained for the first seed only")
     p.add_argument("--fit-args", type=list[str], default=[], help="extra ssr fit arguments for every stage")
@@ -269,6 +278,9 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     ke_ckpt = stage_ckpts.get(args.ke_run if args.train else "dkenet")
     if args.train and ke_ckpt is None:
         raise ValueError(f"--ke-run {args.ke_run}: no trained run of that name; add it to --stages")
+    nodepth_run = args.nodepth_run if args.train else "dkenet_nodepth"
+    if args.train and nodepth_run not in stage_ckpts and nodepth_run != "dkenet_nodepth":  # the row is optional
+        raise ValueError(f"--nodepth-run {nodepth_run}: no trained run of that name; add it to --stages")
     svkr = SVKR.from_config(SVKRConfig(dkenet_ckpt=ke_ckpt, nbsr_ckpt=stage_ckpts.get("nbsr"),
                                        depth=args.depth, depth_ckpt=depth_ckpt, iterations=args.T,
                                        gamma=args.gamma))
@@ -280,7 +292,7 @@ def _evaluate(args: Any, stage_ckpts: dict[str, str | Path | None], batches: lis
     gammas, iters = _floats(args.gammas, float), _floats(args.iterations, int)
     if bool(gammas) != bool(iters):  # a sweep needs both axes; fill the missing one with the main setting
         gammas, iters = gammas or [args.gamma], iters or [args.T]
-    nodepth = optional("dkenet_nodepth", "dkenet")
+    nodepth = optional(nodepth_run, "dkenet")
     ladder = evaluate_ladder(batches, svkr, blind=optional("blind", "nbsr"), dkenet_nodepth=nodepth,
                              cmos=optional("cmos", "cmos"), scale=scale, gammas=gammas, sweep=iters, progress=True,
                              bicubic=args.bicubic, response=_floats(args.response, float))
@@ -349,7 +361,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     summary["seeds"] = args.seeds if args.train else None
     summary["test"] = {"data_config": args.data_config, "dataset": args.dataset, "noise": not args.no_noise,
                        "jpeg": not args.no_jpeg, "test_size": args.test_size, "degradation": args.degradation,
-                       "split": args.split, "depth_run": args.depth_run, "ke_run": args.ke_run}
+                       "split": args.split, "depth_run": args.depth_run, "ke_run": args.ke_run,
+                       "nodepth_run": args.nodepth_run}
     md = format_markdown(summary)
     print(md)
     atomic_write_json(out / "per_image.json", per_image(ladder, args.seeds if args.train else None))
