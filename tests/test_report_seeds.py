@@ -23,8 +23,10 @@ from ssr_lightning.degradation.resize import bicubic_upsample
 from ssr_lightning.frontend.ladder import (
     BICUBIC,
     BLIND,
+    GT_DEPTH,
     GT_KERNEL,
     K0,
+    NODEPTH,
     ZEROED,
     Ladder,
     evaluate_ladder,
@@ -250,6 +252,26 @@ def test_delta_column_gets_holm_marks_in_json_and_markdown() -> None:
     assert "Holm across the" in head and "bicubic: MATLAB imresize (A = −0.5)" in head
     k0_line = next(line for line in md.splitlines() if line.startswith(f"| {K0}"))
     assert "* (Holm *)" in k0_line
+
+
+def test_gt_depth_minus_nodepth_is_paired_per_seed_and_per_image() -> None:
+    """Does depth help the KE: the GT-depth row minus the depth-free row, with its share of the oracle gap."""
+    ladders = [_ladder(s) for s in range(3)]
+    for s, lad in enumerate(ladders):
+        zero = np.array(lad.rows[ZEROED]["psnr_y"])
+        lad.rows[NODEPTH] = {"psnr_y": (zero + 0.2).tolist(), "kernel_l1": [0.6] * N}
+        lad.rows[GT_DEPTH] = {"psnr_y": (zero + 0.5 + 0.01 * s).tolist(), "kernel_l1": [0.5] * N}
+    merged, seeds = merge_seeds(ladders)
+    contrast = summarize(merged, seeds)["gt_depth_minus_nodepth"]
+    a, b = (np.array([lad.rows[r]["psnr_y"] for lad in ladders]) for r in (GT_DEPTH, NODEPTH))
+    joint = paired_difference_seeds(a, b, paired_seeds=True)
+    assert (contrast["psnr_y"]["mean"], contrast["psnr_y"]["lo"]) == pytest.approx((joint.mean, joint.lo))
+    assert contrast["kernel_l1"]["mean"] == pytest.approx(-0.1) and contrast["kernel_l1"]["significant"] is True
+    assert contrast["share"]["mean"] == pytest.approx(0.31) and contrast["share"]["lo"] > 0.25, "(0.31 dB) / (1 dB)"
+    assert "DKENet, GT depth − w/o depth (paired): PSNR-Y +0.310" in format_markdown(summarize(merged, seeds))
+    assert "+31 [" in format_markdown(summarize(merged, seeds))
+    merged.per_seed[("rows", NODEPTH, "psnr_y")] = [ladders[0].rows[NODEPTH]["psnr_y"]]  # one seed: no share
+    assert "share" not in summarize(merged, seeds)["gt_depth_minus_nodepth"]
 
 
 def test_kernel_draws_of_one_photo_are_one_source() -> None:

@@ -183,6 +183,8 @@ def summarize(lad: Any, seeds: dict[str, dict[str, tuple[float, float, int]]] | 
     if svkr_row(lad.iterations) in lad.rows and K0 in lad.rows:
         out["svkr_minus_single_pass"] = delta(lad.values("rows", svkr_row(lad.iterations), "psnr_y"),
                                               lad.values("rows", K0, "psnr_y"), labels).as_dict()
+    if GT_DEPTH in lad.rows and NODEPTH in lad.rows:
+        out["gt_depth_minus_nodepth"] = depth_contrast(lad, labels, zero, gt)
     out["depth_premise_absrel"] = {k: estimate(lad.values("premise", k), labels) for k in lad.premise}
     if lad.invariant_ke:
         base = lad.values("invariant_ke", MEAN_KERNEL) if MEAN_KERNEL in lad.invariant_ke else None
@@ -192,6 +194,21 @@ def summarize(lad: Any, seeds: dict[str, dict[str, tuple[float, float, int]]] | 
             out["invariant_ke"][name] = {"kernel_l1": estimate(v, labels),
                                          **({"delta_vs_mean_kernel": delta(v, base, labels).as_dict()}
                                             if base is not None and name != MEAN_KERNEL else {})}
+    return out
+
+
+def depth_contrast(lad: Any, labels: list[str] | None, zero: np.ndarray | None,
+                   gt: np.ndarray | None) -> dict[str, Any]:
+    """Does depth help the KE? The GT-depth row minus the depth-free row, paired per image: PSNR-Y, kernel L1 and,
+    where both rows have the same seeds, their difference in share of the oracle gap (issue 21's margin)."""
+    out: dict[str, Any] = {}
+    for m in ("psnr_y", "kernel_l1"):
+        if lad.rows[GT_DEPTH].get(m) is not None and lad.rows[NODEPTH].get(m) is not None:
+            out[m] = delta(lad.values("rows", GT_DEPTH, m), lad.values("rows", NODEPTH, m), labels).as_dict()
+    a, b = lad.values("rows", GT_DEPTH, "psnr_y"), lad.values("rows", NODEPTH, "psnr_y")
+    if zero is not None and gt is not None and a.shape == b.shape == zero.shape == gt.shape:
+        # mean(a − b) / mean(gt − zero): the share of a minus the share of b, resampled as one ratio
+        out["share"] = fraction(a - b + zero, zero, gt, labels).as_dict()
     return out
 
 
@@ -237,6 +254,15 @@ def format_markdown(summary: dict[str, Any]) -> str:
     if "svkr_minus_single_pass" in summary:
         lines.append(f"SVKR T={summary['iterations']} − single pass (K0): "
                      f"{_fmt(summary['svkr_minus_single_pass'], 3, True)} dB.")
+    contrast = summary.get("gt_depth_minus_nodepth")
+    if contrast:
+        parts = [f"PSNR-Y {_fmt(contrast.get('psnr_y'), 3, True)} dB" if "psnr_y" in contrast else "",
+                 f"kernel L1 {_fmt(contrast.get('kernel_l1'), 3, True)}" if "kernel_l1" in contrast else ""]
+        if "share" in contrast:
+            sh = contrast["share"]
+            parts.append(_fmt({**sh, **{k: 100 * sh[k] for k in ("mean", "lo", "hi")}}, 0, True) + " points of "
+                         "the oracle gap")
+        lines.append("DKENet, GT depth − w/o depth (paired): " + ", ".join(p for p in parts if p) + ".")
     if summary.get("depth_premise_absrel"):
         premise = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in summary["depth_premise_absrel"].items())
         lines.append(f"SVKR premise, depth AbsRel of DE applied to: {premise}.")
