@@ -155,3 +155,26 @@ def test_frontend_done_records_provenance_and_old_ones_are_named(tmp_path: Path,
     cli._train(args, tmp_path)
     err = capsys.readouterr().err
     assert "warning: reusing nbsr (seed 0" in err and "an unknown commit" in err and "dkenet" not in err
+
+
+def test_dirty_counts_code_but_not_records(tmp_path: Path, monkeypatch) -> None:
+    """A record written under results/ while another study runs does not mark the code dirty; any other change,
+    untracked files included, does."""
+    import subprocess
+
+    import ssr_lightning.ablate.provenance as prov
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "mod.py").write_text("x = 1\n")
+    git("add", "mod.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.setattr(prov, "_REPO", tmp_path)
+    assert prov.code_version.__wrapped__()["dirty"] is False
+    (tmp_path / "results" / "study").mkdir(parents=True)
+    (tmp_path / "results" / "study" / "RECORD.json").write_text("{}")
+    assert prov.code_version.__wrapped__()["dirty"] is False, "a record is an output"
+    (tmp_path / "new.py").write_text("y = 2\n")
+    assert prov.code_version.__wrapped__()["dirty"] is True, "an untracked module changes what runs"

@@ -56,14 +56,18 @@ def source_digest() -> str:
     return h.hexdigest()
 
 
+RECORDS_DIR = "results"  # the committed records (results/README.md): outputs, not code
+
+
 @functools.cache
 def code_version() -> dict[str, Any]:
     """`{"commit", "dirty", "branch", "source_digest"}` of the code (commit etc. None outside a git checkout)."""
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "branch": None, "source_digest": source_digest()}
-    # untracked files count too: a new module changes what runs as much as an edited one
-    status = _git("status", "--porcelain")
+    # untracked files count too: a new module changes what runs as much as an edited one. Records under results/ do
+    # not: they are outputs, and a study writing its record beside another one still running is common
+    status = _git("status", "--porcelain", "--", ".", f":(exclude){RECORDS_DIR}")
     return {"commit": commit, "dirty": bool(status), "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
             "source_digest": source_digest()}
 
