@@ -181,6 +181,26 @@ def test_the_formatters_read_what_the_tools_write(tmp_path: Path) -> None:
     assert timing(record, tmp_path / "t.json") == "17 min 18 s wall, 59 s CPU (exit status 0, load average 0.2 before)"
 
 
+def test_the_ke_rows_formatter_gives_the_three_ke_rows_and_the_contrast(tmp_path: Path) -> None:
+    from record_formats import ke_rows
+
+    def est(m: float) -> dict[str, float]:
+        return {"mean": m, "lo": m - 0.1, "hi": m + 0.1}
+
+    rows = {name: {"recovered_fraction": est(f), "kernel_l1": est(k), "psnr_y": est(27.0)}
+            for name, f, k in [("NBSR + DKENet w/o depth", 0.5, 0.4), ("NBSR + DKENet, depth from LR (K0)", 0.2, 0.5),
+                               ("NBSR + DKENet, GT depth", 0.6, 0.3)]}
+    text = ke_rows({"rows": rows}, tmp_path / "frontend.json")
+    assert text.splitlines()[2] == "| NBSR + DKENet w/o depth | 50 [40, 60] % | 0.400 [0.300, 0.500] | 27.00 [26.90, 27.10] |"
+    assert "paired" not in text, "no contrast in the record: none rendered"
+    record = {"rows": rows, "gt_depth_minus_nodepth": {"psnr_y": est(0.1), "kernel_l1": est(-0.1), "share": est(0.1)}}
+    assert ke_rows(record, tmp_path / "f.json").splitlines()[-1] == (
+        "GT depth − w/o depth, paired: PSNR-Y +0.100 [+0.000, +0.200] dB, kernel L1 −0.100 [−0.200, +0.000], "
+        "+10 [+0, +20] points of the oracle gap.")
+    with pytest.raises(RecordError, match="ke_rows needs"):
+        ke_rows({"rows": {}}, tmp_path / "frontend.json")
+
+
 def test_the_premise_formatter_names_each_input_and_the_k0_row(tmp_path: Path) -> None:
     from record_formats import premise
 

@@ -9,6 +9,8 @@ A region names a record and, after `#`, a formatter with optional arguments (`NA
 - `ci(PATH[, DIGITS[, signed]])`: an estimate `{mean, lo, hi}` as `23.04 [22.24, 23.83]` (signed: `+0.08 [+0.05, +0.11]`);
 - `caption`: the caption of an `ssr-ablate` report JSON;
 - `ladder`: the headline columns of an `ssr-frontend` record (`frontend.json`);
+- `ke_rows`: the KE rows of an `ssr-frontend` record (w/o depth, K0, GT depth: share, kernel L1, PSNR-Y) and, where
+  the record has it, the paired GT-depth − w/o-depth contrast;
 - `response`: the kernel-quality response rows of an `ssr-frontend --response` record, from the GT-depth KE to the
   GT kernel;
 - `timing`: a `tools/timed.py` record as "W wall, C CPU (exit status, load average)";
@@ -136,6 +138,28 @@ def ladder(data: Any, path: Path) -> str:
                  estimate(r["kernel_l1"], 3) if "kernel_l1" in r else "–",
                  estimate(r["absrel"], 3) if "absrel" in r else "–"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@formatter("ke_rows")
+def ke_rows(data: Any, path: Path) -> str:
+    d = _json(data, path, "ke_rows")
+    rows = lookup(d, "rows")
+    names = ["NBSR + DKENet w/o depth", "NBSR + DKENet, depth from LR (K0)", "NBSR + DKENet, GT depth"]
+    if not all(n in rows for n in names):
+        raise RecordError(f"{path}: ke_rows needs the rows {names}")
+    lines = ["| KE row | share of oracle gap | kernel L1 | PSNR-Y (dB) |", "| --- | ---: | ---: | ---: |"]
+    for n in names:
+        r = rows[n]
+        lines.append(f"| {n} | {share(r['recovered_fraction'])} | {estimate(r['kernel_l1'], 3)} | "
+                     f"{estimate(r['psnr_y'])} |")
+    c = d.get("gt_depth_minus_nodepth")
+    if c:
+        parts = [f"PSNR-Y {estimate(c['psnr_y'], 3, True)} dB", f"kernel L1 {estimate(c['kernel_l1'], 3, True)}"]
+        if "share" in c:
+            parts.append(f"{estimate({k: 100 * c['share'][k] for k in ('mean', 'lo', 'hi')}, 0, True)} points of "
+                         "the oracle gap")
+        lines += ["", "GT depth − w/o depth, paired: " + ", ".join(parts) + "."]
     return "\n".join(lines)
 
 
