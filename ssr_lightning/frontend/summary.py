@@ -201,12 +201,11 @@ def depth_contrast(lad: Any, labels: list[str] | None, zero: np.ndarray | None,
                    gt: np.ndarray | None) -> dict[str, Any]:
     """Does depth help the KE? The GT-depth row minus the depth-free row, paired per image: PSNR-Y, kernel L1 and,
     where both rows have the same seeds, their difference in share of the oracle gap (issue 21's margin)."""
-    out: dict[str, Any] = {}
-    for m in ("psnr_y", "kernel_l1"):
-        if lad.rows[GT_DEPTH].get(m) is not None and lad.rows[NODEPTH].get(m) is not None:
-            out[m] = delta(lad.values("rows", GT_DEPTH, m), lad.values("rows", NODEPTH, m), labels).as_dict()
-    a, b = lad.values("rows", GT_DEPTH, "psnr_y"), lad.values("rows", NODEPTH, "psnr_y")
-    if zero is not None and gt is not None and a.shape == b.shape == zero.shape == gt.shape:
+    pairs = {m: (lad.values("rows", GT_DEPTH, m), lad.values("rows", NODEPTH, m)) for m in ("psnr_y", "kernel_l1")
+             if lad.rows[GT_DEPTH].get(m) is not None and lad.rows[NODEPTH].get(m) is not None}
+    out: dict[str, Any] = {m: delta(a, b, labels).as_dict() for m, (a, b) in pairs.items()}
+    a, b = pairs.get("psnr_y", (None, None))
+    if a is not None and zero is not None and gt is not None and a.shape == b.shape == zero.shape == gt.shape:
         # mean(a − b) / mean(gt − zero): the share of a minus the share of b, resampled as one ratio
         out["share"] = fraction(a - b + zero, zero, gt, labels).as_dict()
     return out
