@@ -285,6 +285,8 @@ def test_kernel_draws_of_one_photo_are_one_source() -> None:
     assert row["hi"] - row["lo"] > 1.5 * (bootstrap_ci(base).hi - bootstrap_ci(base).lo)
     assert summary["statistics"]["sources"] == 5
     assert "25 test images (5 sources, a photo's kernel draws resampled together" in format_markdown(summary)
+    summary["test"] = {"split": "val"}  # what ssr-frontend --split val writes: the header names the split
+    assert format_markdown(summary).startswith("Front-end ladder: 25 validation images (5 sources")
     one = summarize(_ladder(0))  # distinct scenes, one seed: exactly the image bootstrap of before
     plain = paired_difference(_ladder(0).rows[K0]["psnr_y"], _ladder(0).rows[ZEROED]["psnr_y"])
     assert one["rows"][K0]["delta_vs_zeroed"]["lo"] == plain.lo and one["statistics"]["sources"] is None

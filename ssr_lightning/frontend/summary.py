@@ -221,6 +221,12 @@ def _fmt(e: dict[str, Any] | None, digits: int, signed: bool = False, mark: dict
     return text + (" *" if signed and est.significant else "")
 
 
+def split_name(summary: dict[str, Any]) -> str:
+    """"validation" or "test": the split the ladder was scored on (``summary["test"]["split"]``, written by
+    ``ssr-frontend``; ladders from before ``--split`` existed were scored on the test split)."""
+    return "validation" if (summary.get("test") or {}).get("split") == "val" else "test"
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
     """The ladder as Markdown: means with [95 % CI], Δ vs the zeroed code (* = CI excludes 0, Holm mark beside),
     seeds mean ± std; the header says which CI, which correction and which bicubic."""
@@ -229,7 +235,7 @@ def format_markdown(summary: dict[str, Any]) -> str:
     k = stats.get("sources")
     src = f"{k} sources, a photo's kernel draws resampled together; " if k else ""
     bic = BICUBIC_NAMES.get(summary.get("bicubic", "torch"), summary.get("bicubic"))
-    lines = [f"Front-end ladder: {n} test images ({src}{n_inv} spatially invariant); mean [95 % CI, "
+    lines = [f"Front-end ladder: {n} {split_name(summary)} images ({src}{n_inv} spatially invariant); mean [95 % CI, "
              f"{stats.get('ci_text', 'bootstrap over images')}]; Δ = paired per-image difference vs the zeroed code "
              "(seeds resampled together where both rows have every seed), * where its CI excludes 0"
              + (f", the Holm mark beside it ({stats['correction_note']})" if stats.get("correction_note") else "")
@@ -268,7 +274,8 @@ def format_markdown(summary: dict[str, Any]) -> str:
     inv = summary.get("invariant_ke")
     if inv:
         n_inv = next(iter(inv.values()))["kernel_l1"]["n"]
-        lines += ["", f"KE on spatially invariant samples ({n_inv} images, the test split with every kernel invariant): "
+        lines += ["", f"KE on spatially invariant samples ({n_inv} images, the {split_name(summary)} split with every "
+                  "kernel invariant): "
                   "kernel L1; Δ = paired difference vs the training mean kernel (negative = KE reads blur from the "
                   "pixels), * where its CI excludes 0.", "",
                   "| kernel | kernel L1 | Δ vs training mean kernel |", "| --- | ---: | ---: |"]
@@ -318,7 +325,7 @@ def ladder_figure(summary: dict[str, Any], path: Path) -> Path:
     ax_d.set_xlabel("Δ PSNR-Y vs zeroed code (dB), paired 95 % CI\n(filled: CI excludes 0, before the Holm "
                     "correction\nof the Markdown table; bicubic left out)", fontsize=8)
     bic = BICUBIC_NAMES.get(summary.get("bicubic", "torch"), summary.get("bicubic"))
-    fig.suptitle(f"Front-end ladder ({summary['num_images']} images; bicubic: {bic})", fontsize=10)
+    fig.suptitle(f"Front-end ladder ({summary['num_images']} {split_name(summary)} images; bicubic: {bic})", fontsize=10)
     fig.tight_layout()
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", metadata={"Software": None}))
 
