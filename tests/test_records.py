@@ -170,6 +170,12 @@ def test_timed_writes_a_record_with_its_own_command(tmp_path: Path, monkeypatch)
     assert record["summary"]["exit_status"] == 0 and record["summary"]["wall_seconds"] >= 0
     with pytest.raises(SystemExit):
         timed.main([str(tmp_path / "abs.json"), "--", "true"])
+    with pytest.raises(SystemExit):  # an earlier record is a result: refused, before the command runs
+        timed.main(["results/timing/t.json", "--", sys.executable, "-c", "raise SystemExit(3)"])
+    assert json.loads((tmp_path / "results/timing/t.json").read_text()) == record
+    assert timed.main(["--overwrite", "results/timing/t.json", "--", sys.executable, "-c", "pass"]) == 0
+    again = json.loads((tmp_path / "results/timing/t.json").read_text())
+    assert again["command"].startswith("python tools/timed.py --overwrite results/timing/t.json -- ")
 
 
 def test_the_frontend_record_keeps_every_rows_per_image_values_and_the_trainings(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
     python tools/timed.py results/timing/make_run.json -- make run
     python tools/timed.py results/timing/make_test.json -- make test
+    python tools/timed.py --overwrite results/timing/make_test.json -- make test   # replace an earlier record
 
 Writes a record (results/README.md) with the command that regenerates it (this script with the same arguments),
 the command's exit status, wall time, CPU time (user + system of every process it waited for, as `/usr/bin/time`
@@ -53,6 +54,8 @@ def timed(command: list[str], cwd: Path = REPO) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--overwrite", action="store_true", help="replace the record if it exists (else refuse, before "
+                   "running anything)")
     p.add_argument("record", help="JSON to write, relative to the repository root (results/timing/NAME.json)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: what to time")
     args = p.parse_args(argv)
@@ -63,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if record_path.is_absolute():
         p.error(f"{args.record}: give the record's path relative to the repository root (records hold no absolute "
                 "paths)")
+    if (REPO / record_path).exists() and not args.overwrite:
+        p.error(f"{args.record} exists: it is an earlier result; add --overwrite to replace it")
     result = timed(command)
-    record = {"command": shlex.join(["python", "tools/timed.py", args.record, "--", *command]),
+    again = ["--overwrite"] if args.overwrite else []  # the command that regenerates this record over itself
+    record = {"command": shlex.join(["python", "tools/timed.py", *again, args.record, "--", *command]),
               "what": f"time of `{shlex.join(command)}` from the repository root", "timed": shlex.join(command),
               "summary": result, "provenance": {"code": code_version(), "versions": versions(),
                                                 "machine": machine()}}
