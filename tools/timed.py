@@ -25,7 +25,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from ssr_lightning.ablate.provenance import code_version, machine, versions  # noqa: E402
+from ssr_lightning.ablate.provenance import (  # noqa: E402
+    add_overwrite_flag,
+    code_version,
+    machine,
+    refuse_overwrite,
+    versions,
+)
 from ssr_lightning.files import atomic_write_json  # noqa: E402
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -54,8 +60,7 @@ def timed(command: list[str], cwd: Path = REPO) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--overwrite", action="store_true", help="replace the record if it exists (else refuse, before "
-                   "running anything)")
+    add_overwrite_flag(p)
     p.add_argument("record", help="JSON to write, relative to the repository root (results/timing/NAME.json)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: what to time")
     args = p.parse_args(argv)
@@ -66,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if record_path.is_absolute():
         p.error(f"{args.record}: give the record's path relative to the repository root (records hold no absolute "
                 "paths)")
-    if (REPO / record_path).exists() and not args.overwrite:
-        p.error(f"{args.record} exists: it is an earlier result; add --overwrite to replace it")
+    refuse_overwrite(p, args.overwrite, REPO / record_path)
     result = timed(command)
     again = ["--overwrite"] if args.overwrite else []  # the command that regenerates this record over itself
     record = {"command": shlex.join(["python", "tools/timed.py", *again, args.record, "--", *command]),
